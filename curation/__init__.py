@@ -1,0 +1,1 @@
+"""curation: crawl pages or read WARC/WAT/URL lists for image–alt-text pairs, download them, curate them."""

@@ -1,0 +1,259 @@
+"""A polite, concurrent, same-site crawler that turns pages into (image url, alt text, page url) pairs.
+
+It obeys robots.txt for its own user agent, spaces requests per host, refuses non-public addresses unless
+allowed, caps page sizes, and records every opt-out signal it sees as a column of the pair (it does not
+decide policy: the downloader does).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tqdm import tqdm
+
+from curation import alttext, netguard, optout, options, schema
+from curation.pairs import write_pairs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CrawlConfig:
+    seeds: tuple[str, ...] = options.opt((), "start URLs, comma separated; each one's site is crawled")
+    out: str = options.opt("mithridate-out/crawl", "output folder: config.json, pairs/, _stats.json, crawl.warc.gz")
+    max_pages: int = options.opt(5000, "stop after fetching this many pages in all")
+    max_depth: int = options.opt(20, "link depth from a seed")
+    concurrency: int = options.opt(16, "pages fetched at once, over all hosts")
+    per_host: int = options.opt(4, "pages fetched at once from one host")
+    delay_s: float = options.opt(0.0, "pause between two requests to the same host")
+    timeout_s: float = options.opt(10.0, "socket timeout of one request")
+    retries: int = options.opt(1, "retries of a page that failed with a timeout or a 5xx status")
+    max_redirects: int = options.opt(5, "redirects followed per request")
+    max_page_bytes: int = options.opt(5_000_000, "cap on a page body; larger pages fail with 'too large'")
+    max_images_per_page: int = options.opt(2000, "images kept per page")
+    allow_networks: tuple[str, ...] = options.opt((), "private/loopback networks the crawler may contact (CIDR)")
+    contact_url: str = options.opt("https://github.com/mithridate/mithridate", "contact URL in the user agent")
+    warc: bool = options.opt(False, "also write every response to <out>/crawl.warc.gz")
+    shard_size: int = options.opt(10000, "pairs per output parquet shard")
+
+    def __post_init__(self):
+        options.check_positive(self, "max_pages", "concurrency", "per_host", "timeout_s", "max_page_bytes",
+                               "shard_size", "max_images_per_page")
+        if self.retries < 0 or self.max_depth < 0 or self.delay_s < 0 or self.max_redirects < 0:
+            raise ValueError("CrawlConfig: retries, max_depth, delay_s and max_redirects must be >= 0")
+        netguard.parse_networks(self.allow_networks)
+        for s in self.seeds:
+            if alttext.http_url(s, s) is None:
+                raise ValueError(f"CrawlConfig.seeds: {s!r} is not an absolute http(s) URL")
+
+
+PRESETS = {"default": CrawlConfig(), "tiny": CrawlConfig(max_pages=200, concurrency=8, timeout_s=2.0)}
+
+
+@dataclass
+class Site:
+    """What one host says about crawling and AI training, read once before its first page."""
+
+    robots: object = None
+    ai_rules: list = field(default_factory=list)
+    tdm_rules: list = field(default_factory=list)
+
+
+@dataclass
+class PageResult:
+    url: str
+    outcome: str  # fetched, disallowed, failed, not_html
+    reason: str = ""
+    pairs: list = field(default_factory=list)
+    links: list = field(default_factory=list)
+
+
+def _reason(err: Exception) -> str:
+    """A short failure reason for the stats: http_404, timeout, too_large, refused_address, …"""
+    if isinstance(err, urllib.error.HTTPError):
+        return "redirect_loop" if err.code in (301, 302, 303, 307, 308) else f"http_{err.code}"
+    if isinstance(err, netguard.BlockedAddress):
+        return "refused_address"
+    if isinstance(err, netguard.BodyTooLarge):
+        return "too_large"
+    text = str(getattr(err, "reason", err)).lower()
+    return "timeout" if "timed out" in text else "connection_error"
+
+
+class Crawler:
+    """One crawl: call `run()` once."""
+
+    def __init__(self, cfg: CrawlConfig):
+        self.cfg = cfg
+        self.agent = netguard.user_agent(cfg.contact_url)
+        policy = netguard.AddressPolicy(netguard.parse_networks(cfg.allow_networks))
+        self.opener = netguard.build_opener(policy, self.agent, cfg.max_page_bytes, cfg.max_redirects)
+        self.sites: dict[str, Site] = {}
+        self.site_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self.warc = None
+        self.stats = collections.Counter()
+
+    def fetch(self, url: str) -> tuple[int, list[tuple[str, str]], bytes, str]:
+        """GET `url` → (status, headers, body, final url); raises urllib errors."""
+        req = urllib.request.Request(url)
+        with self.opener.open(req, timeout=self.cfg.timeout_s) as r:
+            body = r.read()
+            headers = list(r.headers.items())
+            if self.warc is not None:
+                self.warc.write_response(r.url, r.status, headers, body)
+            return r.status, headers, body, r.url
+
+    def _text(self, url: str) -> str:
+        try:
+            return self.fetch(url)[2].decode("utf-8", "replace")
+        except (urllib.error.URLError, OSError, ValueError):
+            return ""
+
+    def site(self, origin: str) -> Site:
+        """Read robots.txt, ai.txt and /.well-known/tdmrep.json of `origin` once (thread-safe)."""
+        with self.site_locks[origin]:
+            if origin not in self.sites:
+                self.sites[origin] = Site(
+                    optout.parse_robots(self._text(origin + "/robots.txt")),
+                    optout.parse_ai_txt(self._text(origin + "/ai.txt")),
+                    optout.parse_tdmrep(self._text(origin + "/.well-known/tdmrep.json")),
+                )
+            return self.sites[origin]
+
+    def _page_signals(self, page: alttext.Page, headers, url: str, site: Site) -> list[str]:
+        sig = optout.directive_signals(page.robots, "meta")
+        xrt = [v for k, v in headers if k.lower() == "x-robots-tag"]
+        sig += optout.directive_signals(optout.x_robots_directives(xrt, netguard.USER_AGENT_TOKEN), "x-robots-tag")
+        if page.tdm_reservation:
+            sig.append("tdmrep:meta")
+        if any(k.lower() == "tdm-reservation" and v.strip() == "1" for k, v in headers):
+            sig.append("tdmrep:header")
+        if optout.tdmrep_reserved(site.tdm_rules, url):
+            sig.append("tdmrep:well-known")
+        return sig
+
+    def _image_signals(self, image_url: str, site: Site) -> list[str]:
+        sig = optout.robots_ai_signals(site.robots, image_url)
+        if not site.robots.can_fetch(netguard.USER_AGENT_TOKEN, image_url):
+            sig.append(f"robots:{netguard.USER_AGENT_TOKEN}")
+        if optout.ai_txt_disallows(site.ai_rules, image_url):
+            sig.append("ai.txt")
+        return sig
+
+    def crawl_page(self, url: str) -> PageResult:
+        """Fetch and parse one page (with retries); never raises."""
+        site = self.site(_origin(url))
+        if not site.robots.can_fetch(netguard.USER_AGENT_TOKEN, url):
+            return PageResult(url, "disallowed", "robots.txt")
+        for attempt in range(self.cfg.retries + 1):
+            try:
+                status, headers, body, final = self.fetch(url)
+                break
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                reason = _reason(err)
+                if attempt == self.cfg.retries or not (reason == "timeout" or reason.startswith("http_5")):
+                    return PageResult(url, "failed", reason)
+        ctype = dict((k.lower(), v) for k, v in headers).get("content-type", "")
+        if "html" not in ctype.lower():
+            return PageResult(url, "not_html", ctype)
+        page = alttext.parse_page(alttext.decode_html(body, ctype), final, (netguard.USER_AGENT_TOKEN,),
+                                  self.cfg.max_images_per_page)
+        page_sig = self._page_signals(page, headers, final, site)
+        pairs = []
+        for ref in page.images:
+            img_site = self.sites.get(_origin(ref.url), site)
+            signals = sorted(set(page_sig + self._image_signals(ref.url, img_site)))
+            pairs.append({"url": ref.url, "text": schema.normalize_text(ref.alt), "page_url": final,
+                          "domain": urlsplit(ref.url).netloc.lower(), "source": "crawl", "signals": signals})
+        same = [link for link in page.links if _origin(link) == _origin(final)]
+        return PageResult(url, "fetched", pairs=pairs, links=same)
+
+    def run(self) -> tuple[list[dict], dict]:
+        """Crawl from the seeds; returns (pairs, stats)."""
+        frontier = collections.defaultdict(collections.deque)  # origin -> deque[(url, depth)]
+        seen = set()
+        for s in self.cfg.seeds:
+            if s not in seen:
+                seen.add(s)
+                frontier[_origin(s)].append((s, 0))
+        in_flight, next_time = collections.Counter(), collections.defaultdict(float)
+        pairs, futures, scheduled = [], {}, 0
+        t0 = time.time()
+        bar = tqdm(total=None, unit="page", desc="crawl", leave=False)
+        with cf.ThreadPoolExecutor(self.cfg.concurrency) as pool:
+            while True:
+                for origin, queue in frontier.items():  # 1) schedule what the per-host limits allow
+                    while queue and len(futures) < self.cfg.concurrency and scheduled < self.cfg.max_pages and (
+                        in_flight[origin] < self.cfg.per_host and time.time() >= next_time[origin]
+                    ):
+                        url, depth = queue.popleft()
+                        futures[pool.submit(self.crawl_page, url)] = (origin, depth)
+                        in_flight[origin] += 1
+                        next_time[origin] = time.time() + self.cfg.delay_s
+                        scheduled += 1
+                if not futures:
+                    if scheduled >= self.cfg.max_pages or not any(frontier.values()):
+                        break
+                    time.sleep(0.01)
+                    continue
+                done, _ = cf.wait(futures, timeout=0.05, return_when=cf.FIRST_COMPLETED)
+                for fut in done:  # 2) collect pages, queue new same-site links
+                    origin, depth = futures.pop(fut)
+                    in_flight[origin] -= 1
+                    res = fut.result()
+                    self._count(res)
+                    bar.update(1)
+                    pairs += res.pairs
+                    for link in res.links if depth < self.cfg.max_depth else []:
+                        if link not in seen:
+                            seen.add(link)
+                            frontier[_origin(link)].append((link, depth + 1))
+        bar.close()
+        elapsed = time.time() - t0
+        stats = dict(self.stats, seconds=round(elapsed, 3), hosts=len(self.sites),
+                     pages_per_s=round(self.stats["pages_fetched"] / max(elapsed, 1e-9), 1),
+                     images_found=len(pairs), frontier_left=sum(len(q) for q in frontier.values()))
+        return pairs, stats
+
+    def _count(self, res: PageResult) -> None:
+        key = {"fetched": "pages_fetched", "disallowed": "pages_disallowed_by_robots", "not_html": "pages_not_html",
+               "failed": f"pages_failed:{res.reason}"}[res.outcome]
+        self.stats[key] += 1
+
+
+def _origin(url: str) -> str:
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc.lower()}"
+
+
+def run(cfg: CrawlConfig) -> Path:
+    """Crawl `cfg.seeds`; writes `<out>/config.json`, `<out>/pairs/*.parquet` and `<out>/_stats.json`."""
+    if not cfg.seeds:
+        raise ValueError("CrawlConfig.seeds is empty: give at least one start URL (--seeds=http://…)")
+    out = Path(cfg.out)
+    options.write_config(cfg, out)
+    crawler = Crawler(cfg)
+    if cfg.warc:
+        from curation.warc import WarcSink
+
+        crawler.warc = WarcSink(out / "crawl.warc.gz")
+    try:
+        pairs, stats = crawler.run()
+    finally:
+        if crawler.warc is not None:
+            crawler.warc.close()
+    stats.update(write_pairs(pairs, out / "pairs", cfg.shard_size))
+    (out / "_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    logger.info("crawl: %d pages in %.1f s (%.1f pages/s), %d pairs → %s", stats.get("pages_fetched", 0),
+                stats["seconds"], stats["pages_per_s"], stats.get("pairs", 0), out / "pairs")
+    return out

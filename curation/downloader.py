@@ -1,0 +1,198 @@
+"""Download stage: pairs → parquet shards of images, with img2dataset doing the fetching and resizing.
+
+img2dataset's `Downloader` runs per shard, behind a guarded urllib opener (address policy, body cap,
+image content types) and a pixel cap. Rows the opt-out policy excludes are not fetched. Every input row
+comes out with a status, in input order; a shard whose `_stats.json` exists is finished and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+
+from curation import funnel, netguard, options, schema
+from curation.optout import AI_DIRECTIVES, directive_signals, x_robots_directives
+
+logger = logging.getLogger(__name__)
+XRT_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    pairs: str = options.opt("mithridate-out/crawl/pairs", "folder of pairs parquet shards (crawl or pairs output)")
+    out: str = options.opt("mithridate-out/shards", "output folder of image shards and stats")
+    policy: Literal["honor", "record", "ignore"] = options.opt(
+        "honor", "opt-out policy: honor = do not fetch opted-out rows (and honour X-Robots-Tag), record = fetch "
+        "but flag them, ignore = behave like a scraper that ignores opt-outs")
+    image_size: int = options.opt(64, "side of the stored images in pixels")
+    resize_mode: Literal["border", "center_crop", "keep_ratio", "keep_ratio_largest", "no"] = options.opt(
+        "border", "img2dataset resize mode (border pads to a square on white)")
+    encode_quality: int = options.opt(95, "JPEG quality of the stored images")
+    processes: int = options.opt(1, "worker processes (each downloads one shard at a time)")
+    threads: int = options.opt(64, "download threads per process")
+    timeout_s: float = options.opt(10.0, "socket timeout of one image request")
+    retries: int = options.opt(0, "retries of a failed image request")
+    max_bytes: int = options.opt(10_000_000, "cap on an image body")
+    max_pixels: int = options.opt(50_000_000, "cap on decoded pixels (decompression bombs)")
+    min_image_size: int = options.opt(16, "smallest accepted original side in pixels")
+    shard_size: int = options.opt(10000, "rows per output shard")
+    allow_networks: tuple[str, ...] = options.opt((), "private/loopback networks that may be contacted (CIDR)")
+    contact_url: str = options.opt("https://github.com/mithridate/mithridate", "contact URL in the user agent")
+
+    def __post_init__(self):
+        options.check_positive(self, "image_size", "processes", "threads", "timeout_s", "max_bytes", "max_pixels",
+                               "shard_size")
+        for name in ("policy", "resize_mode"):
+            options.check_choice(self, name, options.literal_values(DownloadConfig, name))
+        if not 0 <= self.encode_quality <= 100:
+            raise ValueError(f"DownloadConfig.encode_quality={self.encode_quality}: must be within [0, 100]")
+        if self.retries < 0 or self.min_image_size < 0:
+            raise ValueError("DownloadConfig: retries and min_image_size must be >= 0")
+        netguard.parse_networks(self.allow_networks)
+
+
+PRESETS = {"default": DownloadConfig(), "tiny": DownloadConfig(threads=16, timeout_s=1.0, shard_size=200)}
+
+
+class _PixelCap:
+    """Wraps img2dataset's resizer: reject images whose header announces more than `max_pixels`."""
+
+    def __init__(self, resizer, max_pixels: int):
+        self.resizer, self.max_pixels = resizer, max_pixels
+
+    def __call__(self, img_stream, bbox=None):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            w, h = Image.open(img_stream).size  # reads the header only
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            w = h = 0  # let the real decoder report the error
+        img_stream.seek(0)
+        if w * h > self.max_pixels:
+            return None, None, None, None, None, f"image of {w}x{h} pixels exceeds max_pixels={self.max_pixels}"
+        return self.resizer(img_stream, bbox)
+
+
+def _img2dataset_downloader(cfg: DownloadConfig, folder: Path):
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ["CV_IO_MAX_IMAGE_PIXELS"] = str(cfg.max_pixels)
+    from img2dataset.downloader import Downloader
+    from img2dataset.resizer import Resizer
+    from img2dataset.writer import ParquetSampleWriter
+
+    resizer = Resizer(cfg.image_size, cfg.resize_mode, False, encode_quality=cfg.encode_quality,
+                      min_image_size=cfg.min_image_size, max_image_area=cfg.max_pixels)
+    honor = cfg.policy == "honor"
+    return Downloader(
+        ParquetSampleWriter, _PixelCap(resizer, cfg.max_pixels), cfg.threads, False, False, str(folder),
+        ["uid", "url"], cfg.timeout_s, cfg.shard_size, 5, "sha256", None, "jpg", cfg.retries,
+        netguard.USER_AGENT_TOKEN, list(AI_DIRECTIVES) if honor else None,
+    )
+
+
+def _opener(cfg: DownloadConfig, seen_xrt: dict | None = None):
+    policy = netguard.AddressPolicy(netguard.parse_networks(cfg.allow_networks))
+    return netguard.build_opener(policy, netguard.user_agent(cfg.contact_url), cfg.max_bytes, require_image=True,
+                                 on_response=None if seen_xrt is None else seen_xrt.__setitem__)
+
+
+def _excluded(signals: list[str], cfg: DownloadConfig) -> bool:
+    return cfg.policy == "honor" and bool(signals)
+
+
+def _fetch(cfg: DownloadConfig, shard_id: int, rows: pa.Table, tmp: Path) -> dict[str, dict]:
+    """Download the rows of one shard with img2dataset; returns uid → result columns."""
+    if rows.num_rows == 0:
+        return {}
+    tmp.mkdir(parents=True, exist_ok=True)
+    feather.write_feather(rows.select(["uid", "url"]), tmp / f"{shard_id:05d}.feather", compression="uncompressed")
+    seen_xrt: dict[str, list[str]] = {}
+    with netguard.installed(_opener(cfg, seen_xrt if cfg.policy == "record" else None)):
+        ok, _ = _img2dataset_downloader(cfg, tmp)((shard_id, str(tmp / f"{shard_id:05d}.feather")))
+    if not ok:
+        raise RuntimeError(f"img2dataset failed on shard {shard_id}")
+    got = pq.read_table(tmp / f"{shard_id:05d}.parquet").to_pylist()
+    for r in got:
+        r["xrt"] = seen_xrt.get(r["url"], [])
+    return {r["uid"]: r for r in got}
+
+
+def _result_row(row: dict, got: dict | None, cfg: DownloadConfig) -> dict:
+    """The output row for one input pair, from its img2dataset result (None = not fetched)."""
+    out = dict(row, status=schema.STATUS_OPTED_OUT, error_message=None, optout=None)
+    if got is None:
+        out.update(error_message="opt-out signal: " + ", ".join(row["signals"]), optout=";".join(row["signals"]))
+        return out
+    for k in ("status", "error_message", "sha256", "width", "height", "original_width", "original_height", "jpg"):
+        out[k] = got.get(k)
+    if got["status"] != schema.STATUS_SUCCESS:
+        out["jpg"] = out["sha256"] = None
+    if got.get("error_message") == XRT_MESSAGE:
+        out.update(status=schema.STATUS_OPTED_OUT, optout="x-robots-tag")
+    elif cfg.policy == "record":
+        xrt = directive_signals(x_robots_directives(got["xrt"], netguard.USER_AGENT_TOKEN), "x-robots-tag")
+        flagged = list(row["signals"]) + xrt
+        out["optout"] = ";".join(flagged) or None
+    return out
+
+
+def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table) -> dict:
+    """Download one shard and write `<out>/<id>.parquet` then `<out>/<id>_stats.json`; returns the stats."""
+    out, t0 = Path(cfg.out), time.time()
+    records = rows.to_pylist()
+    fetch = [r for r in records if not _excluded(r["signals"], cfg)]
+    tmp = out / "_tmp" / f"{shard_id:05d}"
+    got = _fetch(cfg, shard_id, pa.Table.from_pylist(fetch, schema=schema.PAIRS_SCHEMA), tmp)
+    result = [_result_row(r, got.get(r["uid"]) if not _excluded(r["signals"], cfg) else None, cfg) for r in records]
+    table = schema.to_table(result, "shard")
+    schema.write(table, out / f"{shard_id:05d}.parquet", "shard", {"policy": cfg.policy})
+    stats = funnel.shard_stats(table, time.time() - t0)
+    (out / f"{shard_id:05d}_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return stats
+
+
+def _shards(cfg: DownloadConfig) -> list[tuple[int, pa.Table]]:
+    table = schema.read_folder(cfg.pairs, "pairs")
+    return [(k, table.slice(k * cfg.shard_size, cfg.shard_size)) for k in range(-(-table.num_rows // cfg.shard_size))]
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def run(cfg: DownloadConfig) -> Path:
+    """Download every pair under the opt-out policy; writes shards, per-shard stats and `<out>/_stats.json`."""
+    out = Path(cfg.out)
+    options.write_config(cfg, out)
+    shards = _shards(cfg)
+    todo = [(k, t) for k, t in shards if not (out / f"{k:05d}_stats.json").exists()]
+    logger.info("download: %d shards, %d already finished, policy=%s", len(shards), len(shards) - len(todo),
+                cfg.policy)
+    t0 = time.time()
+    if cfg.processes == 1 or len(todo) <= 1:
+        for k, t in funnel.progress(todo, "download", "shard"):
+            download_shard(cfg, k, t)
+    else:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(cfg.processes, mp_context=ctx, initializer=_worker_init) as pool:
+            futures = [pool.submit(download_shard, cfg, k, t) for k, t in todo]
+            for f in funnel.progress(futures, "download", "shard"):
+                f.result()
+    stats = funnel.folder_stats(out, time.time() - t0)
+    (out / "_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    logger.info("download: %d rows, %d success (%.1f img/s) → %s", stats["rows"], stats["status"].get("success", 0),
+                stats["images_per_s"], out)
+    return out

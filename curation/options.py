@@ -1,0 +1,125 @@
+"""Stage configs as frozen dataclasses: presets, `--field=value` overrides, a generated CLI and `config.json`.
+
+A stage declares `@dataclass(frozen=True) class XConfig` whose fields are made with `opt(default, "help")`.
+`add_arguments` turns the fields into argparse options (Literal fields get `choices=`), and `resolve`
+applies a preset and then the overrides, checking each value against the field's type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+
+def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A config field with a default and the help text shown by `--help`."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple for sequence defaults (configs are frozen)")
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _parse_value(name: str, hint: Any, raw: str) -> Any:
+    """Parse one command-line string into the field's type, or raise a ValueError naming the field."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if raw.lower() in ("none", "null", ""):
+            return None
+        return _parse_value(name, next(a for a in args if a is not type(None)), raw)
+    if origin is Literal:
+        if raw not in args:
+            raise ValueError(f"--{name}={raw!r}: allowed values are {', '.join(map(str, args))}")
+        return raw
+    if origin is tuple:
+        item = args[0] if args else str
+        return tuple(_parse_value(name, item, p.strip()) for p in raw.split(",") if p.strip())
+    if hint is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--{name}={raw!r}: expected true or false")
+    if hint in (int, float):
+        try:
+            return hint(raw)
+        except ValueError:
+            raise ValueError(f"--{name}={raw!r}: expected {hint.__name__}") from None
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, presets: dict[str, Any]) -> None:
+    """Add `--preset` and one `--<field>` option per config field to `parser`."""
+    parser.add_argument("--preset", default="default", choices=sorted(presets), help="named set of defaults")
+    for f in dataclasses.fields(cls):
+        hint = _hints(cls)[f.name]
+        kw: dict[str, Any] = {"default": None, "metavar": f.name.upper()}
+        if get_origin(hint) is Literal:
+            kw["choices"] = list(get_args(hint))
+            kw.pop("metavar")
+        default = getattr(presets["default"], f.name)
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
+        parser.add_argument(f"--{f.name}", help=f"{f.metadata.get('help', '')} (default: {default})", **kw)
+
+
+def resolve(cls: type, presets: dict[str, Any], preset: str, overrides: dict[str, str | None]) -> Any:
+    """Apply `overrides` (raw strings, None = not given) to preset `preset` of config class `cls`."""
+    if preset not in presets:
+        raise ValueError(f"--preset={preset!r}: allowed values are {', '.join(sorted(presets))}")
+    hints = _hints(cls)
+    changes = {}
+    for name, raw in overrides.items():
+        if raw is None:
+            continue
+        if name not in hints:
+            raise ValueError(f"unknown field {name!r} for {cls.__name__}; valid fields: {', '.join(hints)}")
+        changes[name] = _parse_value(name, hints[name], raw)
+    return dataclasses.replace(presets[preset], **changes)
+
+
+def from_args(cls: type, presets: dict[str, Any], ns: argparse.Namespace) -> Any:
+    """Resolve a config from a parsed argparse namespace built by `add_arguments`."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return resolve(cls, presets, ns.preset, {n: getattr(ns, n) for n in names})
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """JSON-ready dict of a config (tuples become lists)."""
+    return {"_config": type(cfg).__name__, **dataclasses.asdict(cfg)}
+
+
+def write_config(cfg: Any, folder: str | Path, name: str = "config.json") -> Path:
+    """Write the resolved config to `<folder>/config.json` (the first act of every stage)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def check_positive(cfg: Any, *names: str) -> None:
+    """Raise a ValueError naming the first field among `names` that is not > 0."""
+    for n in names:
+        v = getattr(cfg, n)
+        if v is None or v <= 0:
+            raise ValueError(f"{type(cfg).__name__}.{n}={v!r}: must be > 0")
+
+
+def check_choice(cfg: Any, name: str, allowed: typing.Iterable[Any]) -> None:
+    """Raise a ValueError when field `name` is not one of `allowed` (Literal fields set in Python code)."""
+    allowed = tuple(allowed)
+    v = getattr(cfg, name)
+    if v not in allowed:
+        raise ValueError(f"{type(cfg).__name__}.{name}={v!r}: allowed values are {', '.join(map(str, allowed))}")
+
+
+def literal_values(cls: type, name: str) -> tuple:
+    """The allowed values of a Literal-typed field."""
+    return get_args(_hints(cls)[name])

@@ -1,0 +1,172 @@
+"""Fixed schemas of the files passed between curation stages, and the helpers that read and check them.
+
+Every parquet file the toolkit writes carries `schema_version` and `schema_name` in its key-value metadata;
+readers check both and fail with a clear message when a file is from another stage or another version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+
+# status values of a downloaded row (img2dataset's three plus opted_out)
+STATUS_SUCCESS = "success"
+STATUS_OPTED_OUT = "opted_out"
+STATUS_FAILED_DOWNLOAD = "failed_to_download"
+STATUS_FAILED_RESIZE = "failed_to_resize"
+STATUSES = (STATUS_SUCCESS, STATUS_OPTED_OUT, STATUS_FAILED_DOWNLOAD, STATUS_FAILED_RESIZE)
+
+# where a pair came from
+SOURCES = ("crawl", "wat", "warc", "urllist")
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),  # 32 hex chars: sha256(url + "\n" + text)[:32]
+        pa.field("url", pa.string(), nullable=False),  # absolute image URL
+        pa.field("text", pa.string(), nullable=False),  # alt text, whitespace-normalised ("" when empty)
+        pa.field("page_url", pa.string()),  # page the pair was found on (null for URL lists)
+        pa.field("domain", pa.string()),  # host[:port] of the image URL
+        pa.field("source", pa.string(), nullable=False),  # one of SOURCES
+        pa.field("signals", pa.list_(pa.string()), nullable=False),  # opt-out signals seen, e.g. "meta:noai"
+    ]
+)
+
+SHARD_SCHEMA = pa.schema(
+    list(PAIRS_SCHEMA)
+    + [
+        pa.field("status", pa.string(), nullable=False),  # one of STATUSES
+        pa.field("error_message", pa.string()),  # why the row is not a success
+        pa.field("optout", pa.string()),  # the signal that excluded the row, e.g. "x-robots-tag:noai"
+        pa.field("sha256", pa.string()),  # of the original image bytes
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("original_width", pa.int32()),
+        pa.field("original_height", pa.int32()),
+        pa.field("jpg", pa.binary()),  # re-encoded image, null unless status == success
+    ]
+)
+
+ART_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),  # "<artist>/<concept_key>"
+        pa.field("concept_key", pa.string(), nullable=False),  # code points, FE0F dropped, e.g. "1F404"
+        pa.field("concept", pa.string(), nullable=False),  # CLDR name, e.g. "cow"
+        pa.field("artist", pa.string(), nullable=False),  # style name, e.g. "twemoji"
+        pa.field("licence", pa.string(), nullable=False),  # SPDX id, e.g. "CC-BY-4.0"
+        pa.field("attribution", pa.string(), nullable=False),
+        pa.field("aliases", pa.list_(pa.string()), nullable=False),
+        pa.field("keywords", pa.list_(pa.string()), nullable=False),
+        pa.field("category", pa.string()),
+        pa.field("subcategory", pa.string()),
+        pa.field("path64", pa.string(), nullable=False),  # PNG path relative to the corpus folder
+        pa.field("path32", pa.string(), nullable=False),
+    ]
+)
+
+WEB_MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string(), nullable=False),  # image URL as served
+        pa.field("page_url", pa.string(), nullable=False),
+        pa.field("site", pa.string(), nullable=False),  # site name, e.g. "artist-twemoji", "aggregator"
+        pa.field("item_id", pa.string()),  # art item shown (null for broken images)
+        pa.field("concept", pa.string()),
+        pa.field("artist", pa.string()),
+        pa.field("licence", pa.string()),
+        pa.field("alt", pa.string()),  # the alt text written in the page (null: no alt attribute)
+        pa.field("alt_kind", pa.string(), nullable=False),  # good, empty, filename, spam, mismatched, long, missing
+        pa.field("alt_correct", pa.bool_(), nullable=False),  # does the alt text describe the image?
+        pa.field("markup", pa.string(), nullable=False),  # img, srcset, data-src, picture, base-href
+        pa.field("failure", pa.string()),  # planted failure mode, e.g. "404", "truncated" (null: none)
+        pa.field("rehost_of", pa.string()),  # original image URL when this is a re-upload
+        pa.field("signals", pa.list_(pa.string()), nullable=False),  # opt-out signals that apply to it
+    ]
+)
+
+SCHEMAS = {"pairs": PAIRS_SCHEMA, "shard": SHARD_SCHEMA, "art": ART_SCHEMA, "web_manifest": WEB_MANIFEST_SCHEMA}
+
+
+def make_uid(url: str, text: str) -> str:
+    """The join key of a pair: first 128 bits of sha256(url + "\\n" + text), as 32 lowercase hex chars."""
+    return hashlib.sha256(f"{url}\n{text}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def normalize_text(text: str | None) -> str:
+    """Collapse whitespace in an alt text; None becomes the empty string."""
+    return " ".join(str(text).split()) if text is not None else ""
+
+
+def to_table(rows: list[dict], name: str) -> pa.Table:
+    """Build a table of schema `name` from row dicts; missing nullable fields become null."""
+    schema = SCHEMAS[name]
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    try:
+        return pa.table(cols, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise ValueError(f"rows do not fit the {name} schema: {err}") from err
+
+
+def validate(table: pa.Table, name: str) -> pa.Table:
+    """Check that `table` has exactly the columns and types of schema `name`; returns it cast to the schema."""
+    schema = SCHEMAS[name]
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    extra = [c for c in table.column_names if c not in schema.names]
+    if missing or extra:
+        raise ValueError(f"{name} table: missing columns {missing}, unexpected columns {extra}")
+    table = table.select(schema.names).cast(schema)
+    for field in schema:
+        if not field.nullable and table[field.name].null_count:
+            raise ValueError(f"{name} table: column {field.name!r} has {table[field.name].null_count} nulls")
+    if name == "shard":
+        bad = set(table["status"].to_pylist()) - set(STATUSES)
+        if bad:
+            raise ValueError(f"shard table: status values {sorted(bad)} not in {list(STATUSES)}")
+    if name == "pairs":
+        bad = set(table["source"].to_pylist()) - set(SOURCES)
+        if bad:
+            raise ValueError(f"pairs table: source values {sorted(bad)} not in {list(SOURCES)}")
+    return table
+
+
+def write(table: pa.Table, path: str | Path, name: str, extra_meta: dict | None = None) -> Path:
+    """Validate and write a table atomically (tmp file + rename), tagging it with its schema name and version."""
+    path = Path(path)
+    table = validate(table, name)
+    meta = {"schema_name": name, "schema_version": SCHEMA_VERSION, **(extra_meta or {})}
+    table = table.replace_schema_metadata({k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a file written by `write`, checking its schema name and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} file not found: {path}")
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path}: not a readable parquet file ({err})") from err
+    got_name = meta.get(b"schema_name", b"").decode()
+    got_version = meta.get(b"schema_version", b"").decode()
+    if got_name != name or got_version != SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: schema {got_name or '?'!r} v{got_version or '?'}, expected {name!r} v{SCHEMA_VERSION}"
+        )
+    return pq.read_table(path, columns=columns)
+
+
+def read_folder(folder: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
+    """Read and concatenate every `*.parquet` shard of schema `name` in `folder`, in file-name order."""
+    files = sorted(Path(folder).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no {name} parquet files in {folder}")
+    return pa.concat_tables([read(f, name, columns) for f in files])

@@ -1,0 +1,339 @@
+"""The demo web: one site per artist, an aggregator of re-uploads and a link farm, served on loopback.
+
+Built from the art corpus, deterministic under a seed. Opt-out signals of every kind are planted on
+some artists (see `PROFILES`), failure modes on the link farm, and a ground-truth manifest records, for
+every `<img>` placed, what it shows, which signals apply and whether its alt text is right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from curation import art, options, schema
+from curation import webcontent as wc
+from curation.webserver import Route, SiteServer
+
+logger = logging.getLogger(__name__)
+
+# opt-out profile of each artist site, assigned in artist order (cycled)
+PROFILES = ("open", "noai", "reserved")
+AI_ROBOTS = "User-agent: GPTBot\nDisallow: /\n\nUser-agent: CCBot\nDisallow: /\n\nUser-agent: *\nAllow: /\n"
+TDMREP = [{"location": "/gallery/*", "tdm-reservation": 1, "tdm-policy": "https://example.org/tdm-policy.json"}]
+FAILURES = ("404", "truncated", "wrong-content-type", "slow", "redirect-loop", "oversized", "bomb", "tiny")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    art_dir: str = options.opt("", "art corpus folder from `mithridate art build` ('' = build it with art_preset)")
+    art_preset: str = options.opt("default", "art preset used when art_dir is ''")
+    out: str = options.opt("mithridate-out/web", "folder for config.json and web_manifest.parquet")
+    first_host: str = options.opt("127.0.0.10", "loopback address of the first site; sites take the next ones")
+    port_base: int = options.opt(0, "port of the first site, +1 per site (0 = ephemeral ports)")
+    images_per_page: int = options.opt(12, "images per gallery page")
+    rehost_fraction: float = options.opt(0.15, "fraction of each artist's works re-uploaded on the aggregator")
+    failures_each: int = options.opt(4, "how many images of each failure mode the link farm plants")
+    slow_delay_s: float = options.opt(3.0, "delay of the slow responses (set above the downloader's timeout)")
+    oversized_px: int = options.opt(1900, "side of the oversized noise PNG (about 3·side² bytes)")
+    bomb_px: int = options.opt(9000, "side of the 1-bit decompression-bomb PNG")
+    seed: int = options.opt(0, "seed of every random choice")
+    serve_s: float = options.opt(0.0, "CLI only: seconds to serve before exiting (0 = until Ctrl-C)")
+
+    def __post_init__(self):
+        options.check_positive(self, "images_per_page", "oversized_px", "bomb_px")
+        if not 0 <= self.rehost_fraction <= 1:
+            raise ValueError(f"WebConfig.rehost_fraction={self.rehost_fraction!r}: must be within [0, 1]")
+        try:
+            ok = ipaddress.ip_address(self.first_host).is_loopback
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"WebConfig.first_host={self.first_host!r}: must be a loopback address in 127.0.0.0/8")
+
+
+PRESETS = {
+    "default": WebConfig(),
+    "tiny": WebConfig(art_preset="tiny", images_per_page=6, failures_each=1, slow_delay_s=1.5, bomb_px=9000),
+}
+
+
+class _Placer:
+    """Accumulates one site's routes and manifest rows."""
+
+    def __init__(self, server: SiteServer, name: str, rng: random.Random):
+        self.server, self.name, self.rng, self.rows = server, name, rng, []
+
+    def route(self, path: str, route: Route) -> str:
+        self.server.routes[path] = route
+        return self.server.origin + path
+
+    def place(self, page_url: str, path: str, markup: str, alt, kind, correct, item=None, **extra) -> str:
+        url = self.server.origin + path
+        self.rows.append(
+            {"url": url, "page_url": page_url, "site": self.name, "alt": alt, "alt_kind": kind,
+             "alt_correct": correct, "markup": markup, "signals": extra.pop("signals", []),
+             "item_id": item and item["item_id"], "concept": item and item["concept"],
+             "artist": item and item["artist"], "licence": item and item["licence"], **extra}
+        )
+        return wc.img_tag(markup, path, self.server.origin, alt)
+
+
+def _image_route(item: dict, corpus: Path, headers=()) -> Route:
+    return Route((corpus / item["path64"]).read_bytes(), "image/png", headers=tuple(headers))
+
+
+def _artist_signals(profile: str, page_no: int) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """(page signals, image response headers, <head> lines) of one gallery page under an opt-out profile."""
+    if profile == "noai":
+        sig = ["robots:CCBot", "robots:GPTBot", "meta:noai", "meta:noimageai", "x-robots-tag:noai",
+               "x-robots-tag:noimageai"]
+        return sig, [("X-Robots-Tag", "noai, noimageai")], ['<meta name="robots" content="noai, noimageai">']
+    if profile == "reserved":
+        return ["tdmrep:header", "tdmrep:well-known", "ai.txt"], [], []
+    if page_no == 2:  # an open artist who opted out a single page of works
+        return ["meta:noai"], [], ['<meta name="robots" content="noai">']
+    return [], [], []
+
+
+def _image_headers(profile: str, index: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """Per-image opt-outs of an open artist: (signals, headers) of the image with this running index."""
+    if profile != "open" or index % 7 not in (3, 5):
+        return [], []
+    if index % 7 == 3:  # image-only opt-out, seen only when the image is fetched
+        return ["x-robots-tag:noai"], [("X-Robots-Tag", "noai")]
+    return [], [("X-Robots-Tag", "otherbot: noai, noimageai")]  # scoped to another crawler: must not count
+
+
+def _site_files(p: _Placer, profile: str) -> None:
+    robots = {"open": "User-agent: *\nAllow: /\n", "noai": AI_ROBOTS,
+              "reserved": "User-agent: mithridate\nDisallow: /private/\n\nUser-agent: *\nAllow: /\n"}[profile]
+    p.route("/robots.txt", Route(robots.encode(), "text/plain"))
+    if profile == "reserved":
+        p.route("/ai.txt", Route(b"# Spawning ai.txt\nUser-Agent: *\nDisallow: *.png\nDisallow: *.jpg\n", "text/plain"))
+        p.route("/.well-known/tdmrep.json", Route(json.dumps(TDMREP).encode(), "application/json"))
+
+
+def _gallery_page(p: _Placer, items, page_no, profile, names, corpus, prefix="/gallery") -> str:
+    page_path = f"{prefix}/{page_no}.html"
+    page_url = p.server.origin + page_path
+    signals, img_headers, head = _artist_signals(profile, page_no)
+    if prefix == "/private":
+        signals = signals + ["robots:mithridate"]
+    use_base = page_no % 5 == 0
+    body = []
+    for item in items:
+        path = f"/img/{item['concept_key'].lower()}.png"
+        failure = "404" if p.rng.random() < 0.02 else None
+        extra_sig, extra_headers = _image_headers(profile, len(p.rows))
+        if failure:
+            path = f"/img/missing-{item['concept_key'].lower()}.png"
+        else:
+            p.route(path, _image_route(item, corpus, img_headers + extra_headers))
+        alt, kind, correct = wc.choose_alt(p.rng, item, names)
+        markup = "base-href" if use_base else p.rng.choice(wc.MARKUPS)
+        sig = signals + (extra_sig if not failure else [])
+        body.append(p.place(page_url, path, markup, alt, kind, correct, item, failure=failure, signals=sig))
+    if use_base:
+        head = head + [f'<base href="{p.server.origin}/img/">']
+    links = [f'<a href="{p.server.origin}/">home</a>', f'<a href="{prefix}/{page_no + 1}.html">next</a>']
+    extra = (("tdm-reservation", "1"),) if profile == "reserved" else ()
+    p.route(page_path, Route(wc.page(f"{p.name} — page {page_no}", body + links, head).encode(), headers=extra))
+    return page_path
+
+
+def _artist_site(p: _Placer, items: list[dict], profile: str, names, corpus, per_page: int) -> None:
+    _site_files(p, profile)
+    chunks = [items[i : i + per_page] for i in range(0, len(items), per_page)]
+    n_private = min(2, len(chunks) // 2) if profile == "reserved" else 0
+    pages = []
+    for k, chunk in enumerate(chunks):
+        private = k >= len(chunks) - n_private
+        prefix, no = ("/private", k - (len(chunks) - n_private) + 1) if private else ("/gallery", k + 1)
+        pages.append(_gallery_page(p, chunk, no, profile, names, corpus, prefix))
+    links = [f'<a href="{path}">{path}</a>' for path in pages]
+    extra = (("tdm-reservation", "1"),) if profile == "reserved" else ()
+    p.route("/", Route(wc.page(f"{p.name} — artwork", links).encode(), headers=extra))
+
+
+def _aggregator(p: _Placer, items: list[dict], originals: dict, names, corpus, per_page: int) -> None:
+    p.route("/robots.txt", Route(b"User-agent: *\nAllow: /\n", "text/plain"))
+    pages = []
+    for k in range(0, len(items), per_page):
+        page_path = f"/feed/{k // per_page + 1}.html"
+        body = []
+        for item in items[k : k + per_page]:
+            h = hashlib.sha1(f"{item['item_id']}".encode()).hexdigest()[:12]
+            path = f"/uploads/{h}.jpg"
+            im = wc.Image.open(corpus / item["path64"])
+            p.route(path, Route(wc.jpeg_bytes(im), "image/jpeg"))
+            alt, kind, correct = wc.choose_alt(p.rng, item, names)
+            body.append(p.place(p.server.origin + page_path, path, p.rng.choice(wc.MARKUPS), alt, kind, correct,
+                                item, rehost_of=originals[item["item_id"]]))
+        p.route(page_path, Route(wc.page(f"aggregator — feed {k // per_page + 1}", body).encode()))
+        pages.append(page_path)
+    p.route("/", Route(wc.page("aggregator — fresh emoji every day", [f'<a href="{x}">{x}</a>' for x in pages]).encode()))
+
+
+def _failure_route(p: _Placer, mode: str, item: dict, corpus: Path, cfg: WebConfig, big: dict) -> str:
+    """Plant one image of failure `mode`; returns its path."""
+    n = len(p.rows)
+    good = _image_route(item, corpus)
+    if mode == "404":
+        return f"/media/gone-{n}.png"
+    if mode == "truncated":
+        return p.route(f"/media/{n}.png", Route(wc.truncated(good.body), "image/png"))[len(p.server.origin):]
+    if mode == "wrong-content-type":
+        return p.route(f"/media/{n}.png", Route(wc.page("soft 404", ["not here"]).encode()))[len(p.server.origin):]
+    if mode == "slow":
+        return p.route(f"/media/{n}.png", Route(good.body, "image/png", delay_s=cfg.slow_delay_s))[len(p.server.origin):]
+    if mode == "redirect-loop":
+        a, b = f"/media/{n}-a.png", f"/media/{n}-b.png"
+        p.route(a, Route(b"", status=302, headers=(("Location", b),)))
+        p.route(b, Route(b"", status=302, headers=(("Location", a),)))
+        return a
+    body = {"oversized": big["oversized"], "bomb": big["bomb"], "tiny": wc.tiny_png()}[mode]
+    return p.route(f"/media/{n}.png", Route(body, "image/png"))[len(p.server.origin):]
+
+
+def _redirect_chain(p: _Placer, item: dict, corpus: Path, hops: int = 3) -> str:
+    n = len(p.rows)
+    final = p.route(f"/media/{n}-final.png", _image_route(item, corpus))
+    target = final
+    for h in range(hops, 0, -1):
+        target = p.route(f"/media/{n}-hop{h}.png", Route(b"", status=301, headers=(("Location", target),)))
+    return target[len(p.server.origin):]
+
+
+def _linkfarm(p: _Placer, items: list[dict], names, corpus, cfg: WebConfig, other_origins: list[str]) -> None:
+    p.route("/robots.txt", Route(b"User-agent: *\nAllow: /\n", "text/plain"))
+    big = {"oversized": wc.oversized_png(p.rng, cfg.oversized_px), "bomb": wc.bomb_png(cfg.bomb_px)}
+    plan = [(m, i) for m in FAILURES for i in range(cfg.failures_each)] + [("redirect-chain", 0)] * cfg.failures_each
+    plan += [("spam", 0)] * (2 * cfg.images_per_page)
+    p.rng.shuffle(plan)
+    pages, it = [], iter(p.rng.sample(items, len(items)))
+    for k in range(0, len(plan), cfg.images_per_page):
+        page_path, body = f"/deals/{k // cfg.images_per_page + 1}.html", []
+        for mode, _ in plan[k : k + cfg.images_per_page]:
+            item = next(it)
+            if mode == "spam":
+                kind = p.rng.choice(["spam", "mismatched", "long"])
+                alt = {"spam": wc.spam_alt(p.rng), "long": wc.long_alt(p.rng, item),
+                       "mismatched": p.rng.choice([x for x in names if x != item["concept"]])}[kind]
+                path = p.route(f"/media/{len(p.rows)}.png", _image_route(item, corpus))[len(p.server.origin):]
+                body.append(p.place(p.server.origin + page_path, path, "img", alt, kind, kind == "long", item))
+                continue
+            path = _redirect_chain(p, item, corpus) if mode == "redirect-chain" else _failure_route(
+                p, mode, item, corpus, cfg, big)
+            failure = None if mode == "redirect-chain" else mode
+            shown = None if mode in ("oversized", "bomb", "tiny", "wrong-content-type") else item
+            body.append(p.place(p.server.origin + page_path, path, "img", wc.good_alt(p.rng, item), "good",
+                                shown is not None, shown, failure=failure))
+        body += [f'<a href="{o}/">partner</a>' for o in other_origins] + ['<a href="/gone.html">old deals</a>']
+        p.route(page_path, Route(wc.page("BEST FREE EMOJI DOWNLOAD", body).encode()))
+        pages.append(page_path)
+    _odd_pages(p, items, corpus, pages)
+
+
+def _odd_pages(p: _Placer, items: list[dict], corpus: Path, pages: list[str]) -> None:
+    """A windows-1252 page, a malformed page and a redirecting page, linked from the link farm's index."""
+    item = items[0]
+    p.route("/img/cafe.png", _image_route(item, corpus))
+    alt = f"café crème — {item['concept']}"
+    body = wc.page("Café", [p.place(p.server.origin + "/latin1.html", "/img/cafe.png", "img", alt, "good", True, item)],
+                   charset="windows-1252")
+    p.route("/latin1.html", Route(body.encode("cp1252", "replace"), "text/html; charset=windows-1252"))
+    item2 = items[1 % len(items)]
+    p.route("/img/broken-markup.png", _image_route(item2, corpus))
+    p.place(p.server.origin + "/malformed.html", "/img/broken-markup.png", "img", item2["concept"], "good", True, item2)
+    bad = f'<html><body><div><p><img src="/img/broken-markup.png" alt="{item2["concept"]}"<a href="/deals/1.html">x</div'
+    p.route("/malformed.html", Route(bad.encode()))
+    p.route("/moved.html", Route(b"", status=301, headers=(("Location", "/latin1.html"),)))
+    links = [f'<a href="{x}">{x}</a>' for x in pages + ["/moved.html", "/malformed.html"]]
+    p.route("/", Route(wc.page("link farm", links).encode()))
+
+
+class DemoWeb:
+    """The running demo web. Use as a context manager; `seeds` are the sites' home pages."""
+
+    def __init__(self, cfg: WebConfig):
+        self.cfg = cfg
+        corpus = Path(cfg.art_dir) if cfg.art_dir else art.run(art.PRESETS[cfg.art_preset])
+        self.corpus = corpus
+        table = art.load(corpus)
+        self.items = table.sort_values(["artist", "concept_key"]).to_dict("records")
+        for item in self.items:  # parquet lists arrive as numpy arrays
+            item["aliases"], item["keywords"] = list(item["aliases"]), list(item["keywords"])
+        self.artists = sorted(table["artist"].unique())
+        self.servers: dict[str, SiteServer] = {}
+        self.manifest_path = Path(cfg.out) / "web_manifest.parquet"
+
+    def _bind(self) -> None:
+        base = ipaddress.ip_address(self.cfg.first_host)
+        names = [f"artist-{a}" for a in self.artists] + ["aggregator", "linkfarm"]
+        for i, name in enumerate(names):
+            self.servers[name] = SiteServer(str(base + i), self.cfg.port_base + i if self.cfg.port_base else 0)
+
+    def build(self) -> None:
+        """Bind the servers and generate every route and the manifest (deterministic under cfg.seed)."""
+        t0 = time.time()
+        self._bind()
+        cfg, names = self.cfg, sorted({i["concept"] for i in self.items})
+        rows, originals = [], {}
+        for i, a in enumerate(self.artists):
+            p = _Placer(self.servers[f"artist-{a}"], f"artist-{a}", random.Random(f"{cfg.seed}/{a}"))
+            mine = [x for x in self.items if x["artist"] == a]
+            _artist_site(p, mine, PROFILES[i % len(PROFILES)], names, self.corpus, cfg.images_per_page)
+            rows += p.rows
+            originals.update({r["item_id"]: r["url"] for r in p.rows if r["failure"] is None})
+        rng = random.Random(f"{cfg.seed}/aggregator")
+        chosen = [x for x in self.items if x["item_id"] in originals and rng.random() < cfg.rehost_fraction]
+        p = _Placer(self.servers["aggregator"], "aggregator", rng)
+        _aggregator(p, chosen, originals, names, self.corpus, cfg.images_per_page)
+        rows += p.rows
+        p = _Placer(self.servers["linkfarm"], "linkfarm", random.Random(f"{cfg.seed}/linkfarm"))
+        _linkfarm(p, self.items, names, self.corpus, cfg, [s.origin for s in self.servers.values()])
+        rows += p.rows
+        self.manifest = schema.to_table(rows, "web_manifest")
+        schema.write(self.manifest, self.manifest_path, "web_manifest", {"seeds": self.seeds, "seed": cfg.seed})
+        logger.info("demo web: %d sites, %d images placed, built in %.1f s", len(self.servers), len(rows),
+                    time.time() - t0)
+
+    @property
+    def seeds(self) -> list[str]:
+        return [s.origin + "/" for s in self.servers.values()]
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """The /32 networks of the sites, for the crawler's and downloader's allow lists."""
+        return tuple(sorted({f"{s.host}/32" for s in self.servers.values()}))
+
+    def __enter__(self) -> "DemoWeb":
+        options.write_config(self.cfg, self.cfg.out)
+        self.build()
+        for s in self.servers.values():
+            s.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s in self.servers.values():
+            s.stop()
+
+
+def run(cfg: WebConfig) -> Path:
+    """Serve the demo web until interrupted (or for cfg.serve_s seconds); returns the output folder."""
+    with DemoWeb(cfg) as web:
+        logger.info("serving %d sites; seeds: %s", len(web.seeds), " ".join(web.seeds))
+        logger.info("ground truth: %s", web.manifest_path)
+        try:
+            deadline = time.time() + cfg.serve_s if cfg.serve_s else float("inf")
+            while time.time() < deadline:
+                time.sleep(min(0.5, max(0.0, deadline - time.time())))
+        except KeyboardInterrupt:
+            logger.info("stopped")
+    return Path(cfg.out)

@@ -1,0 +1,5 @@
+import sys
+
+from mithridate.cli import main
+
+sys.exit(main())

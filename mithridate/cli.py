@@ -1,0 +1,14 @@
+"""The `mithridate` console script: the packages' command tables merged, nothing else."""
+
+from __future__ import annotations
+
+import curation.cli
+import reports.cli
+from curation import commands
+
+COMMANDS = {**curation.cli.COMMANDS, **reports.cli.COMMANDS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return commands.main(COMMANDS, "mithridate", argv,
+                         "mithridate: build, audit and poison text-to-image training data.")

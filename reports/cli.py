@@ -1,0 +1,15 @@
+"""The reports command table (`python -m reports …`, also under `mithridate …`)."""
+
+from __future__ import annotations
+
+from curation import commands
+from reports import demo
+
+COMMANDS = {
+    ("demo",): (demo.DemoConfig, demo.PRESETS, demo.run,
+                "run the whole story on the embedded default: art → web → crawl → download → funnel"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return commands.main(COMMANDS, "reports", argv, "Audit reports and the end-to-end demo.")

@@ -1,0 +1,54 @@
+"""Test-wide fixtures: refuse every non-loopback connection, and keep caches inside pytest's tmp dirs."""
+
+import ipaddress
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+_real_connect = socket.socket.connect
+_real_create_connection = socket.create_connection
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _is_loopback_address(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0]
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _guarded_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback_address(address):
+        raise ConnectionRefusedError(f"tests may only connect to loopback, not {address!r}")
+    return _real_connect(self, address)
+
+
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if host not in (None, "localhost") and not isinstance(host, bytes):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise socket.gaierror(f"tests may not resolve host names ({host!r})") from None
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def network_guard(monkeypatch):
+    """Refuse non-loopback connections and DNS lookups, so no test can reach the internet."""
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
+    yield
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """A session-wide cache folder (art corpus builds are shared between tests)."""
+    path = tmp_path_factory.mktemp("cache")
+    return path
