@@ -90,6 +90,8 @@ def _image_of(node, base: str) -> ImageRef | None:
     """Resolve one <img> node to an ImageRef, choosing among src, srcset, lazy attributes and <picture>."""
     attrs = node.attributes
     alt = attrs.get("alt")
+    if alt is None and "alt" in attrs:  # a bare `<img alt>` is an empty alt, not a missing one
+        alt = ""
     parent = node.parent
     if parent is not None and parent.tag == "picture":
         for source in parent.css("source"):

@@ -82,9 +82,10 @@ def _reason(err: Exception) -> str:
     """A short failure reason for the stats: http_404, timeout, too_large, refused_address, …"""
     if isinstance(err, urllib.error.HTTPError):
         return "redirect_loop" if err.code in (301, 302, 303, 307, 308) else f"http_{err.code}"
-    if isinstance(err, netguard.BlockedAddress):
+    inner = getattr(err, "reason", None)  # urllib wraps errors raised while connecting
+    if isinstance(err, netguard.BlockedAddress) or isinstance(inner, netguard.BlockedAddress):
         return "refused_address"
-    if isinstance(err, netguard.BodyTooLarge):
+    if isinstance(err, netguard.BodyTooLarge) or isinstance(inner, netguard.BodyTooLarge):
         return "too_large"
     text = str(getattr(err, "reason", err)).lower()
     return "timeout" if "timed out" in text else "connection_error"

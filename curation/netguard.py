@@ -86,12 +86,14 @@ def _connection_classes(policy: AddressPolicy):
 
 def _capped_read(response, max_bytes: int):
     raw_read = response.read
+    total = 0  # bytes read so far: the cap holds over a sequence of read(amt) calls too
 
     def read(amt=None):
-        if amt is not None:
-            return raw_read(amt)
-        data = raw_read(max_bytes + 1)
-        if len(data) > max_bytes:
+        nonlocal total
+        left = max_bytes + 1 - total
+        data = raw_read(left if amt is None else min(amt, left))
+        total += len(data)
+        if total > max_bytes:
             raise BodyTooLarge(f"body exceeds max_bytes={max_bytes}")
         return data
 
@@ -137,6 +139,23 @@ class _GuardHandler(urllib.request.BaseHandler):
     https_response = http_response
 
 
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Counts redirect hops: urllib counts distinct URLs (a two-URL loop runs 8 hops) and always follows one."""
+
+    def __init__(self, max_redirects: int):
+        self.max_redirections = max_redirects
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        hops = getattr(req, "redirect_hops", 0)
+        if hops >= self.max_redirections:
+            raise urllib.error.HTTPError(req.full_url, code, f"too many redirects (max_redirects="
+                                         f"{self.max_redirections}), last one to {newurl}", headers, fp)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.redirect_hops = hops + 1
+        return new
+
+
 def build_opener(
     policy: AddressPolicy,
     agent: str,
@@ -149,8 +168,7 @@ def build_opener(
 
     `on_response(url, x_robots_tag_values)`, when given, is called for every 2xx response (audits).
     """
-    redirect = urllib.request.HTTPRedirectHandler()
-    redirect.max_redirections = max_redirects
+    redirect = _RedirectHandler(max_redirects)
     opener = urllib.request.OpenerDirector()
     for handler in (
         _GuardHandler(policy, agent, max_bytes, require_image, on_response),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -29,7 +30,7 @@ def _hints(cls: type) -> dict[str, Any]:
 def _parse_value(name: str, hint: Any, raw: str) -> Any:
     """Parse one command-line string into the field's type, or raise a ValueError naming the field."""
     origin, args = get_origin(hint), get_args(hint)
-    if origin is typing.Union:  # Optional[X]
+    if origin in (typing.Union, types.UnionType):  # Optional[X] or X | None
         if raw.lower() in ("none", "null", ""):
             return None
         return _parse_value(name, next(a for a in args if a is not type(None)), raw)

@@ -72,15 +72,18 @@ def parse_tdmrep(text: str) -> list[dict]:
 
 def parse_ai_txt(text: str) -> list[tuple[bool, str]]:
     """Rules of a Spawning-style ai.txt for user agent `*`: (allowed, pattern) in file order."""
-    rules, applies = [], False
+    rules, applies, in_agents = [], False, False
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         key, _, value = line.partition(":")
         key, value = key.strip().lower(), value.strip()
-        if key == "user-agent":
-            applies = value == "*"
-        elif applies and key in ("allow", "disallow") and value:
-            rules.append((key == "allow", value))
+        if key == "user-agent":  # consecutive user-agent lines share one group of rules
+            applies = (applies and in_agents) or value == "*"
+            in_agents = True
+        elif key:
+            in_agents = False
+            if applies and key in ("allow", "disallow") and value:
+                rules.append((key == "allow", value))
     return rules
 
 

@@ -161,7 +161,10 @@ def read(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Ta
         raise ValueError(
             f"{path}: schema {got_name or '?'!r} v{got_version or '?'}, expected {name!r} v{SCHEMA_VERSION}"
         )
-    return pq.read_table(path, columns=columns)
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as err:  # a readable footer over corrupt data pages
+        raise ValueError(f"{path}: not a readable parquet file ({err})") from err
 
 
 def read_folder(folder: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:

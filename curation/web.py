@@ -125,7 +125,7 @@ def _gallery_page(p: _Placer, items, page_no, profile, names, corpus, prefix="/g
     signals, img_headers, head = _artist_signals(profile, page_no)
     if prefix == "/private":
         signals = signals + ["robots:mithridate"]
-    use_base = page_no % 5 == 0
+    use_base = page_no % 5 == 1
     body = []
     for item in items:
         path = f"/img/{item['concept_key'].lower()}.png"

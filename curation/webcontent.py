@@ -103,9 +103,9 @@ def page(title: str, body: list[str], head: list[str] = (), charset: str = "utf-
     )
 
 
-def png_bytes(im: Image.Image) -> bytes:
+def png_bytes(im: Image.Image, compress_level: int = 6) -> bytes:
     buf = io.BytesIO()
-    im.save(buf, format="PNG")
+    im.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
@@ -129,7 +129,7 @@ def oversized_png(rng: random.Random, side: int) -> bytes:
     """A noise PNG of `side`² pixels: incompressible, so the file is about 3·side² bytes."""
     noise = bytes(rng.getrandbits(8) for _ in range(64 * 1024))
     raw = (noise * (3 * side * side // len(noise) + 1))[: 3 * side * side]
-    return png_bytes(Image.frombytes("RGB", (side, side), raw))
+    return png_bytes(Image.frombytes("RGB", (side, side), raw), compress_level=0)  # noise does not compress
 
 
 def bomb_png(side: int) -> bytes:

@@ -82,7 +82,7 @@ class SiteServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name=f"site-{self.port}", daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), name=f"site-{self.port}", daemon=True)
         self.thread.start()
 
     def stop(self) -> None:

@@ -52,3 +52,36 @@ def cache_dir(tmp_path_factory):
     """A session-wide cache folder (art corpus builds are shared between tests)."""
     path = tmp_path_factory.mktemp("cache")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(cache_dir):
+    """The tiny art corpus (24 concepts × the pip styles), built once per session."""
+    import dataclasses
+
+    from curation import art
+
+    return art.run(dataclasses.replace(art.PRESETS["tiny"], cache_dir=str(cache_dir)))
+
+
+@pytest.fixture(scope="session")
+def tiny_web(tiny_corpus, tmp_path_factory):
+    """The demo web on loopback, tiny preset, served for the whole session."""
+    import dataclasses
+
+    from curation import web
+
+    cfg = dataclasses.replace(web.PRESETS["tiny"], art_dir=str(tiny_corpus), out=str(tmp_path_factory.mktemp("web")))
+    with web.DemoWeb(cfg) as w:
+        yield w
+
+
+@pytest.fixture(scope="session")
+def tiny_crawl(tiny_web, tmp_path_factory):
+    """The tiny web crawled once: the crawl output folder."""
+    from curation import crawler
+
+    out = tmp_path_factory.mktemp("crawl")
+    cfg = crawler.CrawlConfig(seeds=tuple(tiny_web.seeds), out=str(out), allow_networks=tiny_web.networks,
+                              timeout_s=2.0, retries=0, warc=True)
+    return crawler.run(cfg)

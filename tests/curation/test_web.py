@@ -1,0 +1,78 @@
+import dataclasses
+import json
+import urllib.request
+
+import pytest
+
+from curation import schema, web
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status, dict(r.headers), r.read()
+
+
+def _normalised(manifest, w):
+    origins = {s.origin: name for name, s in w.servers.items()}
+    rows = manifest.to_pylist()
+    for r in rows:
+        for origin, name in origins.items():
+            r["url"] = r["url"].replace(origin, name)
+            r["page_url"] = r["page_url"].replace(origin, name)
+            r["rehost_of"] = r["rehost_of"] and r["rehost_of"].replace(origin, name)
+    return rows
+
+
+def test_manifest_validates_and_plants_every_kind(tiny_web):
+    m = schema.read(tiny_web.manifest_path, "web_manifest").to_pandas()
+    assert set(m["alt_kind"]) >= {"good", "empty", "missing", "filename", "long", "mismatched", "spam"}
+    assert set(m["failure"].dropna()) == set(web.FAILURES)
+    assert set(m["markup"]) >= {"img", "img-abs", "srcset", "data-src", "picture", "base-href"}
+    signals = {s for sig in m["signals"] for s in sig}
+    assert signals >= {"meta:noai", "meta:noimageai", "robots:GPTBot", "robots:CCBot", "x-robots-tag:noai",
+                       "tdmrep:header", "tdmrep:well-known", "ai.txt", "robots:mithridate"}
+    rehosts = m[m["rehost_of"].notna()]
+    assert len(rehosts) > 0 and set(rehosts["site"]) == {"aggregator"}
+    assert set(rehosts["rehost_of"]) <= set(m["url"])
+    assert m.loc[m["alt_kind"] == "mismatched", "alt_correct"].eq(False).all()
+    assert set(m["site"]) == {f"artist-{a}" for a in tiny_web.artists} | {"aggregator", "linkfarm"}
+
+
+def test_same_seed_same_web_other_seed_other_web(tiny_web, tmp_path):
+    base = dataclasses.replace(tiny_web.cfg, out=str(tmp_path / "a"))
+    with web.DemoWeb(base) as again:
+        same = _normalised(again.manifest, again)
+    with web.DemoWeb(dataclasses.replace(base, seed=1, out=str(tmp_path / "b"))) as other:
+        different = _normalised(other.manifest, other)
+    assert same == _normalised(tiny_web.manifest, tiny_web)
+    assert different != same
+
+
+def test_sites_serve_their_optout_signals(tiny_web):
+    names = {i % 3: f"artist-{a}" for i, a in enumerate(tiny_web.artists)}
+    noai, reserved = tiny_web.servers[names[1]], tiny_web.servers[names[2]]
+    assert b"GPTBot" in _get(noai.origin + "/robots.txt")[2]
+    _, headers, body = _get(noai.origin + "/gallery/1.html")
+    assert b'content="noai, noimageai"' in body
+    img = next(p for p in noai.routes if p.startswith("/img/"))
+    assert _get(noai.origin + img)[1]["X-Robots-Tag"] == "noai, noimageai"
+    _, headers, _ = _get(reserved.origin + "/gallery/1.html")
+    assert headers["tdm-reservation"] == "1"
+    assert json.loads(_get(reserved.origin + "/.well-known/tdmrep.json")[2])[0]["tdm-reservation"] == 1
+    assert b"Disallow: *.png" in _get(reserved.origin + "/ai.txt")[2]
+    assert b"User-agent: mithridate\nDisallow: /private/" in _get(reserved.origin + "/robots.txt")[2]
+
+
+def test_failure_routes_behave(tiny_web):
+    farm = tiny_web.servers["linkfarm"]
+    with pytest.raises(urllib.error.HTTPError) as err:
+        _get(farm.origin + "/media/gone-0.png")
+    assert err.value.code == 404
+    assert _get(farm.origin + "/latin1.html")[1]["Content-Type"].endswith("windows-1252")
+
+
+@pytest.mark.parametrize("field,value", [("first_host", "10.0.0.1"), ("first_host", "nope"),
+                                         ("images_per_page", 0), ("rehost_fraction", 1.5)])
+def test_bad_config_is_a_clear_error(field, value):
+    with pytest.raises(ValueError, match=field):
+        web.WebConfig(**{field: value})
