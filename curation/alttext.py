@@ -71,13 +71,30 @@ def http_url(raw: str | None, base: str) -> str | None:
     return url
 
 
+_SRCSET_URL_RE = re.compile(r"[\s,]*(\S*)")
+_SRCSET_DESCRIPTORS_RE = re.compile(r"([^,]*),?")
+
+
+def _srcset_candidates(srcset: str):
+    """Split a srcset as browsers do: a URL may contain commas (`data:image/gif;base64,R0lG…` placeholders)."""
+    pos = 0
+    while True:
+        m = _SRCSET_URL_RE.match(srcset, pos)
+        url, pos = m.group(1), m.end()
+        if not url:
+            return
+        if url.endswith(","):  # `a.png,b.png 2x`-style: trailing commas end a candidate without descriptors
+            yield [url.rstrip(",")]
+            continue
+        m = _SRCSET_DESCRIPTORS_RE.match(srcset, pos)
+        pos = m.end()
+        yield [url, *m.group(1).split()]
+
+
 def largest_srcset(srcset: str) -> str | None:
     """The candidate with the largest width (`640w`) or density (`2x`) descriptor; the last one on ties."""
     best, best_size = None, -1.0
-    for cand in srcset.split(","):
-        parts = cand.strip().split()
-        if not parts:
-            continue
+    for parts in _srcset_candidates(srcset):
         size = 1.0
         if len(parts) > 1 and parts[1][:-1].replace(".", "", 1).isdigit() and parts[1][-1] in "wx":
             size = float(parts[1][:-1])

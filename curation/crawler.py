@@ -180,7 +180,7 @@ class Crawler:
         return PageResult(url, "fetched", pairs=pairs, links=same)
 
     def run(self) -> tuple[list[dict], dict]:
-        """Crawl from the seeds; returns (pairs, stats)."""
+        """Crawl from the seeds; returns (pairs sorted by page URL, in document order within a page, stats)."""
         frontier = collections.defaultdict(collections.deque)  # origin -> deque[(url, depth)]
         seen = set()
         for s in self.cfg.seeds:
@@ -224,6 +224,7 @@ class Crawler:
         stats = dict(self.stats, seconds=round(elapsed, 3), hosts=len(self.sites),
                      pages_per_s=round(self.stats["pages_fetched"] / max(elapsed, 1e-9), 1),
                      images_found=len(pairs), frontier_left=sum(len(q) for q in frontier.values()))
+        pairs.sort(key=lambda p: p["page_url"])  # stable: keeps document order within a page
         return pairs, stats
 
     def _count(self, res: PageResult) -> None:

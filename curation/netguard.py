@@ -100,6 +100,16 @@ def _capped_read(response, max_bytes: int):
     return read
 
 
+def _unwrapped(do_open, conn_class, req):
+    """`do_open` wraps every OSError raised while connecting in a URLError: re-raise our own errors as they are."""
+    try:
+        return do_open(conn_class, req)
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, urllib.error.URLError):  # BlockedAddress, or "cannot resolve"
+            raise err.reason from None
+        raise
+
+
 class _GuardHandler(urllib.request.BaseHandler):
     """Opens connections through the policy, sets the user agent, caps bodies, checks image content types."""
 
@@ -111,10 +121,10 @@ class _GuardHandler(urllib.request.BaseHandler):
         self.on_response = on_response
 
     def http_open(self, req):
-        return urllib.request.HTTPHandler().do_open(self.conn_http, req)
+        return _unwrapped(urllib.request.HTTPHandler().do_open, self.conn_http, req)
 
     def https_open(self, req):
-        return urllib.request.HTTPSHandler().do_open(self.conn_https, req)
+        return _unwrapped(urllib.request.HTTPSHandler().do_open, self.conn_https, req)
 
     def http_request(self, req):
         req.remove_header("User-agent")

@@ -65,13 +65,16 @@ def test_successes_are_decodable_64px_with_the_original_sha256(tiny_web, honored
     ok = shards[shards["status"] == "success"]
     assert len(ok) > 20
     by_origin = {s.origin: s for s in tiny_web.servers.values()}
-    for row in ok.head(30).itertuples():
+    for row in ok.itertuples():
         im = Image.open(io.BytesIO(row.jpg))
         assert im.size == (64, 64) and (row.width, row.height) == (64, 64)
         origin = row.url.split("/", 3)[:3]
         server = by_origin["/".join(origin)]
         path = "/" + row.url.split("/", 3)[3]
-        body = server.routes[path.split("?")[0]].body
+        route = server.routes[path.split("?")[0]]
+        while route.status in (301, 302):  # a redirect chain: the hash is of the final image
+            route = server.routes[dict(route.headers)["Location"].split(server.origin, 1)[1]]
+        body = route.body
         assert row.sha256 == hashlib.sha256(body).hexdigest()
     assert shards.loc[shards["status"] != "success", "jpg"].isna().all()
 
