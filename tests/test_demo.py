@@ -1,0 +1,28 @@
+import json
+
+from curation import web
+from mithridate.cli import main
+
+PLANTED_REASONS = {"http_404", "decode_error", "wrong_content_type", "timeout", "redirect_loop", "too_large",
+                   "too_many_pixels", "too_small"}
+PLANTED_SIGNALS = {"meta:noai", "meta:noimageai", "robots:GPTBot", "robots:CCBot", "tdmrep:header",
+                   "tdmrep:well-known", "ai.txt", "x-robots-tag"}
+
+
+def test_tiny_demo_prints_a_funnel_with_every_planted_category(tmp_path, cache_dir, caplog):
+    caplog.set_level("INFO")
+    assert main(["demo", "--preset=tiny", f"--out={tmp_path}", f"--cache_dir={cache_dir}"]) == 0
+    funnel = json.loads((tmp_path / "funnel.json").read_text())
+    crawl, down = funnel["crawl"], funnel["download"]
+    assert crawl["pages_fetched"] > 0 and crawl["pages_disallowed_by_robots"] > 0
+    assert set(down["failure_reasons"]) == PLANTED_REASONS and min(down["failure_reasons"].values()) > 0
+    assert set(down["optout_signals"]) == PLANTED_SIGNALS
+    assert down["status"]["success"] > 0 and down["status"]["opted_out"] > 0
+    assert down["rows"] == crawl["pairs"]
+    assert "downloaded" in caplog.text and str(tmp_path) in caplog.text
+    assert len(web.FAILURES) == len(PLANTED_REASONS)
+
+
+def test_demo_rejects_bad_values(capsys):
+    assert main(["demo", "--timeout_s=-1"]) == 2
+    assert "timeout_s" in capsys.readouterr().err
