@@ -35,12 +35,20 @@ from importlib.resources import files
 from pathlib import Path
 
 import pandas as pd
-import platformdirs
 from PIL import Image
 from tqdm import tqdm
 
 from curation import options, schema
-from curation.art_styles import STYLES, RenderFn, available_styles, is_single, key_of
+from curation.art_styles import (
+    STYLES,
+    RenderFn,
+    auto_styles,
+    available_styles,
+    default_cache_root,
+    is_single,
+    key_of,
+    npm_versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,9 @@ class ArtConfig:
     """Which artists and concepts go into the art corpus, and where it is cached."""
 
     cache_dir: str = options.opt("", "cache root; empty: $MITHRIDATE_CACHE, else the user cache dir")
-    styles: tuple[str, ...] = options.opt(("auto",), "emoji styles (artists); 'auto' = every available one")
+    styles: tuple[str, ...] = options.opt(
+        ("auto",), "emoji styles (artists); 'auto' = every available one (noto preferred over notocolor)"
+    )
     max_concepts: int = options.opt(0, "keep at most this many concepts (0 = all shared by every style)")
     include: tuple[str, ...] = options.opt(DEFAULT_INCLUDE, "concept names always kept when limited")
     seed: int = options.opt(0, "seed of the sample of other concepts when max_concepts limits")
@@ -131,15 +141,14 @@ def resolve_styles(cfg: ArtConfig) -> list[str]:
         cfg: the art config.
 
     Returns:
-        Style names in registry order for "auto", else in the order given.
+        Style names in registry order for "auto" (see `auto_styles`), else in the order given.
     """
-    return available_styles() if cfg.styles == ("auto",) else list(cfg.styles)
+    return auto_styles() if cfg.styles == ("auto",) else list(cfg.styles)
 
 
 def cache_root(cfg: ArtConfig) -> Path:
     """The cache root: `cfg.cache_dir`, else $MITHRIDATE_CACHE, else the platform's user cache dir."""
-    root = cfg.cache_dir or os.environ.get("MITHRIDATE_CACHE") or platformdirs.user_cache_dir("mithridate")
-    return Path(root).expanduser()
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
 
 
 def _version(dist: str) -> str | None:
@@ -163,6 +172,8 @@ def corpus_folder(cfg: ArtConfig) -> Path:
         "format": FORMAT_VERSION, "styles": styles, "max_concepts": cfg.max_concepts,
         "include": list(cfg.include), "seed": cfg.seed, "versions": {d: _version(d) for d in _VERSIONED},
     }
+    if npm := npm_versions(styles):  # only when npm styles are chosen: other fingerprints stay as they were
+        key["npm"] = npm
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return cache_root(cfg) / "art" / f"{'+'.join(styles)}-{cfg.max_concepts or 'all'}-{digest}"
 

