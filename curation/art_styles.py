@@ -351,6 +351,13 @@ def npm_versions(styles: list[str]) -> dict[str, str | None]:
 NPM_PACKAGES = {"noto": "@iconify-json/noto", "fluent": "@iconify-json/fluent-emoji-flat"}
 
 
+
+def _npm_style(name: str, licence: str, attribution: str, note: str) -> Style:
+    """A style read from an npm @iconify-json package (see NPM_PACKAGES)."""
+    return Style(name=name, licence=licence, attribution=attribution,
+                 available=lambda: _iconify_available(NPM_PACKAGES[name]),
+                 load=lambda: _iconify_load(NPM_PACKAGES[name], licence), note=note)
+
 # Registry order is the order of "auto": the pip styles first, so a machine without the optional
 # sources keeps the corpora (folder names and fingerprints) it built before they were added.
 STYLES: dict[str, Style] = {
@@ -385,22 +392,14 @@ STYLES: dict[str, Style] = {
         available=NOTO_COLOR_PATH.is_file,
         load=lambda: _font_load(str(NOTO_COLOR_PATH), NOTO_COLOR_PX),
     ),
-    "noto": Style(
-        name="noto",
-        licence="Apache-2.0",
-        attribution="Noto Emoji © Google, Apache-2.0",
-        available=lambda: _iconify_available(NPM_PACKAGES["noto"]),
-        load=lambda: _iconify_load(NPM_PACKAGES["noto"], "Apache-2.0"),
-        note="Rendered from the SVGs of npm @iconify-json/noto (resized). Redistribution keeps the Apache-2.0 "
+    "noto": _npm_style(
+        "noto", "Apache-2.0", "Noto Emoji © Google, Apache-2.0",
+        "Rendered from the SVGs of npm @iconify-json/noto (resized). Redistribution keeps the Apache-2.0 "
         "licence text (https://www.apache.org/licenses/LICENSE-2.0).",
     ),
-    "fluent": Style(
-        name="fluent",
-        licence="MIT",
-        attribution="Fluent Emoji © Microsoft Corporation, MIT",
-        available=lambda: _iconify_available(NPM_PACKAGES["fluent"]),
-        load=lambda: _iconify_load(NPM_PACKAGES["fluent"], "MIT"),
-        note="Rendered from the SVGs of npm @iconify-json/fluent-emoji-flat (resized). Copies keep the copyright "
+    "fluent": _npm_style(
+        "fluent", "MIT", "Fluent Emoji © Microsoft Corporation, MIT",
+        "Rendered from the SVGs of npm @iconify-json/fluent-emoji-flat (resized). Copies keep the copyright "
         "and MIT permission notice (https://github.com/microsoft/fluentui-emoji/blob/main/LICENSE).",
     ),
 }
