@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
@@ -73,16 +74,25 @@ class _PixelCap:
         self.resizer, self.max_pixels = resizer, max_pixels
 
     def __call__(self, img_stream, bbox=None):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            w, h = Image.open(img_stream).size  # reads the header only
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-            w = h = 0  # let the real decoder report the error
+        w, h = _header_size(img_stream)
         img_stream.seek(0)
         if w * h > self.max_pixels:
             return None, None, None, None, None, f"image of {w}x{h} pixels exceeds max_pixels={self.max_pixels}"
         return self.resizer(img_stream, bbox)
+
+
+def _header_size(stream) -> tuple[int, int]:
+    """Width and height announced by an image header, without decoding; (0, 0) when unknown."""
+    head = stream.read(24)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":  # fast path: PNG's fixed header
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    stream.seek(0)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(stream).size  # reads the header only
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return 0, 0  # let the real decoder report the error
 
 
 def _img2dataset_downloader(cfg: DownloadConfig, folder: Path):
@@ -108,14 +118,15 @@ def _opener(cfg: DownloadConfig, seen_xrt: dict | None = None):
                                  on_response=None if seen_xrt is None else seen_xrt.__setitem__)
 
 
-def _excluded(signals: list[str], cfg: DownloadConfig) -> bool:
-    return cfg.policy == "honor" and bool(signals)
+_RESULT = pa.schema([f for f in schema.SHARD_SCHEMA if f.name in (
+    "status", "error_message", "sha256", "width", "height", "original_width", "original_height", "jpg")])
 
 
-def _fetch(cfg: DownloadConfig, shard_id: int, rows: pa.Table, tmp: Path) -> dict[str, dict]:
-    """Download the rows of one shard with img2dataset; returns uid → result columns."""
+def _fetch(cfg: DownloadConfig, shard_id: int, rows: pa.Table, tmp: Path) -> tuple[pa.Table, dict]:
+    """Download `rows` with img2dataset; returns (uid + result columns, url → X-Robots-Tag values seen)."""
+    empty = pa.schema([pa.field("uid", pa.string())] + list(_RESULT)).empty_table()
     if rows.num_rows == 0:
-        return {}
+        return empty, {}
     tmp.mkdir(parents=True, exist_ok=True)
     feather.write_feather(rows.select(["uid", "url"]), tmp / f"{shard_id:05d}.feather", compression="uncompressed")
     seen_xrt: dict[str, list[str]] = {}
@@ -123,40 +134,48 @@ def _fetch(cfg: DownloadConfig, shard_id: int, rows: pa.Table, tmp: Path) -> dic
         ok, _ = _img2dataset_downloader(cfg, tmp)((shard_id, str(tmp / f"{shard_id:05d}.feather")))
     if not ok:
         raise RuntimeError(f"img2dataset failed on shard {shard_id}")
-    got = pq.read_table(tmp / f"{shard_id:05d}.parquet").to_pylist()
-    for r in got:
-        r["xrt"] = seen_xrt.get(r["url"], [])
-    return {r["uid"]: r for r in got}
+    got = pq.read_table(tmp / f"{shard_id:05d}.parquet", columns=empty.schema.names)
+    return got.cast(empty.schema), seen_xrt
 
 
-def _result_row(row: dict, got: dict | None, cfg: DownloadConfig) -> dict:
-    """The output row for one input pair, from its img2dataset result (None = not fetched)."""
-    out = dict(row, status=schema.STATUS_OPTED_OUT, error_message=None, optout=None)
-    if got is None:
-        out.update(error_message="opt-out signal: " + ", ".join(row["signals"]), optout=";".join(row["signals"]))
-        return out
-    for k in ("status", "error_message", "sha256", "width", "height", "original_width", "original_height", "jpg"):
-        out[k] = got.get(k)
-    if got["status"] != schema.STATUS_SUCCESS:
-        out["jpg"] = out["sha256"] = None
-    if got.get("error_message") == XRT_MESSAGE:
-        out.update(status=schema.STATUS_OPTED_OUT, optout="x-robots-tag")
-    elif cfg.policy == "record":
-        xrt = directive_signals(x_robots_directives(got["xrt"], netguard.USER_AGENT_TOKEN), "x-robots-tag")
-        flagged = list(row["signals"]) + xrt
-        out["optout"] = ";".join(flagged) or None
-    return out
+def _recorded_optouts(table: dict, seen_xrt: dict) -> pa.Array:
+    """Policy `record`: every signal that would have excluded a row, X-Robots-Tag on the image included."""
+    out = []
+    for url, signals in zip(table["url"].to_pylist(), table["signals"].to_pylist()):
+        xrt = directive_signals(x_robots_directives(seen_xrt.get(url, []), netguard.USER_AGENT_TOKEN), "x-robots-tag")
+        out.append(";".join(list(signals) + xrt) or None)
+    return pa.array(out, pa.string())
+
+
+def _merge(rows: pa.Table, got: pa.Table, seen_xrt: dict, cfg: DownloadConfig) -> pa.Table:
+    """The output shard: every input row in input order, with its status and, on success, its image."""
+    null = pa.scalar(None, pa.string())
+    keys = pa.table({"uid": rows["uid"], "_i": pa.array(range(rows.num_rows), pa.int64())})
+    res = keys.join(got, "uid", join_type="left outer").sort_by("_i")  # aligned with rows (uids are unique)
+    t = {**{n: rows[n] for n in rows.column_names}, **{n: res[n] for n in got.column_names if n != "uid"}}
+    excluded = pc.is_null(t["status"])  # not fetched: the policy excluded it
+    signals = pc.binary_join(t["signals"], ";")
+    xrt = pc.fill_null(pc.equal(t["error_message"], XRT_MESSAGE), False)
+    status = pc.if_else(pc.or_(excluded, xrt), schema.STATUS_OPTED_OUT, t["status"])
+    message = pc.binary_join_element_wise("opt-out signal: ", pc.binary_join(t["signals"], ", "), "")
+    optout = pc.if_else(excluded, signals, pc.if_else(xrt, "x-robots-tag", null))
+    if cfg.policy == "record":
+        optout = _recorded_optouts(t, seen_xrt)
+    success = pc.equal(status, schema.STATUS_SUCCESS)
+    cols = {"status": status, "error_message": pc.if_else(excluded, message, t["error_message"]), "optout": optout,
+            "sha256": pc.if_else(success, t["sha256"], null),
+            "jpg": pc.if_else(success, t["jpg"], pa.scalar(None, pa.binary()))}
+    return pa.table({f.name: cols.get(f.name, t.get(f.name)) for f in schema.SHARD_SCHEMA}, schema=schema.SHARD_SCHEMA)
 
 
 def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table) -> dict:
     """Download one shard and write `<out>/<id>.parquet` then `<out>/<id>_stats.json`; returns the stats."""
     out, t0 = Path(cfg.out), time.time()
-    records = rows.to_pylist()
-    fetch = [r for r in records if not _excluded(r["signals"], cfg)]
+    has_signal = pc.greater(pc.list_value_length(rows["signals"]), 0)
+    fetch = rows.filter(pc.invert(has_signal)) if cfg.policy == "honor" else rows
     tmp = out / "_tmp" / f"{shard_id:05d}"
-    got = _fetch(cfg, shard_id, pa.Table.from_pylist(fetch, schema=schema.PAIRS_SCHEMA), tmp)
-    result = [_result_row(r, got.get(r["uid"]) if not _excluded(r["signals"], cfg) else None, cfg) for r in records]
-    table = schema.to_table(result, "shard")
+    got, seen_xrt = _fetch(cfg, shard_id, fetch, tmp)
+    table = _merge(rows, got, seen_xrt, cfg)
     schema.write(table, out / f"{shard_id:05d}.parquet", "shard", {"policy": cfg.policy})
     stats = funnel.shard_stats(table, time.time() - t0)
     (out / f"{shard_id:05d}_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
@@ -166,11 +185,16 @@ def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table) -> dict:
 
 def _shards(cfg: DownloadConfig) -> list[tuple[int, pa.Table]]:
     table = schema.read_folder(cfg.pairs, "pairs")
+    dup = table.num_rows - pc.count_distinct(table["uid"]).as_py()
+    if dup:
+        raise ValueError(f"pairs {cfg.pairs}: {dup} duplicate uids; write pairs with `mithridate pairs`/`crawl`")
     return [(k, table.slice(k * cfg.shard_size, cfg.shard_size)) for k in range(-(-table.num_rows // cfg.shard_size))]
 
 
 def _worker_init() -> None:
+    """Import img2dataset (≈2 s: torch, albumentations) before any shard is timed."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import img2dataset.downloader  # noqa: F401
 
 
 def run(cfg: DownloadConfig) -> Path:
@@ -181,6 +205,7 @@ def run(cfg: DownloadConfig) -> Path:
     todo = [(k, t) for k, t in shards if not (out / f"{k:05d}_stats.json").exists()]
     logger.info("download: %d shards, %d already finished, policy=%s", len(shards), len(shards) - len(todo),
                 cfg.policy)
+    _worker_init()
     t0 = time.time()
     if cfg.processes == 1 or len(todo) <= 1:
         for k, t in funnel.progress(todo, "download", "shard"):

@@ -57,15 +57,22 @@ class AddressPolicy:
 
     def resolve(self, host: str, port: int) -> str:
         """Resolve `host` and return its first address, raising BlockedAddress if any address is forbidden."""
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as err:
-            raise urllib.error.URLError(f"cannot resolve {host}: {err}") from None
-        ips = [info[4][0] for info in infos]
+        try:  # an address literal needs no lookup (and cannot be rebound)
+            ips = [str(ipaddress.ip_address(host.strip("[]")))]
+        except ValueError:
+            ips = self._lookup(host, port)
         for ip in ips:
             if not self.is_allowed(ip):
                 raise BlockedAddress(f"refused: {host} resolves to non-public address {ip} (not in allow_networks)")
         return ips[0]
+
+    @staticmethod
+    def _lookup(host: str, port: int) -> list[str]:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as err:
+            raise urllib.error.URLError(f"cannot resolve {host}: {err}") from None
+        return [info[4][0] for info in infos]
 
 
 def _connection_classes(policy: AddressPolicy):
