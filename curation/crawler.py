@@ -45,10 +45,11 @@ class CrawlConfig:
     contact_url: str = options.opt("https://github.com/mithridate/mithridate", "contact URL in the user agent")
     warc: bool = options.opt(False, "also write every response to <out>/crawl.warc.gz")
     shard_size: int = options.opt(10000, "pairs per output parquet shard")
+    checkpoint_pages: int = options.opt(200, "save progress every this many pages (a rerun resumes from it)")
 
     def __post_init__(self):
         options.check_positive(self, "max_pages", "concurrency", "per_host", "timeout_s", "max_page_bytes",
-                               "shard_size", "max_images_per_page")
+                               "shard_size", "max_images_per_page", "checkpoint_pages")
         if self.retries < 0 or self.max_depth < 0 or self.delay_s < 0 or self.max_redirects < 0:
             raise ValueError("CrawlConfig: retries, max_depth, delay_s and max_redirects must be >= 0")
         netguard.parse_networks(self.allow_networks)
@@ -179,52 +180,62 @@ class Crawler:
         same = [link for link in page.links if _origin(link) == _origin(final)]
         return PageResult(url, "fetched", pairs=pairs, links=same)
 
-    def run(self) -> tuple[list[dict], dict]:
-        """Crawl from the seeds; returns (pairs sorted by page URL, in document order within a page, stats)."""
-        frontier = collections.defaultdict(collections.deque)  # origin -> deque[(url, depth)]
-        seen = set()
-        for s in self.cfg.seeds:
-            if s not in seen:
-                seen.add(s)
-                frontier[_origin(s)].append((s, 0))
-        in_flight, next_time = collections.Counter(), collections.defaultdict(float)
-        pairs, futures, scheduled = [], {}, 0
-        t0 = time.time()
+    def _schedule(self, state: "CrawlState", pool, futures: dict, in_flight, next_time) -> None:
+        """Submit queued pages while the global, per-host and max_pages limits and per-host delays allow."""
+        cfg = self.cfg
+        for origin, queue in state.queues.items():
+            while queue and len(futures) < cfg.concurrency and state.scheduled < cfg.max_pages and (
+                in_flight[origin] < cfg.per_host and time.time() >= next_time[origin]
+            ):
+                url, depth = queue.popleft()
+                futures[pool.submit(self.crawl_page, url)] = (origin, url, depth)
+                in_flight[origin] += 1
+                next_time[origin] = time.time() + cfg.delay_s
+                state.scheduled += 1
+
+    def run(self, state: "CrawlState", checkpoint=None) -> tuple[list[dict], dict]:
+        """Crawl from `state`; returns (pairs sorted by page URL, in document order within a page, stats).
+
+        `checkpoint(state, in_flight_urls)` is called every `cfg.checkpoint_pages` pages.
+        """
+        in_flight, next_time, futures = collections.Counter(), collections.defaultdict(float), {}
+        self.stats = state.stats
+        t0, since = time.time(), 0
         bar = tqdm(total=None, unit="page", desc="crawl", leave=False)
         with cf.ThreadPoolExecutor(self.cfg.concurrency) as pool:
-            while True:
-                for origin, queue in frontier.items():  # 1) schedule what the per-host limits allow
-                    while queue and len(futures) < self.cfg.concurrency and scheduled < self.cfg.max_pages and (
-                        in_flight[origin] < self.cfg.per_host and time.time() >= next_time[origin]
-                    ):
-                        url, depth = queue.popleft()
-                        futures[pool.submit(self.crawl_page, url)] = (origin, depth)
-                        in_flight[origin] += 1
-                        next_time[origin] = time.time() + self.cfg.delay_s
-                        scheduled += 1
-                if not futures:
-                    if scheduled >= self.cfg.max_pages or not any(frontier.values()):
-                        break
-                    time.sleep(0.01)
-                    continue
-                done, _ = cf.wait(futures, timeout=0.05, return_when=cf.FIRST_COMPLETED)
-                for fut in done:  # 2) collect pages, queue new same-site links
-                    origin, depth = futures.pop(fut)
-                    in_flight[origin] -= 1
-                    res = fut.result()
-                    self._count(res)
-                    bar.update(1)
-                    pairs += res.pairs
-                    for link in res.links if depth < self.cfg.max_depth else []:
-                        if link not in seen:
-                            seen.add(link)
-                            frontier[_origin(link)].append((link, depth + 1))
+            try:
+                while True:
+                    self._schedule(state, pool, futures, in_flight, next_time)  # 1) as the limits allow
+                    if not futures:
+                        if state.scheduled >= self.cfg.max_pages or not any(state.queues.values()):
+                            break
+                        time.sleep(0.01)
+                        continue
+                    done, _ = cf.wait(futures, timeout=0.05, return_when=cf.FIRST_COMPLETED)
+                    for fut in done:  # 2) collect pages, queue new same-site links
+                        origin, _, depth = futures[fut]
+                        res = fut.result()  # a page that raised stays in `futures`, so a checkpoint keeps it
+                        del futures[fut]
+                        in_flight[origin] -= 1
+                        self._count(res)
+                        bar.update(1)
+                        state.pairs += res.pairs
+                        for link in res.links if depth < self.cfg.max_depth else []:
+                            state.push(link, depth + 1)
+                    since += len(done)
+                    if checkpoint is not None and since >= self.cfg.checkpoint_pages:  # 3) save progress
+                        checkpoint(state, [(u, d) for _, u, d in futures.values()])
+                        since = 0
+            except KeyboardInterrupt:  # save what is done, so that a rerun resumes here
+                if checkpoint is not None:
+                    checkpoint(state, [(u, d) for _, u, d in futures.values()])
+                raise
         bar.close()
         elapsed = time.time() - t0
         stats = dict(self.stats, seconds=round(elapsed, 3), hosts=len(self.sites),
                      pages_per_s=round(self.stats["pages_fetched"] / max(elapsed, 1e-9), 1),
-                     images_found=len(pairs), frontier_left=sum(len(q) for q in frontier.values()))
-        pairs.sort(key=lambda p: p["page_url"])  # stable: keeps document order within a page
+                     images_found=len(state.pairs), frontier_left=sum(len(q) for q in state.queues.values()))
+        pairs = sorted(state.pairs, key=lambda p: p["page_url"])  # stable: keeps document order within a page
         return pairs, stats
 
     def _count(self, res: PageResult) -> None:
@@ -233,29 +244,111 @@ class Crawler:
         self.stats[key] += 1
 
 
+class CrawlState:
+    """What a crawl has done and has left: per-host queues, seen URLs, pairs found, counters."""
+
+    def __init__(self):
+        self.queues = collections.defaultdict(collections.deque)  # origin -> deque[(url, depth)]
+        self.seen: set[str] = set()
+        self.pairs: list[dict] = []
+        self.stats = collections.Counter()
+        self.scheduled = 0
+        self.saved_pairs = 0  # pairs already written to _partial/
+
+    @classmethod
+    def start(cls, seeds) -> "CrawlState":
+        state = cls()
+        for s in seeds:
+            state.push(s, 0)
+        return state
+
+    def push(self, url: str, depth: int) -> None:
+        if url not in self.seen:
+            self.seen.add(url)
+            self.queues[_origin(url)].append((url, depth))
+
+    def save(self, out: Path, in_flight: list[tuple[str, int]]) -> None:
+        """Write new pairs to `<out>/_partial/` and the frontier (in-flight pages included) to `_state.json`."""
+        new = self.pairs[self.saved_pairs :]
+        if new:
+            rows = [dict(p, uid=schema.make_uid(p["url"], p["text"])) for p in new]
+            schema.write(schema.to_table(rows, "pairs"), out / "_partial" / f"{self.saved_pairs:09d}.parquet", "pairs")
+            self.saved_pairs = len(self.pairs)
+        frontier = in_flight + [item for q in self.queues.values() for item in q]
+        state = {"seen": sorted(self.seen), "frontier": frontier, "stats": dict(self.stats),
+                 "scheduled": self.scheduled - len(in_flight), "saved_pairs": self.saved_pairs}
+        tmp = out / "_state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(out / "_state.json")
+
+    @classmethod
+    def load(cls, out: Path) -> "CrawlState | None":
+        """The state saved by an interrupted crawl in `out`, or None."""
+        if not (out / "_state.json").exists():
+            return None
+        saved = json.loads((out / "_state.json").read_text())
+        state = cls()
+        state.seen, state.stats = set(saved["seen"]), collections.Counter(saved["stats"])
+        state.scheduled = saved["scheduled"]
+        for url, depth in saved["frontier"]:
+            state.queues[_origin(url)].append((url, depth))
+        parts = sorted((out / "_partial").glob("*.parquet"))
+        state.pairs = [p for f in parts for p in schema.read(f, "pairs").to_pylist()][: saved["saved_pairs"]]
+        state.saved_pairs = len(state.pairs)
+        logger.info("crawl: resuming from %s (%d pages done, %d queued, %d pairs)", out,
+                    sum(state.stats.values()), len(saved["frontier"]), len(state.pairs))
+        return state
+
+    @staticmethod
+    def clear(out: Path) -> None:
+        import shutil
+
+        shutil.rmtree(out / "_partial", ignore_errors=True)
+        (out / "_state.json").unlink(missing_ok=True)
+
+
 def _origin(url: str) -> str:
     p = urlsplit(url)
     return f"{p.scheme}://{p.netloc.lower()}"
 
 
 def run(cfg: CrawlConfig) -> Path:
-    """Crawl `cfg.seeds`; writes `<out>/config.json`, `<out>/pairs/*.parquet` and `<out>/_stats.json`."""
+    """Crawl `cfg.seeds`; writes `<out>/config.json`, `<out>/pairs/*.parquet` and `<out>/_stats.json`.
+
+    Progress is saved every `cfg.checkpoint_pages` pages; a rerun with the same config resumes from it, and a
+    rerun of a finished crawl does nothing.
+    """
     if not cfg.seeds:
         raise ValueError("CrawlConfig.seeds is empty: give at least one start URL (--seeds=http://…)")
     out = Path(cfg.out)
+    options.check_resumable(cfg, out)
+    if (out / "_stats.json").exists():
+        logger.info("crawl: %s already holds this finished crawl; nothing to do", out)
+        return out
     options.write_config(cfg, out)
+    state = CrawlState.load(out) or CrawlState.start(cfg.seeds)
     crawler = Crawler(cfg)
     if cfg.warc:
         from curation.warc import WarcSink
 
-        crawler.warc = WarcSink(out / "crawl.warc.gz")
+        crawler.warc = WarcSink(_free_name(out, "crawl", ".warc.gz"))
     try:
-        pairs, stats = crawler.run()
+        pairs, stats = crawler.run(state, checkpoint=lambda st, flying: st.save(out, flying))
     finally:
         if crawler.warc is not None:
             crawler.warc.close()
     stats.update(write_pairs(pairs, out / "pairs", cfg.shard_size))
     (out / "_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    CrawlState.clear(out)
     logger.info("crawl: %d pages in %.1f s (%.1f pages/s), %d pairs → %s", stats.get("pages_fetched", 0),
                 stats["seconds"], stats["pages_per_s"], stats.get("pairs", 0), out / "pairs")
     return out
+
+
+def _free_name(folder: Path, stem: str, suffix: str) -> Path:
+    """`<stem><suffix>`, or `<stem>-1<suffix>`, … when a resumed crawl must not overwrite an earlier file."""
+    path, n = folder / f"{stem}{suffix}", 0
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}{suffix}"
+    return path

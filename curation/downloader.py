@@ -200,6 +200,7 @@ def _worker_init() -> None:
 def run(cfg: DownloadConfig) -> Path:
     """Download every pair under the opt-out policy; writes shards, per-shard stats and `<out>/_stats.json`."""
     out = Path(cfg.out)
+    options.check_resumable(cfg, out, runtime_fields=("processes", "threads"))
     options.write_config(cfg, out)
     shards = _shards(cfg)
     todo = [(k, t) for k, t in shards if not (out / f"{k:05d}_stats.json").exists()]

@@ -105,6 +105,26 @@ def write_config(cfg: Any, folder: str | Path, name: str = "config.json") -> Pat
     return path
 
 
+def check_resumable(cfg: Any, folder: str | Path, runtime_fields: tuple[str, ...] = ()) -> None:
+    """Refuse to resume into `folder` when its `config.json` came from a different config.
+
+    Fields in `runtime_fields` (threads, processes, …) may differ: they change speed, not results.
+    """
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}: not valid JSON; delete the folder or choose another output folder") from None
+    new = json.loads(json.dumps(to_dict(cfg), default=str))
+    diff = sorted(k for k in set(old) | set(new) if k not in runtime_fields and old.get(k) != new.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in diff[:4])
+        raise ValueError(f"{folder} holds a run with another config ({shown}); choose another output folder "
+                         "or delete it to start over")
+
+
 def check_positive(cfg: Any, *names: str) -> None:
     """Raise a ValueError naming the first field among `names` that is not > 0."""
     for n in names:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ def _stage_configs(cfg: DemoConfig, w: web.DemoWeb) -> tuple:
 def run(cfg: DemoConfig) -> Path:
     """Run the demo; returns the run folder (it holds funnel.json and funnel.txt)."""
     out = Path(cfg.out)
+    for stage in ("web", "crawl", "shards"):  # the web's ports change from run to run: start the story afresh
+        shutil.rmtree(out / stage, ignore_errors=True)
     options.write_config(cfg, out)
     t0 = time.time()
     art_cfg = art.PRESETS[cfg.art_preset]

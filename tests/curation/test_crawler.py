@@ -57,3 +57,36 @@ def test_max_pages_is_respected(tiny_web, tmp_path):
 def test_bad_config_is_a_clear_error(field, value):
     with pytest.raises(ValueError, match=field if field != "retries" else "retries"):
         crawler.CrawlConfig(**{field: value})
+
+
+def test_interrupted_crawl_resumes_to_the_same_pairs(tiny_web, tiny_crawl, tmp_path, monkeypatch):
+    cfg = crawler.CrawlConfig(seeds=tuple(tiny_web.seeds), out=str(tmp_path), allow_networks=tiny_web.networks,
+                              timeout_s=2.0, retries=0, checkpoint_pages=3)
+    calls = {"n": 0}
+    real = crawler.Crawler.crawl_page
+
+    def dies_after_eight_pages(self, url):
+        calls["n"] += 1
+        if calls["n"] > 8:
+            raise KeyboardInterrupt
+        return real(self, url)
+
+    monkeypatch.setattr(crawler.Crawler, "crawl_page", dies_after_eight_pages)
+    with pytest.raises(KeyboardInterrupt):
+        crawler.run(cfg)
+    assert (tmp_path / "_state.json").exists() and not (tmp_path / "_stats.json").exists()
+    monkeypatch.setattr(crawler.Crawler, "crawl_page", real)
+    crawler.run(cfg)
+    resumed = {(r.url, r.text, r.page_url) for r in _pairs(tmp_path).itertuples()}
+    assert resumed == {(r.url, r.text, r.page_url) for r in _pairs(tiny_crawl).itertuples()}
+    assert not (tmp_path / "_state.json").exists() and not (tmp_path / "_partial").exists()
+
+
+def test_rerun_of_a_finished_crawl_does_nothing_and_another_config_is_refused(tiny_web, tiny_crawl):
+    cfg = crawler.CrawlConfig(seeds=tuple(tiny_web.seeds), out=str(tiny_crawl), allow_networks=tiny_web.networks,
+                              timeout_s=2.0, retries=0, warc=True)
+    before = (tiny_crawl / "_stats.json").read_text()
+    crawler.run(cfg)
+    assert (tiny_crawl / "_stats.json").read_text() == before
+    with pytest.raises(ValueError, match="max_pages"):
+        crawler.run(crawler.CrawlConfig(**{**cfg.__dict__, "max_pages": 7}))

@@ -131,3 +131,9 @@ def test_bad_config_is_a_clear_error(field, value):
 def test_missing_pairs_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="pairs"):
         downloader.run(downloader.DownloadConfig(pairs=str(tmp_path / "nope"), out=str(tmp_path / "out")))
+
+
+def test_resuming_with_another_policy_is_refused(tiny_web, tiny_crawl, honored):
+    _, _, out = honored
+    with pytest.raises(ValueError, match="policy"):
+        _download(tiny_web, tiny_crawl, out, shard_size=30, policy="ignore")
