@@ -298,7 +298,7 @@ def render_concepts(folder: Path, renders: dict[str, dict[str, RenderFn]], keys:
         for px in SIZES:
             (folder / style / str(px)).mkdir(parents=True, exist_ok=True)
     caps, rows = captions(), []
-    for key in tqdm(keys, desc="rendering art", unit="concept"):
+    for key in tqdm(keys, desc="rendering art", unit="concept", leave=False, disable=None):
         try:
             images = {style: fns[key](SIZES[0]) for style, fns in renders.items()}
         except (ValueError, OSError) as err:  # resvg / FreeType errors, blank renders

@@ -201,7 +201,7 @@ class Crawler:
         in_flight, next_time, futures = collections.Counter(), collections.defaultdict(float), {}
         self.stats = state.stats
         t0, since = time.time(), 0
-        bar = tqdm(total=None, unit="page", desc="crawl", leave=False)
+        bar = tqdm(total=None, unit="page", desc="crawl", leave=False, disable=None)
         with cf.ThreadPoolExecutor(self.cfg.concurrency) as pool:
             try:
                 while True:

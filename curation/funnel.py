@@ -74,8 +74,8 @@ def folder_stats(folder: Path, seconds: float) -> dict:
 
 
 def progress(items, desc: str, unit: str):
-    """A tqdm progress bar over a list (stderr, cleared when done)."""
-    return tqdm(items, desc=desc, unit=unit, leave=False)
+    """A tqdm progress bar over a list (stderr, cleared when done, off when stderr is not a terminal)."""
+    return tqdm(items, desc=desc, unit=unit, leave=False, disable=None)  # None: off when not a terminal
 
 
 def format_funnel(crawl: dict, download: dict) -> str:
