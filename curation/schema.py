@@ -88,7 +88,53 @@ WEB_MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-SCHEMAS = {"pairs": PAIRS_SCHEMA, "shard": SHARD_SCHEMA, "art": ART_SCHEMA, "web_manifest": WEB_MANIFEST_SCHEMA}
+# Embeddings are not parquet: `<embed out>/<shard id>.npz` with keys `uid` (str, N), `img_emb` and `txt_emb`
+# (float16, N × D, L2-normalised), `encoder` (0-d str); rows are the shard's success rows in shard order.
+# `<embed out>/encoder.json` names the encoder (name, model, pretrained, dim).
+
+AESTHETIC_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("aesthetic_score", pa.float32()),  # higher is better; null when the image has no embedding
+    ]
+)
+
+DECISIONS_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("keep", pa.bool_(), nullable=False),
+        pa.field("exclusion_reason", pa.string()),  # first reason in filter order; null when kept
+        pa.field("reasons", pa.list_(pa.string()), nullable=False),  # every reason that applies
+        pa.field("clip_score", pa.float32()),
+        pa.field("aesthetic_score", pa.float32()),
+        pa.field("phash", pa.string()),  # 64-bit perceptual hash, 16 hex chars
+        pa.field("duplicate_of", pa.string()),  # uid of the kept row this one duplicates
+    ]
+)
+
+TRAIN_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("jpg", pa.binary(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("domain", pa.string()),
+        pa.field("artist", pa.string()),  # from a provenance table when known (e.g. the demo web's manifest)
+        pa.field("licence", pa.string()),
+        pa.field("clip_score", pa.float32()),
+        pa.field("aesthetic_score", pa.float32()),
+    ]
+)
+
+SCHEMAS = {
+    "pairs": PAIRS_SCHEMA,
+    "shard": SHARD_SCHEMA,
+    "art": ART_SCHEMA,
+    "web_manifest": WEB_MANIFEST_SCHEMA,
+    "aesthetic": AESTHETIC_SCHEMA,
+    "decisions": DECISIONS_SCHEMA,
+    "train": TRAIN_SCHEMA,
+}
 
 
 def make_uid(url: str, text: str) -> str:
