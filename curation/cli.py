@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from curation import art, commands, crawler, downloader, pairs, web
+from curation import aesthetic, art, commands, crawler, downloader, export, pairs, selection, web
 
 COMMANDS = {
     ("art", "build"): (art.ArtConfig, art.PRESETS, art.run,
@@ -15,6 +15,17 @@ COMMANDS = {
                  "read a WARC, WAT or URL list (csv/tsv/jsonl/parquet/txt) into pairs shards"),
     ("download",): (downloader.DownloadConfig, downloader.PRESETS, downloader.run,
                     "download pairs with img2dataset into parquet image shards, under an opt-out policy"),
+    ("aesthetic", "train"): (aesthetic.AestheticTrainConfig, aesthetic.TRAIN_PRESETS, aesthetic.train,
+                             "train the aesthetic/quality head (improved-aesthetic-predictor MLP) on image "
+                             "embeddings from a ratings table, or from the demo web's planted degradations"),
+    ("aesthetic", "score"): (aesthetic.AestheticScoreConfig, aesthetic.SCORE_PRESETS, aesthetic.score,
+                             "score image embeddings with an aesthetic head (ours, LAION's ViT-L/14 linear head, "
+                             "or an improved-aesthetic-predictor state dict)"),
+    ("filter",): (selection.FilterConfig, selection.PRESETS, selection.run,
+                  "decide keep/exclude for every downloaded row, with a reason: opt-outs, registry, re-uploads, "
+                  "caption and image rules, CLIP and aesthetic scores, dedup"),
+    ("export",): (export.ExportConfig, export.PRESETS, export.run,
+                  "write the kept rows as train-ready shards (image, caption, uid, artist, licence, scores)"),
 }
 
 

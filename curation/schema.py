@@ -85,6 +85,8 @@ WEB_MANIFEST_SCHEMA = pa.schema(
         pa.field("failure", pa.string()),  # planted failure mode, e.g. "404", "truncated" (null: none)
         pa.field("rehost_of", pa.string()),  # original image URL when this is a re-upload
         pa.field("signals", pa.list_(pa.string()), nullable=False),  # opt-out signals that apply to it
+        pa.field("degradation", pa.string()),  # degraded re-upload: blur, jpeg, noise, lowres, watermark (null: clean)
+        pa.field("severity", pa.float32()),  # of the degradation, in [0, 1] (null: clean)
     ]
 )
 

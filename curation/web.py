@@ -2,7 +2,9 @@
 
 Built from the art corpus, deterministic under a seed. Opt-out signals of every kind are planted on
 some artists (see `PROFILES`), failure modes on the link farm, and a ground-truth manifest records, for
-every `<img>` placed, what it shows, which signals apply and whether its alt text is right.
+every `<img>` placed, what it shows, which signals apply and whether its alt text is right. Some of the
+aggregator's re-uploads are degraded copies (blur, heavy JPEG, noise, low-res upscale, watermark; see
+`curation.degrade`) whose kind and severity the manifest records: the quality labels of the demo.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation import art, options, schema
+from curation import art, degrade, options, schema
 from curation import webcontent as wc
 from curation.webserver import Route, SiteServer
 
@@ -38,6 +40,9 @@ class WebConfig:
     port_base: int = options.opt(0, "port of the first site, +1 per site (0 = ephemeral ports)")
     images_per_page: int = options.opt(12, "images per gallery page")
     rehost_fraction: float = options.opt(0.15, "fraction of each artist's works re-uploaded on the aggregator")
+    degraded_fraction: float = options.opt(
+        0.5, "fraction of the aggregator's re-uploads served degraded (kinds cycle; at least one of each kind "
+        "when there are enough uploads)")
     failures_each: int = options.opt(4, "how many images of each failure mode the link farm plants")
     slow_delay_s: float = options.opt(3.0, "delay of the slow responses (set above the downloader's timeout)")
     oversized_px: int = options.opt(1900, "side of the oversized noise PNG (about 3·side² bytes)")
@@ -49,6 +54,8 @@ class WebConfig:
         options.check_positive(self, "images_per_page", "oversized_px", "bomb_px")
         if not 0 <= self.rehost_fraction <= 1:
             raise ValueError(f"WebConfig.rehost_fraction={self.rehost_fraction!r}: must be within [0, 1]")
+        if not 0 <= self.degraded_fraction <= 1:
+            raise ValueError(f"WebConfig.degraded_fraction={self.degraded_fraction!r}: must be within [0, 1]")
         try:
             ok = ipaddress.ip_address(self.first_host).is_loopback
         except ValueError:
@@ -161,8 +168,22 @@ def _artist_site(p: _Placer, items: list[dict], profile: str, names, corpus, per
     p.route("/", Route(wc.page(f"{p.name} — artwork", links).encode(), headers=extra))
 
 
-def _aggregator(p: _Placer, items: list[dict], originals: dict, names, corpus, per_page: int) -> None:
+def _degradation_plan(items: list[dict], fraction: float, rng: random.Random) -> dict[str, tuple[str, float]]:
+    """item_id → (kind, severity) of the re-uploads served degraded: round(fraction·n) of them (at least one
+    per kind when fraction > 0 and there are enough items), kinds cycling, severity uniform in [0.1, 1]."""
+    n = round(fraction * len(items))
+    if fraction > 0:
+        n = max(n, min(len(items), len(degrade.KINDS)))
+    chosen = sorted(rng.sample(range(len(items)), n))
+    return {items[i]["item_id"]: (degrade.KINDS[j % len(degrade.KINDS)], round(rng.uniform(0.1, 1.0), 2))
+            for j, i in enumerate(chosen)}
+
+
+def _aggregator(p: _Placer, items: list[dict], originals: dict, names, corpus, per_page: int,
+                degraded_fraction: float = 0.0, seed: int = 0) -> None:
     p.route("/robots.txt", Route(b"User-agent: *\nAllow: /\n", "text/plain"))
+    drng = random.Random(f"{seed}/aggregator/degrade")  # apart from p.rng: alt texts stay as they were
+    plan = _degradation_plan(items, degraded_fraction, drng)
     pages = []
     for k in range(0, len(items), per_page):
         page_path = f"/feed/{k // per_page + 1}.html"
@@ -171,10 +192,13 @@ def _aggregator(p: _Placer, items: list[dict], originals: dict, names, corpus, p
             h = hashlib.sha1(f"{item['item_id']}".encode()).hexdigest()[:12]
             path = f"/uploads/{h}.jpg"
             im = wc.Image.open(corpus / item["path64"])
+            dkind, severity = plan.get(item["item_id"], (None, None))
+            if dkind:
+                im = degrade.degrade(im, dkind, severity, drng)
             p.route(path, Route(wc.jpeg_bytes(im), "image/jpeg"))
             alt, kind, correct = wc.choose_alt(p.rng, item, names)
             body.append(p.place(p.server.origin + page_path, path, p.rng.choice(wc.MARKUPS), alt, kind, correct,
-                                item, rehost_of=originals[item["item_id"]]))
+                                item, rehost_of=originals[item["item_id"]], degradation=dkind, severity=severity))
         p.route(page_path, Route(wc.page(f"aggregator — feed {k // per_page + 1}", body).encode()))
         pages.append(page_path)
     p.route("/", Route(wc.page("aggregator — fresh emoji every day", [f'<a href="{x}">{x}</a>' for x in pages]).encode()))
@@ -294,7 +318,7 @@ class DemoWeb:
         rng = random.Random(f"{cfg.seed}/aggregator")
         chosen = [x for x in self.items if x["item_id"] in originals and rng.random() < cfg.rehost_fraction]
         p = _Placer(self.servers["aggregator"], "aggregator", rng)
-        _aggregator(p, chosen, originals, names, self.corpus, cfg.images_per_page)
+        _aggregator(p, chosen, originals, names, self.corpus, cfg.images_per_page, cfg.degraded_fraction, cfg.seed)
         rows += p.rows
         p = _Placer(self.servers["linkfarm"], "linkfarm", random.Random(f"{cfg.seed}/linkfarm"))
         _linkfarm(p, self.items, names, self.corpus, cfg, [s.origin for s in self.servers.values()])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from curation import commands
-from reports import demo
+from reports import dataset, demo
 
 COMMANDS = {
+    ("report", "dataset"): (dataset.DatasetReportConfig, dataset.PRESETS, dataset.build,
+                            "write the dataset audit (HTML with figures + metrics.json) from stage outputs"),
     ("demo",): (demo.DemoConfig, demo.PRESETS, demo.run,
                 "run the whole story on the embedded default: art → web → crawl → download → funnel"),
 }

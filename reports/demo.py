@@ -1,10 +1,13 @@
 """`mithridate demo`: the whole story on the embedded default, under one run folder.
 
-First cut (part 1): build the art corpus → serve the demo web in-process → crawl → download → funnel.
+Art corpus → demo web (in-process) → crawl → download → funnel (part 1); then compact CLIP → embed →
+aesthetic head from the web's degraded copies → do-not-train registry of the opted-out artists → filter →
+export → dataset report (part 2).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -13,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from curation import art, crawler, downloader, funnel, options, web
+from curation import aesthetic, art, clip_train, crawler, dedup, downloader, embed, export, funnel, options, selection, web
+from reports import dataset
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +31,19 @@ class DemoConfig:
     seed: int = options.opt(0, "seed of the demo web")
     threads: int = options.opt(64, "download threads")
     timeout_s: float = options.opt(2.0, "crawl and download socket timeout (the web's slow images take longer)")
+    clip_preset: Literal["default", "tiny"] = options.opt("default", "compact CLIP preset (default: ~5 CPU minutes)")
+    clip_dir: str = options.opt("", "an existing `clip train` folder to reuse ('' = train one)")
+    clip_top_fraction: float = options.opt(0.8, "filter: keep this top fraction by CLIP score")
+    stop_after: Literal["download", "report"] = options.opt("report", "last stage: download (part 1) or report")
 
     def __post_init__(self):
-        options.check_positive(self, "threads", "timeout_s")
-        for name in ("art_preset", "policy"):
+        options.check_positive(self, "threads", "timeout_s", "clip_top_fraction")
+        for name in ("art_preset", "policy", "clip_preset", "stop_after"):
             options.check_choice(self, name, options.literal_values(DemoConfig, name))
 
 
-PRESETS = {"default": DemoConfig(), "tiny": DemoConfig(art_preset="tiny", threads=16, timeout_s=1.0)}
+PRESETS = {"default": DemoConfig(),
+           "tiny": DemoConfig(art_preset="tiny", threads=16, timeout_s=1.0, clip_preset="tiny")}
 
 
 def _stage_configs(cfg: DemoConfig, w: web.DemoWeb) -> tuple:
@@ -46,34 +55,76 @@ def _stage_configs(cfg: DemoConfig, w: web.DemoWeb) -> tuple:
     return crawl, down
 
 
-def run(cfg: DemoConfig) -> Path:
-    """Run the demo; returns the run folder (it holds funnel.json and funnel.txt)."""
-    out = Path(cfg.out)
-    for stage in ("web", "crawl", "shards"):  # the web's ports change from run to run: start the story afresh
-        shutil.rmtree(out / stage, ignore_errors=True)
-    options.write_config(cfg, out)
-    t0 = time.time()
-    art_cfg = art.PRESETS[cfg.art_preset]
-    if cfg.cache_dir:
-        import dataclasses
+def _optout_registry(w: web.DemoWeb, path: Path) -> Path:
+    """What the opted-out artists would file with a do-not-train service: their name, site and works' pHashes."""
+    entries = []
+    for i, a in enumerate(w.artists):
+        if web.PROFILES[i % len(web.PROFILES)] == "open":
+            continue
+        entries += [{"artist": a}, {"domain": w.servers[f"artist-{a}"].origin.split("//", 1)[1]}]
+        for item in (x for x in w.items if x["artist"] == a):
+            entries.append({"phash": dedup.phash((w.corpus / item["path64"]).read_bytes()), "artist": a,
+                            "note": item["concept"]})
+    path.write_text(json.dumps({"entries": entries}, indent=1) + "\n")
+    return path
 
-        art_cfg = dataclasses.replace(art_cfg, cache_dir=cfg.cache_dir)
-    corpus = art.run(art_cfg)
-    slow = cfg.timeout_s + 1.0
-    web_cfg = web.WebConfig(art_dir=str(corpus), out=str(out / "web"), seed=cfg.seed, slow_delay_s=slow)
+
+def _part1(cfg: DemoConfig, out: Path, corpus: Path) -> tuple[Path, Path]:
+    """Web → crawl → download; returns (manifest path, registry path)."""
+    web_cfg = web.WebConfig(art_dir=str(corpus), out=str(out / "web"), seed=cfg.seed, slow_delay_s=cfg.timeout_s + 1)
     with web.DemoWeb(web_cfg) as w:
         crawl_cfg, down_cfg = _stage_configs(cfg, w)
         crawler.run(crawl_cfg)
         downloader.run(down_cfg)
+        registry = _optout_registry(w, out / "registry.json")
     crawl_stats = json.loads((out / "crawl" / "_stats.json").read_text())
     down_stats = json.loads((out / "shards" / "_stats.json").read_text())
     text = funnel.format_funnel(crawl_stats, down_stats)
     (out / "funnel.json").write_text(json.dumps({"crawl": crawl_stats, "download": down_stats}, indent=2) + "\n")
     (out / "funnel.txt").write_text(text + "\n")
     logger.info("\nfunnel (policy=%s)\n%s\n", cfg.policy, text)
+    return w.manifest_path, registry
+
+
+def _part2(cfg: DemoConfig, out: Path, corpus: Path, manifest: Path, registry: Path) -> Path:
+    """Compact CLIP → embed → aesthetic → filter → export → dataset report; returns the report path."""
+    clip_dir = Path(cfg.clip_dir) if cfg.clip_dir else clip_train.run(dataclasses.replace(
+        clip_train.PRESETS[cfg.clip_preset], art_dir=str(corpus), out=str(out / "clip")))
+    emb = embed.run(embed.EmbedConfig(shards=str(out / "shards"), out=str(out / "embeddings"), model="compact",
+                                      pretrained=str(clip_dir)))
+    head = aesthetic.train(dataclasses.replace(aesthetic.TRAIN_PRESETS["tiny"], embeddings=str(emb),
+                                               ratings=str(manifest), shards=str(out / "shards"),
+                                               out=str(out / "aesthetic_head")))
+    scores = aesthetic.score(aesthetic.AestheticScoreConfig(embeddings=str(emb), head_path=str(head / "head.pt"),
+                                                            out=str(out / "aesthetic")))
+    filt = selection.run(selection.FilterConfig(shards=str(out / "shards"), embeddings=str(emb),
+                                                aesthetic=str(scores), registry=str(registry), out=str(out / "filter"),
+                                                clip_top_fraction=cfg.clip_top_fraction))
+    train = export.run(export.ExportConfig(shards=str(out / "shards"), filter=str(filt), provenance=str(manifest),
+                                           out=str(out / "train")))
+    return dataset.build(dataset.DatasetReportConfig(
+        crawl=str(out / "crawl"), shards=str(out / "shards"), filter=str(filt), export=str(train),
+        manifest=str(manifest), out=str(out / "report"), clip=str(clip_dir)))
+
+
+def run(cfg: DemoConfig) -> Path:
+    """Run the demo; returns the run folder (funnel.txt, report/dataset.html, one folder per stage)."""
+    out = Path(cfg.out)
+    for stage in ("web", "crawl", "shards", "embeddings", "aesthetic_head", "aesthetic", "filter", "train", "report"):
+        shutil.rmtree(out / stage, ignore_errors=True)  # the web's ports change from run to run: start afresh
+    options.write_config(cfg, out)
+    t0 = time.time()
+    art_cfg = art.PRESETS[cfg.art_preset]
+    if cfg.cache_dir:
+        art_cfg = dataclasses.replace(art_cfg, cache_dir=cfg.cache_dir)
+    corpus = art.run(art_cfg)
+    manifest, registry = _part1(cfg, out, corpus)
+    report = _part2(cfg, out, corpus, manifest, registry) if cfg.stop_after == "report" else None
     logger.info("art corpus:   %s", corpus)
-    logger.info("web manifest: %s", w.manifest_path)
-    logger.info("pairs:        %s", out / "crawl" / "pairs")
+    logger.info("web manifest: %s", manifest)
     logger.info("shards:       %s", out / "shards")
+    if report is not None:
+        logger.info("training set: %s", out / "train")
+        logger.info("report:       %s", report.resolve())
     logger.info("demo finished in %.1f s; outputs under %s", time.time() - t0, out.resolve())
     return out

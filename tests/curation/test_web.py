@@ -72,7 +72,47 @@ def test_failure_routes_behave(tiny_web):
 
 
 @pytest.mark.parametrize("field,value", [("first_host", "10.0.0.1"), ("first_host", "nope"),
-                                         ("images_per_page", 0), ("rehost_fraction", 1.5)])
+                                         ("images_per_page", 0), ("rehost_fraction", 1.5),
+                                         ("degraded_fraction", -0.1)])
 def test_bad_config_is_a_clear_error(field, value):
     with pytest.raises(ValueError, match=field):
         web.WebConfig(**{field: value})
+
+
+def test_aggregator_serves_degraded_copies_of_every_kind(tiny_web):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from curation import degrade
+    from curation import webcontent as wc
+
+    m = tiny_web.manifest.to_pandas()
+    agg = m[m["site"] == "aggregator"]
+    degraded = agg[agg["degradation"].notna()]
+    assert set(degraded["degradation"]) == set(degrade.KINDS)
+    assert degraded["severity"].between(0.1, 1.0).all() and agg.loc[agg["degradation"].isna(), "severity"].isna().all()
+    assert m.loc[m["site"] != "aggregator", "degradation"].isna().all()
+    corpus = tiny_web.corpus
+    items = {i["item_id"]: i for i in tiny_web.items}
+
+    def served_vs_clean(row):
+        served = _get(row.url)[2]
+        clean = Image.open(corpus / items[row.item_id]["path64"])
+        px = np.asarray(Image.open(io.BytesIO(served)).convert("RGB"), dtype=float)
+        return served, wc.jpeg_bytes(clean), np.abs(px - np.asarray(clean.convert("RGB"), dtype=float)).mean()
+
+    clean_err = max(served_vs_clean(r)[2] for r in agg[agg["degradation"].isna()].itertuples())
+    for row in degraded.itertuples():
+        served, clean_jpeg, err = served_vs_clean(row)
+        assert served != clean_jpeg, row.degradation
+        assert err > clean_err, (row.degradation, row.severity, err, clean_err)
+    for row in agg[agg["degradation"].isna()].itertuples():  # clean copies are the plain re-encode
+        assert served_vs_clean(row)[0] == served_vs_clean(row)[1]
+
+
+def test_degraded_fraction_zero_serves_only_clean_copies(tiny_web, tmp_path):
+    cfg = dataclasses.replace(tiny_web.cfg, out=str(tmp_path), degraded_fraction=0.0)
+    with web.DemoWeb(cfg) as w:
+        assert w.manifest["degradation"].null_count == len(w.manifest)
