@@ -56,15 +56,20 @@ def _stage_configs(cfg: DemoConfig, w: web.DemoWeb) -> tuple:
 
 
 def _optout_registry(w: web.DemoWeb, path: Path) -> Path:
-    """What the opted-out artists would file with a do-not-train service: their name, site and works' pHashes."""
+    """What opted-out artists would file with a do-not-train service: artists who opted out everything give
+    their name and site; every opted-out work (whole sites, single pages, single images) its pHash."""
+    m = w.manifest.to_pandas()
+    own = m[m["site"].str.startswith("artist-")]
+    opted = own[own["signals"].apply(len) > 0]
     entries = []
     for i, a in enumerate(w.artists):
-        if web.PROFILES[i % len(web.PROFILES)] == "open":
-            continue
-        entries += [{"artist": a}, {"domain": w.servers[f"artist-{a}"].origin.split("//", 1)[1]}]
-        for item in (x for x in w.items if x["artist"] == a):
-            entries.append({"phash": dedup.phash((w.corpus / item["path64"]).read_bytes()), "artist": a,
-                            "note": item["concept"]})
+        if web.PROFILES[i % len(web.PROFILES)] != "open":
+            entries += [{"artist": a}, {"domain": w.servers[f"artist-{a}"].origin.split("//", 1)[1]}]
+    items = {x["item_id"]: x for x in w.items}
+    for item_id in sorted(set(opted["item_id"].dropna())):
+        item = items[item_id]
+        entries.append({"phash": dedup.phash((w.corpus / item["path64"]).read_bytes()),
+                        "note": f"{item['artist']}: {item['concept']}"})  # an `artist` field would opt out the artist
     path.write_text(json.dumps({"entries": entries}, indent=1) + "\n")
     return path
 
