@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from curation import aesthetic, art, commands, crawler, downloader, export, pairs, selection, web
+from curation import aesthetic, art, clip_train, commands, crawler, downloader, embed, export, pairs, selection, web
 
 COMMANDS = {
     ("art", "build"): (art.ArtConfig, art.PRESETS, art.run,
@@ -15,6 +15,10 @@ COMMANDS = {
                  "read a WARC, WAT or URL list (csv/tsv/jsonl/parquet/txt) into pairs shards"),
     ("download",): (downloader.DownloadConfig, downloader.PRESETS, downloader.run,
                     "download pairs with img2dataset into parquet image shards, under an opt-out policy"),
+    ("clip", "train"): (clip_train.ClipTrainConfig, clip_train.PRESETS, clip_train.run,
+                        "train the compact CLIP (open_clip ResNet + text tower) on the art corpus and evaluate it"),
+    ("embed",): (embed.EmbedConfig, embed.PRESETS, embed.run,
+                 "embed downloaded shards: L2-normalised fp16 image and text embeddings per shard (npz)"),
     ("aesthetic", "train"): (aesthetic.AestheticTrainConfig, aesthetic.TRAIN_PRESETS, aesthetic.train,
                              "train the aesthetic/quality head (improved-aesthetic-predictor MLP) on image "
                              "embeddings from a ratings table, or from the demo web's planted degradations"),
