@@ -100,6 +100,9 @@ def optout_metrics(d: dict) -> dict:
         out["leaked_reuploads"] = int((kept & is_opted & elsewhere).sum())
         out["reuploads_of_optouts_downloaded"] = int((ok & is_opted & elsewhere).sum())
         out["reuploads_of_optouts_excluded"] = int((ok & is_opted & elsewhere & ~kept).sum())
+        first = rows["exclusion_reason"]
+        by_optout = ok & first.isin(OPTOUT_REASONS) & item.notna()
+        out["over_excluded_by_optout_layers"] = int((by_optout & ~is_opted).sum())  # works nobody opted out
     return out
 
 
