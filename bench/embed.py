@@ -68,7 +68,7 @@ def make_shards(out: Path, art_preset: str, cache_dir: str, copies: int) -> Path
     """The demo's download shards (demo run once, reused), repeated `copies` times as 00000…, 00001…, …"""
     demo_out = out / "demo"
     if not (demo_out / "shards" / "_stats.json").is_file():
-        demo.run(demo.DemoConfig(out=str(demo_out), art_preset=art_preset, cache_dir=cache_dir))
+        demo.run(demo.DemoConfig(out=str(demo_out), art_preset=art_preset, cache_dir=cache_dir, stop_after="download"))
     originals = embed.shard_files(demo_out / "shards")
     folder = out / "shards"
     shutil.rmtree(folder, ignore_errors=True)

@@ -201,7 +201,7 @@ def make_split(corpus: Corpus, cfg: ClipTrainConfig, rng: np.random.Generator) -
     unseen_c = set(rng.choice(candidates, size=k, replace=False).tolist()) if k else set()
     by_concept = pd.Series(np.arange(len(corpus.table))).groupby(corpus.concept_of).apply(list)
     multi = [c for c in range(n_c) if c not in unseen_c and len(by_concept[c]) > 1]
-    n_style = int(round(cfg.heldout_style_frac * len(multi)))
+    n_style = round(cfg.heldout_style_frac * len(multi))
     style_c = rng.choice(np.array(multi, dtype=int), size=n_style, replace=False) if n_style else []
     heldout_style = sorted(int(rng.choice(by_concept[c])) for c in style_c)
     unseen = sorted(i for c in unseen_c for i in by_concept[c])
@@ -260,7 +260,12 @@ def use_bf16(precision: str, device: str) -> bool:
     """Whether to autocast to bf16: always on GPUs under "auto", on CPUs only where oneDNN supports bf16."""
     if precision != "auto":
         return precision == "bf16"
-    return device.startswith("cuda") or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.startswith("cuda"):
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private op: absent from some builds
+        return False
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -494,7 +499,10 @@ def evaluate_on_web(encoder: encoders.Encoder, shards_folder: str | Path, manife
     Returns:
         `{"auc", "positives", "negatives", "mean_score/<alt_kind>", "rows/<alt_kind>"}`: positives are rows whose
         alt text describes the image (`alt_correct`), negatives those of kind "mismatched" or "spam"; rows are
-        joined to the manifest on (url, alt text), else on url when the url is unique there.
+        joined to the manifest on (url, alt text), else on url when the url is unique there. For a compact
+        checkpoint, `auc_heldout_style` / `auc_unseen` (with their `positives_…`, `negatives_…`) repeat it on the
+        images its training held out: one artist's image of a seen concept, and every image of an unseen concept
+        (the demo web shows every corpus image, most of them seen in training).
     """
     rows = _web_rows(shards_folder, manifest)
     if embeddings is not None:
@@ -509,12 +517,30 @@ def evaluate_on_web(encoder: encoders.Encoder, shards_folder: str | Path, manife
         img = encoder.encode_images([Image.open(io.BytesIO(b)).convert("RGB") for b in rows["jpg"]])
         txt = encoder.encode_texts(list(rows["text"]))
     rows = rows.assign(score=(img.astype(np.float32) * txt.astype(np.float32)).sum(1))
-    pos = rows.loc[rows["alt_correct"], "score"].to_numpy()
-    neg = rows.loc[rows["alt_kind"].isin(["mismatched", "spam"]), "score"].to_numpy()
-    out = {"auc": round(roc_auc(pos, neg), 4), "positives": len(pos), "negatives": len(neg), "encoder": encoder.name}
+    out = {"encoder": encoder.name, **_web_auc(rows, "")}
+    heldout = _heldout_images(encoder)
+    if heldout is not None:  # images the compact model never saw: the web numbers that measure generalisation
+        items, concepts = heldout
+        out.update(_web_auc(rows[rows["item_id"].isin(items)], "_heldout_style"))
+        out.update(_web_auc(rows[rows["concept"].isin(concepts)], "_unseen"))
     for kind, g in rows.groupby("alt_kind"):
         out[f"rows/{kind}"], out[f"mean_score/{kind}"] = len(g), round(float(g["score"].mean()), 4)
     return out
+
+
+def _web_auc(rows: pd.DataFrame, suffix: str) -> dict:
+    pos = rows.loc[rows["alt_correct"], "score"].to_numpy()
+    neg = rows.loc[rows["alt_kind"].isin(["mismatched", "spam"]), "score"].to_numpy()
+    return {f"auc{suffix}": round(roc_auc(pos, neg), 4), f"positives{suffix}": len(pos),
+            f"negatives{suffix}": len(neg)}
+
+
+def _heldout_images(encoder: encoders.Encoder) -> tuple[set, set] | None:
+    """(held-out item ids, unseen concept names) of a compact checkpoint's split; None for other encoders."""
+    if encoder.model_name != encoders.COMPACT:
+        return None
+    split = encoders.read_checkpoint(encoder.pretrained).get("split")
+    return (set(split["heldout_items"]), set(split["unseen_concepts"])) if split else None
 
 
 def _web_rows(shards_folder: str | Path, manifest) -> pd.DataFrame:
@@ -522,7 +548,8 @@ def _web_rows(shards_folder: str | Path, manifest) -> pd.DataFrame:
     if isinstance(manifest, (str, Path)):
         manifest = schema.read(manifest, "web_manifest")
     m = manifest.to_pandas() if hasattr(manifest, "to_pandas") else manifest
-    m = m[["url", "alt", "alt_kind", "alt_correct"]].assign(text=m["alt"].map(schema.normalize_text))
+    m = m[["url", "alt", "alt_kind", "alt_correct", "item_id", "concept"]].assign(
+        text=m["alt"].map(schema.normalize_text))
     shards = schema.read_folder(shards_folder, "shard", ["uid", "url", "text", "status", "jpg"]).to_pandas()
     shards = shards[shards["status"] == schema.STATUS_SUCCESS]
     exact = shards.merge(m.drop_duplicates(["url", "text"]).drop(columns="alt"), on=["url", "text"], how="inner")
@@ -582,8 +609,8 @@ def _summary(m: dict) -> str:
     def pct(key: str) -> str:
         return f"{100 * m[key]:.1f}%" if key in m else "n/a"
 
-    lines = [f"trained {m['train/steps']} steps in {m['train/seconds']:.0f} s on {m['train/device']} "
-             f"(loss {m['train/loss_first']:.3f} → {m['train/loss_last']:.3f}, stopped by {m['train/stopped_by']})"]
+    lines = [(f"trained {m['train/steps']} steps in {m['train/seconds']:.0f} s on {m['train/device']} "
+              f"(loss {m['train/loss_first']:.3f} → {m['train/loss_last']:.3f}, stopped by {m['train/stopped_by']})")]
     for p, what in (("heldout_style", "held-out artist images"), ("unseen", "unseen concepts")):
         if m.get(f"{p}/items"):
             lines.append(

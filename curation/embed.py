@@ -74,10 +74,10 @@ def success_uids(shard: Path) -> list[str]:
 # --- one shard ------------------------------------------------------------------------------------------------------
 
 
-def _prepare(encoder: encoders.Encoder, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, list[str], list]:
-    """Decode and preprocess a batch of rows: (pixels `(n, 3, S, S)`, tokens `(n, L)`, uids, failures)."""
-    images, texts, uids, failed = [], [], [], []
-    for r in rows:
+def _prepare(encoder: encoders.Encoder, rows: list[dict]) -> tuple[torch.Tensor, list[int], list]:
+    """Decode and preprocess a batch of rows: (pixels `(n, 3, S, S)`, positions in `rows` decoded, failures)."""
+    images, ok, failed = [], [], []
+    for i, r in enumerate(rows):
         try:
             if r["jpg"] is None:
                 raise ValueError("success row without image bytes")
@@ -87,38 +87,36 @@ def _prepare(encoder: encoders.Encoder, rows: list[dict]) -> tuple[torch.Tensor,
             failed.append({"uid": r["uid"], "error": f"{type(err).__name__}: {err}"[:200]})
             continue
         images.append(im)
-        texts.append(r["text"])
-        uids.append(r["uid"])
-    if not uids:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), [], failed
-    return encoder.preprocess_images(images), encoder.tokenizer(texts), uids, failed
+        ok.append(i)
+    return encoder.preprocess_images(images), ok, failed
 
 
 def embed_rows(encoder: encoders.Encoder, rows: list[dict], batch_size: int, bar=None) -> dict:
-    """Embed rows (`uid`, `text`, `jpg`) in batches, preparing batch k+1 in a thread while batch k is encoded.
+    """Embed rows (`uid`, `text`, `jpg`): images in batches, decoding batch k+1 in a thread while batch k is
+    encoded; then the texts of the decoded rows, all at once (distinct texts once, batched by length).
 
     Returns:
         `{"uid": list, "img_emb": (N, D) float32, "txt_emb": (N, D) float32, "failed": [{uid, error}]}`; rows
         whose image does not decode are left out and listed in `failed`.
     """
     batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    uids, img, txt, failed = [], [], [], []
-    with ThreadPoolExecutor(1, thread_name_prefix="embed-prep") as pool:
+    ok, img, failed = [], [], []
+    with ThreadPoolExecutor(1, thread_name_prefix="embed-decode") as pool:
         nxt = pool.submit(_prepare, encoder, batches[0]) if batches else None
         for k in range(len(batches)):
-            pixels, tokens, ok, bad = nxt.result()
+            pixels, good, bad = nxt.result()
             if k + 1 < len(batches):
                 nxt = pool.submit(_prepare, encoder, batches[k + 1])
-            if ok:
+            if good:
                 img.append(encoder.encode_pixels(pixels, batch_size))
-                txt.append(encoder.encode_tokens(tokens, batch_size))
-            uids += ok
+            ok += [k * batch_size + i for i in good]
             failed += bad
             if bar is not None:
                 bar.update(len(batches[k]))
     empty = np.zeros((0, encoder.dim), np.float32)
-    return {"uid": uids, "img_emb": np.concatenate(img) if img else empty,
-            "txt_emb": np.concatenate(txt) if txt else empty, "failed": failed}
+    txt = encoder.encode_texts([rows[i]["text"] for i in ok], batch_size) if ok else empty
+    return {"uid": [rows[i]["uid"] for i in ok], "img_emb": np.concatenate(img) if img else empty, "txt_emb": txt,
+            "failed": failed}
 
 
 def _write_npz(path: Path, uid: list[str], img: np.ndarray, txt: np.ndarray, encoder_name: str) -> None:
@@ -238,7 +236,8 @@ def load_embeddings(folder: str | Path, shard_id: int | str, shards: str | Path 
     expected = [u for u in success_uids(shard) if u not in failed]
     got = data["uid"].tolist()
     if got != expected:
-        first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+        pairs = enumerate(zip(got, expected, strict=False))
+        first = next((i for i, (a, b) in pairs if a != b), min(len(got), len(expected)))
         raise ValueError(f"embeddings {npz} do not line up with shard {shard}: {len(got)} rows vs {len(expected)} "
                          f"success rows, first difference at row {first}; rerun `mithridate embed`")
     return data

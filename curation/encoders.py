@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 COMPACT = "compact"
 CHECKPOINT_FORMAT = "mithridate-compact-clip"
 CHECKPOINT_FILE = "clip.pt"
+LOCAL_DIR = "local-dir:"  # open_clip's schema for a folder with open_clip_config.json and weights
 CHECKPOINT_KEYS = ("format", "name", "model_cfg", "state_dict", "preprocess", "train_config")
 # where open_clip keeps weights it downloaded (its defaults when no cache_dir is given)
 _HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -87,19 +89,58 @@ class Encoder:
 
     @torch.no_grad()
     def encode_tokens(self, tokens: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-        """Embed tokenized texts `(N, context_length)`; returns `(N, D)` float32, L2-normalised."""
-        out = []
+        """Embed tokenized texts `(N, context_length)`; returns `(N, D)` float32, L2-normalised.
+
+        For a CLIP text tower with a causal mask and end-of-text pooling, texts are batched by length and each
+        batch is cut after its longest text: the padding behind a text's end token cannot reach its output, so
+        the embeddings are those of the full-length forward (to float rounding) at a fraction of the cost.
+        """
+        if len(tokens) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        lengths = tokens.argmax(dim=-1) + 1 if self._trims_text() else torch.full((len(tokens),), tokens.shape[1])
+        order = torch.argsort(lengths, stable=True)
+        parts = []
         for i in range(0, len(tokens), batch_size):
+            idx = order[i : i + batch_size]
+            x = tokens[idx, : int(lengths[idx].max())].to(self.device)
             with self._autocast():
-                f = self.model.encode_text(tokens[i : i + batch_size].to(self.device))
-            out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
+                f = self._text_forward(x) if x.shape[1] < tokens.shape[1] else self.model.encode_text(x)
+            parts.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
+        out = torch.empty(len(tokens), parts[0].shape[1])
+        out[order] = torch.cat(parts)
+        return out.numpy()
+
+    def _trims_text(self) -> bool:
+        """Whether the model is open_clip's CLIP with its own causal text tower pooled at the (argmax) end token."""
+        import open_clip
+
+        m = self.model
+        return (isinstance(m, open_clip.CLIP) and type(m).encode_text is open_clip.CLIP.encode_text
+                and getattr(m, "text_pool_type", None) == "argmax" and getattr(m, "attn_mask", None) is not None)
+
+    def _text_forward(self, text: torch.Tensor) -> torch.Tensor:
+        """open_clip's `CLIP.encode_text` on the first n = text.shape[1] positions (positional embedding and
+        causal mask cut to n)."""
+        from open_clip.transformer import text_global_pool
+
+        m, n = self.model, text.shape[1]
+        cast_dtype = m.transformer.get_cast_dtype()
+        x = m.token_embedding(text).to(cast_dtype) + m.positional_embedding[:n].to(cast_dtype)  # (B, n, W)
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:n, :n]))
+        x = text_global_pool(x, text, m.text_pool_type)  # (B, W) at the end token
+        return m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 1024) -> np.ndarray:
-        """Embed texts in batches (truncated to the model's context length); `(N, D)` float32, L2-normalised."""
-        out = [self.encode_tokens(self.tokenizer(list(texts[i : i + batch_size])), batch_size)
-               for i in range(0, len(texts), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        """Embed texts (truncated to the model's context length); `(N, D)` float32, L2-normalised.
+
+        Each distinct text is encoded once (alt texts repeat: empty ones, file names, templates).
+        """
+        index: dict[str, int] = {}
+        inverse = [index.setdefault(t, len(index)) for t in texts]
+        if not index:
+            return np.zeros((0, self.dim), np.float32)
+        emb = self.encode_tokens(self.tokenizer(list(index)), batch_size)
+        return emb[np.asarray(inverse)]
 
 
 def _as_pil(im) -> Image.Image:
@@ -186,7 +227,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise FileNotFoundError(f"compact CLIP checkpoint not found: {p} (train one with `mithridate clip train`)")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch errors all mean "not a readable checkpoint"
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as err:  # junk, empty, truncated
         raise ValueError(f"{p}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -276,17 +317,38 @@ def _open_clip_weights(model: str, pretrained: str, cache_dir: str | None) -> tu
     return local, overrides, _safe_name(f"{model}-{pretrained}")
 
 
+def _local_dir(model: str) -> tuple[str, str]:
+    """(weights file, encoder name) of an open_clip `local-dir:<folder>` (open_clip_config.json + weights)."""
+    folder = Path(model[len(LOCAL_DIR) :]).expanduser()
+    if not (folder / "open_clip_config.json").is_file():
+        raise FileNotFoundError(f"model={model!r}: no open_clip_config.json in {folder}")
+    weights = sorted(p for ext in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(ext))
+    if not weights:
+        raise ValueError(f"model={model!r}: no weights (*.safetensors, *.bin, *.pth) in {folder}")
+    return str(folder), _safe_name(f"local-{folder.name}")
+
+
 def load_open_clip(model: str, pretrained: str, device: str = "auto", cache_dir: str | None = None) -> Encoder:
-    """The `Encoder` of an open_clip architecture with a pretrained tag (cached locally) or a weights file."""
+    """The `Encoder` of an open_clip model: an architecture with a pretrained tag (cached locally) or a weights
+    file, or a `local-dir:<folder>` holding open_clip_config.json and weights."""
     import open_clip
 
-    if model not in open_clip.list_models():
-        raise ValueError(f"model={model!r}: not 'compact', a compact checkpoint path, nor an open_clip architecture "
-                         f"(e.g. {', '.join(open_clip.list_models()[:6])}, …; see open_clip.list_models())")
-    weights, overrides, name = _open_clip_weights(model, pretrained, cache_dir)
+    if model.startswith("hf-hub:"):
+        raise ValueError(f"model={model!r}: hf-hub models are fetched from the Hugging Face Hub and nothing is "
+                         "downloaded at run time; save the repository to a folder and use model='local-dir:<folder>'")
+    if model.startswith(LOCAL_DIR):
+        weights, name = _local_dir(model)
+        overrides, pretrained_arg = {}, None
+    elif model in open_clip.list_models():
+        weights, overrides, name = _open_clip_weights(model, pretrained, cache_dir)
+        pretrained_arg = weights
+    else:
+        raise ValueError(f"model={model!r}: not 'compact', a compact checkpoint path, 'local-dir:<folder>' nor an "
+                         f"open_clip architecture (e.g. {', '.join(open_clip.list_models()[:6])}, …; see "
+                         "open_clip.list_models())")
     dev = resolve_device(device)
     try:
-        net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=weights, device=dev,
+        net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained_arg, device=dev,
                                                                    cache_dir=cache_dir, **overrides)
     except RuntimeError as err:  # strict state-dict load: missing/unexpected keys or shape mismatches
         raise ValueError(f"{weights}: does not hold weights of open_clip architecture {model} "
@@ -303,7 +365,8 @@ def load_encoder(model: str, pretrained: str = "", device: str = "auto", cache_d
 
     Args:
         model: "compact" (then `pretrained` is our `clip.pt` or its folder), a path to a compact checkpoint,
-            or an open_clip architecture name such as "ViT-B-32".
+            an open_clip architecture name such as "ViT-B-32", or "local-dir:<folder>" (open_clip's offline
+            folder: open_clip_config.json and weights; `pretrained` is ignored).
         pretrained: for "compact", the checkpoint path; for open_clip, a pretrained tag whose weights are
             already cached (e.g. "laion2b_s34b_b79k") or a local weights file.
         device: "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N".
@@ -320,6 +383,8 @@ def load_encoder(model: str, pretrained: str = "", device: str = "auto", cache_d
         if not pretrained:
             raise ValueError("model='compact' needs pretrained=<clip.pt or the `mithridate clip train` out folder>")
         return load_compact(pretrained, device)
-    if model.endswith(".pt") or os.path.sep in model or Path(model).expanduser().exists():
+    if model.startswith(("hf-hub:", LOCAL_DIR)):
+        return load_open_clip(model, pretrained, device, cache_dir)
+    if model.endswith(".pt") or os.path.sep in model or checkpoint_path(model).is_file():
         return load_compact(model, device)
     return load_open_clip(model, pretrained, device, cache_dir)

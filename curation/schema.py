@@ -91,7 +91,8 @@ WEB_MANIFEST_SCHEMA = pa.schema(
 )
 
 # Embeddings are not parquet: `<embed out>/<shard id>.npz` with keys `uid` (str, N), `img_emb` and `txt_emb`
-# (float16, N × D, L2-normalised), `encoder` (0-d str); rows are the shard's success rows in shard order.
+# (float16, N × D, L2-normalised), `encoder` (0-d str); rows are the shard's success rows in shard order, minus
+# those listed as undecodable in `<embed out>/<shard id>_stats.json`.
 # `<embed out>/encoder.json` names the encoder (name, model, pretrained, dim).
 
 AESTHETIC_SCHEMA = pa.schema(

@@ -73,6 +73,16 @@ def test_text_embeddings_batch_and_truncate(encoder):
     assert encoder.encode_texts([]).shape == (0, encoder.dim)
 
 
+def test_length_batched_texts_equal_open_clips_own_encode_text(encoder):
+    texts = ["cow", "a picture of a red apple by twemoji", "", "word " * 50, "cow", "dog emoji"]
+    tokens = encoder.tokenizer(texts)
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(encoder.model.encode_text(tokens), dim=-1).numpy()
+    assert encoder._trims_text()  # the short texts really take the cut-down path
+    np.testing.assert_allclose(encoder.encode_texts(texts, batch_size=2), ref, atol=1e-5)
+    np.testing.assert_allclose(encoder.encode_tokens(tokens, batch_size=4), ref, atol=1e-5)
+
+
 def test_non_uint8_arrays_are_refused(encoder):
     with pytest.raises(ValueError, match="uint8"):
         encoder.encode_images([np.zeros((8, 8, 3), np.float32)])
@@ -97,6 +107,21 @@ def test_open_clip_architecture_with_a_local_weights_file(open_clip_weights):
     with torch.no_grad():
         ref = torch.nn.functional.normalize(model.eval().encode_text(tokens), dim=-1).numpy()
     np.testing.assert_allclose(enc.encode_texts(["a cow"]), ref, atol=1e-5)
+
+
+def test_open_clip_local_dir_folder(open_clip_weights, tmp_path):
+    path, _ = open_clip_weights
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": clip_train.model_config(TINY)}))
+    (tmp_path / "open_clip_pytorch_model.bin").write_bytes(path.read_bytes())
+    enc = encoders.load_encoder(f"local-dir:{tmp_path}", device="cpu")
+    ref = encoders.load_encoder(ARCH, str(path), device="cpu")
+    np.testing.assert_allclose(enc.encode_texts(["a cow"]), ref.encode_texts(["a cow"]), atol=1e-6)
+    assert enc.name == f"local-{tmp_path.name}"
+    (tmp_path / "open_clip_pytorch_model.bin").unlink()
+    with pytest.raises(ValueError, match="no weights"):
+        encoders.load_encoder(f"local-dir:{tmp_path}")
+    with pytest.raises(ValueError, match="nothing is downloaded"):
+        encoders.load_encoder("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
 
 
 def test_device_auto_and_bad_devices():
