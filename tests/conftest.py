@@ -85,3 +85,28 @@ def tiny_crawl(tiny_web, tmp_path_factory):
     cfg = crawler.CrawlConfig(seeds=tuple(tiny_web.seeds), out=str(out), allow_networks=tiny_web.networks,
                               timeout_s=2.0, retries=0, warc=True)
     return crawler.run(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_web, tiny_crawl, tmp_path_factory):
+    """The tiny crawl downloaded under the default policy (honor), in shards of 30 rows."""
+    from curation import downloader
+
+    out = tmp_path_factory.mktemp("dl") / "shards"
+    downloader.run(downloader.DownloadConfig(pairs=str(tiny_crawl / "pairs"), out=str(out), timeout_s=1.0,
+                                             threads=16, allow_networks=tiny_web.networks, shard_size=30))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_checkpoint(tmp_path_factory):
+    """A randomly initialised, very small compact CLIP saved as `clip.pt` (what `clip train` writes, untrained)."""
+    import dataclasses
+
+    from curation import clip_train
+
+    cfg = dataclasses.replace(clip_train.PRESETS["tiny"], embed_dim=32, vision_width=8, vision_head_width=8,
+                              text_width=32, text_layers=1, text_heads=2, context_length=16)
+    path = tmp_path_factory.mktemp("clip") / "clip.pt"
+    clip_train.save_checkpoint(clip_train.build_model(cfg), cfg, path)
+    return path

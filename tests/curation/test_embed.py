@@ -18,18 +18,13 @@ TINY = dataclasses.replace(clip_train.PRESETS["tiny"], embed_dim=32, vision_widt
 
 
 @pytest.fixture(scope="module")
-def shards(tiny_web, tiny_crawl, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dl") / "shards"
-    downloader.run(downloader.DownloadConfig(pairs=str(tiny_crawl / "pairs"), out=str(out), timeout_s=1.0, threads=16,
-                                             allow_networks=tiny_web.networks, shard_size=30))
-    return out
+def shards(tiny_shards):
+    return tiny_shards
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "clip.pt"
-    clip_train.save_checkpoint(clip_train.build_model(TINY), TINY, path)
-    return path
+def checkpoint(tiny_clip_checkpoint):
+    return tiny_clip_checkpoint
 
 
 @pytest.fixture(scope="module")

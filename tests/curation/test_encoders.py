@@ -17,11 +17,8 @@ ARCH = "mithridate-test-tiny-rn"  # an open_clip config registered for these tes
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A randomly initialised compact CLIP saved as `clip.pt` (what `clip train` writes, minus the training)."""
-    path = tmp_path_factory.mktemp("clip") / "clip.pt"
-    clip_train.save_checkpoint(clip_train.build_model(TINY), TINY, path)
-    return path
+def checkpoint(tiny_clip_checkpoint):
+    return tiny_clip_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,13 @@ import json
 import numpy as np
 import pytest
 
-from curation import dedup, downloader, export, schema, selection
+from curation import dedup, export, schema, selection
 from reports import dataset
 
 
 @pytest.fixture(scope="module")
-def shards(tiny_web, tiny_crawl, tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    downloader.run(downloader.DownloadConfig(pairs=str(tiny_crawl / "pairs"), out=str(out), timeout_s=1.0,
-                                             threads=16, allow_networks=tiny_web.networks))
-    return out
+def shards(tiny_shards):
+    return tiny_shards
 
 
 @pytest.fixture(scope="module")
