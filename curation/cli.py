@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from curation import aesthetic, art, clip_train, commands, crawler, downloader, embed, export, pairs, selection, web
+from curation import (aesthetic, art, clip_train, commands, crawler, downloader, embed, export, pairs, selection,
+                      subsets, web)
 
 COMMANDS = {
     ("art", "build"): (art.ArtConfig, art.PRESETS, art.run,
@@ -28,6 +29,8 @@ COMMANDS = {
     ("filter",): (selection.FilterConfig, selection.PRESETS, selection.run,
                   "decide keep/exclude for every downloaded row, with a reason: opt-outs, registry, re-uploads, "
                   "caption and image rules, CLIP and aesthetic scores, dedup"),
+    ("subset",): (subsets.SubsetConfig, subsets.PRESETS, subsets.run,
+                  "combine uid subsets (.npy, DataComp format) by intersect, union or minus"),
     ("export",): (export.ExportConfig, export.PRESETS, export.run,
                   "write the kept rows as train-ready shards (image, caption, uid, artist, licence, scores)"),
 }

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation import options, schema
+from curation import options, schema, subsets
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ class ExportConfig:
     shards: str = options.opt("mithridate-out/shards", "downloaded shards (download output)")
     filter: str = options.opt("mithridate-out/filter", "filter output folder (decisions.parquet)")
     provenance: str = options.opt("", "optional parquet with url, artist, licence (e.g. the demo web manifest)")
+    subset: str = options.opt("", "export this uid subset (.npy, e.g. from `subset`) instead of the filter's keep set")
     out: str = options.opt("mithridate-out/train", "output folder of training shards")
     shard_size: int = options.opt(5000, "rows per training shard")
 
@@ -63,6 +64,10 @@ def run(cfg: ExportConfig) -> Path:
     out = Path(cfg.out)
     options.write_config(cfg, out)
     decisions = schema.read(Path(cfg.filter) / "decisions.parquet", "decisions")
+    if cfg.subset:  # keep exactly the subset's uids (they must be downloaded rows)
+        wanted = pa.array(subsets.to_uids(subsets.load(cfg.subset)), pa.string())
+        decisions = decisions.set_column(decisions.schema.get_field_index("keep"), "keep",
+                                         pc.is_in(decisions["uid"], value_set=wanted))
     prov = _provenance(cfg.provenance)
     parts = [_kept(schema.read(f, "shard"), decisions, prov) for f in sorted(Path(cfg.shards).glob("[0-9]*.parquet"))]
     table = pa.concat_tables(parts) if parts else schema.TRAIN_SCHEMA.empty_table()

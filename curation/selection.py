@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from curation import dedup, filters, options, registry, schema
+from curation import dedup, filters, options, registry, schema, subsets
 
 logger = logging.getLogger(__name__)
 DEDUP_LAYERS = ("exact", "phash", "semantic")
@@ -224,12 +224,6 @@ def _stats(table: pa.Table, cfg: FilterConfig, encoder: str, cut: float | None) 
             "clip_threshold_effective": cut, "encoder": encoder, "optout": cfg.optout}
 
 
-def uid_subset(uids: list[str]) -> np.ndarray:
-    """A sorted structured array of dtype "u8,u8" holding 128-bit hex uids (DataComp's subset format)."""
-    arr = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in uids], dtype="u8,u8")
-    return np.sort(arr)
-
-
 def run(cfg: FilterConfig) -> Path:
     """Write `<out>/decisions.parquet`, `<out>/subsets/keep.npy` and `<out>/_stats.json`."""
     out = Path(cfg.out)
@@ -238,7 +232,7 @@ def run(cfg: FilterConfig) -> Path:
     schema.write(table, out / "decisions.parquet", "decisions", {"encoder": stats["encoder"]})
     (out / "subsets").mkdir(parents=True, exist_ok=True)
     keep = [u for u, k in zip(table["uid"].to_pylist(), table["keep"].to_pylist()) if k]
-    np.save(out / "subsets" / "keep.npy", uid_subset(keep))
+    np.save(out / "subsets" / "keep.npy", subsets.from_uids(keep))
     (out / "_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     logger.info("filter: kept %d of %d rows; excluded by %s", stats["kept"], stats["rows"], stats["reasons"])
     return out
