@@ -1,1 +1,1 @@
-"""diffusion: a compact latent text-to-image diffusion model (built in part 3; no commands yet)."""
+"""diffusion: a compact latent text-to-image diffusion model (part 3; so far the noise schedule and the 2-D toy)."""

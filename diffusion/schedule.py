@@ -1,0 +1,165 @@
+"""DDPM noise schedules and the closed-form forward/posterior/sampling steps of Ho et al. (2020) and DDIM.
+
+Timesteps are 0-based indices `t = 0 … T-1`: index `t` holds β_{t+1} of the paper, so `alphas_cumprod[t]`
+is ᾱ after `t+1` noising steps and `alphas_cumprod[-1]` is ᾱ_T. `add_noise(x0, noise, 0)` is therefore one
+step of noise, not none. Every function broadcasts a per-sample timestep tensor over samples of any rank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+KINDS = ("linear", "cosine", "shifted")
+
+
+def _linear_betas(n: int, start: float, end: float) -> torch.Tensor:
+    return torch.linspace(start, end, n, dtype=torch.float64)
+
+
+def _cosine_betas(n: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal (2021): ᾱ(t) = cos²(((t/T + s)/(1 + s))·π/2), betas clipped at `max_beta`."""
+    steps = torch.arange(n + 1, dtype=torch.float64) / n
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+
+
+def _shifted_betas(n: int, start: float, end: float, final_alpha_bar: float) -> torch.Tensor:
+    """The linear beta shape scaled (by bisection) so that ᾱ_T equals `final_alpha_bar`.
+
+    This is the article's "less noise" schedule for low-dimensional data: training spends its timesteps on
+    high-signal examples, and the last step keeps ᾱ_T ≈ 0.6 instead of going to pure noise.
+    """
+    if not 0 < final_alpha_bar < 1:
+        raise ValueError(f"final_alpha_bar={final_alpha_bar!r}: must be in (0, 1)")
+    shape = _linear_betas(n, start, end)
+    lo, hi = 0.0, 1.0 / float(shape.max())
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if float(torch.prod(1 - mid * shape)) > final_alpha_bar:
+            lo = mid
+        else:
+            hi = mid
+    return shape * (lo + hi) / 2
+
+
+def _gather(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+    """`values[t]` reshaped to broadcast against `like` (batch first), in `like`'s dtype and device."""
+    t = torch.as_tensor(t, device=values.device, dtype=torch.long)
+    out = values[t].to(device=like.device, dtype=like.dtype)
+    return out.reshape(out.shape + (1,) * (like.dim() - out.dim()))
+
+
+class NoiseSchedule:
+    """Precomputed β_t, α_t = 1 − β_t and ᾱ_t = ∏ α_s, with DDPM/DDIM steps.
+
+    Args:
+        num_timesteps: T, the number of noising steps.
+        kind: "linear" (Ho et al.), "cosine" (Nichol & Dhariwal) or "shifted" (linear shape, ᾱ_T fixed).
+        beta_start: first β of the linear and shifted schedules.
+        beta_end: last β of the linear schedule (the shifted one rescales it).
+        final_alpha_bar: ᾱ_T of the shifted schedule.
+
+    Raises:
+        ValueError: unknown `kind`, or a non-positive `num_timesteps`.
+    """
+
+    def __init__(self, num_timesteps: int = 1000, kind: str = "linear", beta_start: float = 1e-4,
+                 beta_end: float = 0.02, final_alpha_bar: float = 0.6) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r}: allowed values are {', '.join(KINDS)}")
+        if num_timesteps <= 0:
+            raise ValueError(f"num_timesteps={num_timesteps!r}: must be > 0")
+        self.num_timesteps, self.kind = num_timesteps, kind
+        if kind == "linear":
+            betas = _linear_betas(num_timesteps, beta_start, beta_end)
+        elif kind == "cosine":
+            betas = _cosine_betas(num_timesteps)
+        else:
+            betas = _shifted_betas(num_timesteps, beta_start, beta_end, final_alpha_bar)
+        alphas = 1 - betas
+        alphas_cumprod = torch.cumprod(alphas, 0)
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        self.betas, self.alphas, self.alphas_cumprod, self.alphas_cumprod_prev = betas, alphas, alphas_cumprod, prev
+        # β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · β_t  (Ho et al. eq. 7); β̃ at the first step is 0.
+        self.posterior_variance = (1 - prev) / (1 - alphas_cumprod) * betas
+
+    def __repr__(self) -> str:
+        return (f"NoiseSchedule(num_timesteps={self.num_timesteps}, kind={self.kind!r}, "
+                f"final_alpha_bar={float(self.alphas_cumprod[-1]):.4g})")
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """Sample q(x_t | x_0) = √ᾱ_t·x_0 + √(1 − ᾱ_t)·ε (Ho et al. eq. 4).
+
+        Args:
+            x0: clean samples, batch first, any rank.
+            noise: ε, same shape as `x0`.
+            t: timestep index per sample (shape `[batch]`) or one int for all.
+
+        Returns:
+            x_t, shape of `x0`.
+        """
+        ab = _gather(self.alphas_cumprod, t, x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def predict_x0(self, eps_pred: torch.Tensor, t: torch.Tensor | int, x_t: torch.Tensor) -> torch.Tensor:
+        """Invert `add_noise` with the predicted noise: x̂_0 = (x_t − √(1 − ᾱ_t)·ε̂) / √ᾱ_t."""
+        ab = _gather(self.alphas_cumprod, t, x_t)
+        return (x_t - (1 - ab).sqrt() * eps_pred) / ab.sqrt()
+
+    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor,
+                  t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of q(x_{t−1} | x_t, x_0) (Ho et al. eq. 6–7).
+
+        Returns:
+            (μ̃_t, β̃_t): μ̃ = √ᾱ_{t−1}·β_t/(1 − ᾱ_t)·x_0 + √α_t·(1 − ᾱ_{t−1})/(1 − ᾱ_t)·x_t, shape of `x_t`;
+            β̃ broadcastable against it.
+        """
+        ab, ab_prev = _gather(self.alphas_cumprod, t, x_t), _gather(self.alphas_cumprod_prev, t, x_t)
+        beta, alpha = _gather(self.betas, t, x_t), _gather(self.alphas, t, x_t)
+        mean = ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * x_t
+        return mean, _gather(self.posterior_variance, t, x_t)
+
+    def ddpm_step(self, eps_pred: torch.Tensor, t: int, x_t: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """One ancestral step x_t → x_{t−1} (Ho et al. Algorithm 2, σ_t² = β̃_t); no noise at t = 0.
+
+        Args:
+            eps_pred: the model's ε̂(x_t, t).
+            t: the current timestep index (one int for the whole batch).
+            x_t: current samples.
+            generator: source of the injected noise.
+        """
+        beta, alpha = _gather(self.betas, t, x_t), _gather(self.alphas, t, x_t)
+        ab = _gather(self.alphas_cumprod, t, x_t)
+        mean = (x_t - beta / (1 - ab).sqrt() * eps_pred) / alpha.sqrt()
+        if t == 0:
+            return mean
+        z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
+        return mean + _gather(self.posterior_variance, t, x_t).sqrt() * z
+
+    def ddim_step(self, eps_pred: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor, eta: float = 0.0,
+                  generator: torch.Generator | None = None, clip_x0: float | None = None) -> torch.Tensor:
+        """One DDIM step x_t → x_{t_prev} (Song et al. 2021, eq. 12); `eta=0` is the deterministic ODE sampler.
+
+        Args:
+            eps_pred: the model's ε̂(x_t, t).
+            t: the current timestep index.
+            t_prev: the target index (< t); −1 means "to x_0" (ᾱ = 1).
+            x_t: current samples.
+            eta: 0 = deterministic (DDIM), 1 = DDPM-like noise.
+            generator: source of noise when `eta > 0`.
+            clip_x0: clamp the predicted x̂_0 to [−clip_x0, clip_x0] when given.
+        """
+        ab = _gather(self.alphas_cumprod, t, x_t)
+        ab_prev = _gather(self.alphas_cumprod, t_prev, x_t) if t_prev >= 0 else torch.ones_like(ab)
+        x0 = self.predict_x0(eps_pred, t, x_t)
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+            eps_pred = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
+        out = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps_pred
+        if eta > 0 and t_prev >= 0:
+            out = out + sigma * torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
+        return out
