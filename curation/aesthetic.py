@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from curation import degrade, options, schema
+from curation import degrade, encoders, options, schema
 
 logger = logging.getLogger(__name__)
 
@@ -124,18 +124,6 @@ SCORE_PRESETS = {"default": AestheticScoreConfig(), "tiny": AestheticScoreConfig
 
 
 # ------------------------------------------------------------------------------------------- embeddings
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device={name!r}: not a torch device (auto, cpu, cuda, cuda:1, …)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}: CUDA is not available here; use device=cpu or auto")
-    return dev
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
@@ -514,7 +502,7 @@ def _train(cfg: AestheticTrainConfig) -> Path:
     if len(y) < 2:
         raise ValueError(f"only {len(y)} rated embedding(s); a head needs at least 2")
     options.write_config(cfg, out)
-    dev = _device(cfg.device)
+    dev = torch.device(encoders.resolve_device(cfg.device))
 
     perm = np.random.default_rng(cfg.seed).permutation(len(y))
     n_val = min(int(round(cfg.val_fraction * len(y))), len(y) - 1)
@@ -602,7 +590,7 @@ def score(cfg: AestheticScoreConfig) -> Path:
     head = load_head(cfg.head_path, cfg.head_activation)
     check_compatible(head, enc, cfg.head_path, cfg.embeddings)
     options.write_config(cfg, out)
-    dev = _device(cfg.device)
+    dev = torch.device(encoders.resolve_device(cfg.device))
     meta = {"head": Path(cfg.head_path).name, "head_kind": head.kind, "head_sha256": head.sha256,
             "encoder": enc.get("name") or enc.get("model") or "unknown"}
     stats = {**meta, "files": {}, "rows": 0, "null": 0}

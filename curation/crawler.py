@@ -11,6 +11,7 @@ import collections
 import concurrent.futures as cf
 import json
 import logging
+import shutil
 import threading
 import time
 import urllib.error
@@ -133,16 +134,8 @@ class Crawler:
             return self.sites[origin]
 
     def _page_signals(self, page: alttext.Page, headers, url: str, site: Site) -> list[str]:
-        sig = optout.directive_signals(page.robots, "meta")
-        xrt = [v for k, v in headers if k.lower() == "x-robots-tag"]
-        sig += optout.directive_signals(optout.x_robots_directives(xrt, netguard.USER_AGENT_TOKEN), "x-robots-tag")
-        if page.tdm_reservation:
-            sig.append("tdmrep:meta")
-        if any(k.lower() == "tdm-reservation" and v.strip() == "1" for k, v in headers):
-            sig.append("tdmrep:header")
-        if optout.tdmrep_reserved(site.tdm_rules, url):
-            sig.append("tdmrep:well-known")
-        return sig
+        sig = optout.page_signals(page.robots, page.tdm_reservation, headers, netguard.USER_AGENT_TOKEN)
+        return sig + ["tdmrep:well-known"] if optout.tdmrep_reserved(site.tdm_rules, url) else sig
 
     def _image_signals(self, image_url: str, site: Site) -> list[str]:
         sig = optout.robots_ai_signals(site.robots, image_url)
@@ -301,8 +294,6 @@ class CrawlState:
 
     @staticmethod
     def clear(out: Path) -> None:
-        import shutil
-
         shutil.rmtree(out / "_partial", ignore_errors=True)
         (out / "_state.json").unlink(missing_ok=True)
 

@@ -49,7 +49,7 @@ def _kept(shard: pa.Table, decisions: pa.Table, prov: dict) -> pa.Table:
     keys = pa.table({"uid": shard["uid"], "_i": pa.array(range(shard.num_rows), pa.int64())})
     joined = keys.join(kept.select(["uid", "clip_score", "aesthetic_score"]), "uid", join_type="inner").sort_by("_i")
     rows = shard.take(joined["_i"])
-    if pc.any(pc.invert(pc.equal(rows["status"], schema.STATUS_SUCCESS))).as_py():
+    if pc.any(pc.not_equal(rows["status"], schema.STATUS_SUCCESS)).as_py():
         raise ValueError("decisions keep a row whose download did not succeed; rerun `filter` on these shards")
     urls = rows["url"].to_pylist()
     return pa.table({

@@ -103,3 +103,23 @@ def ai_txt_disallows(rules: list[tuple[bool, str]], url: str) -> bool:
             if best is None or len(pattern) > best[0] or (len(pattern) == best[0] and allowed):
                 best = (len(pattern), not allowed)  # on a tie Allow wins, as in robots.txt (RFC 9309)
     return bool(best and best[1])
+
+
+def page_signals(robots: set[str], tdm_meta: bool, headers: list[tuple[str, str]],
+                 ua_token: str) -> list[str]:
+    """Opt-out signals of a page, sorted: robots meta, TDMRep meta/header and X-Robots-Tag directives.
+
+    Args:
+        robots: lower-cased directives of the page's robots meta elements.
+        tdm_meta: whether the page has `<meta name="tdm-reservation" content="1">`.
+        headers: the page's HTTP response headers.
+        ua_token: our user-agent token; X-Robots-Tag values scoped to other agents are ignored.
+    """
+    signals = set(directive_signals(robots, "meta"))
+    if tdm_meta:
+        signals.add("tdmrep:meta")
+    if any(k.lower() == "tdm-reservation" and str(v).strip() == "1" for k, v in headers):
+        signals.add("tdmrep:header")
+    tags = [str(v) for k, v in headers if k.lower() == "x-robots-tag"]
+    signals.update(directive_signals(x_robots_directives(tags, ua_token), "x-robots-tag"))
+    return sorted(signals)

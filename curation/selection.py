@@ -63,33 +63,18 @@ class FilterConfig:
 PRESETS = {"default": FilterConfig(), "tiny": FilterConfig()}
 
 
-def load_rows(shards: str) -> pa.Table:
-    """Every row of the downloaded shards (no image bytes)."""
-    cols = [f.name for f in schema.SHARD_SCHEMA if f.name != "jpg"]
-    return schema.read_folder(shards, "shard", columns=cols + ["jpg"])
+def load_embeddings(folder: str, shards: str, uids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
+    """Image and text embeddings aligned with `uids` (NaN rows where a row has none) and the encoder name."""
+    from curation import embed  # torch-free until embeddings are asked for
 
-
-def load_embeddings(folder: str, uids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
-    """Image and text embeddings aligned with `uids` (NaN rows for uids without one), and the encoder name."""
-    files = sorted(Path(folder).glob("[0-9]*.npz"))
-    if not files:
-        raise FileNotFoundError(f"FilterConfig.embeddings: no *.npz files in {folder}")
-    found, img, txt, encoder = {}, [], [], ""
-    for f in files:
-        with np.load(f, allow_pickle=False) as z:
-            if z["img_emb"].shape[0] != len(z["uid"]) or z["txt_emb"].shape != z["img_emb"].shape:
-                raise ValueError(f"{f}: uid, img_emb and txt_emb lengths differ")
-            base = sum(len(a) for a in img)
-            found.update({u: base + i for i, u in enumerate(z["uid"].tolist())})
-            img.append(z["img_emb"].astype(np.float32))
-            txt.append(z["txt_emb"].astype(np.float32))
-            encoder = str(z["encoder"])
-    img, txt = np.concatenate(img), np.concatenate(txt)
-    idx = np.array([found.get(u, -1) for u in uids])
+    got, img, txt = embed.load_all(folder, shards)
+    where = dict(zip(got.tolist(), range(len(got))))
+    idx = np.array([where.get(u, -1) for u in uids])
     out_i = np.full((len(uids), img.shape[1]), np.nan, np.float32)
     out_t = np.full_like(out_i, np.nan)
     out_i[idx >= 0], out_t[idx >= 0] = img[idx[idx >= 0]], txt[idx[idx >= 0]]
-    return out_i, out_t, encoder
+    info = Path(folder) / "encoder.json"
+    return out_i, out_t, json.loads(info.read_text()).get("name", "") if info.is_file() else ""
 
 
 def load_aesthetic(folder: str, uids: list[str]) -> np.ndarray:
@@ -167,7 +152,7 @@ def dedup_reasons(cfg: FilterConfig, t: dict, survivors: np.ndarray) -> tuple[li
 
 
 def _columns(cfg: FilterConfig) -> tuple[dict, str]:
-    table = load_rows(cfg.shards)
+    table = schema.read_folder(cfg.shards, "shard")
     t = {c: np.array(table[c].to_pylist(), dtype=object) for c in
          ("uid", "url", "page_url", "domain", "text", "status", "optout", "sha256", "original_width", "original_height")}
     t["signals"] = table["signals"].to_pylist()
@@ -177,7 +162,7 @@ def _columns(cfg: FilterConfig) -> tuple[dict, str]:
     t["phash"][ok] = dedup.phashes([jpgs[i] for i in ok])
     encoder = ""
     if cfg.embeddings:
-        img, txt, encoder = load_embeddings(cfg.embeddings, t["uid"].tolist())
+        img, txt, encoder = load_embeddings(cfg.embeddings, cfg.shards, t["uid"].tolist())
         t["img_emb"], t["clip_score"] = img, np.sum(img * txt, axis=1)
     if cfg.aesthetic:
         t["aesthetic_score"] = load_aesthetic(cfg.aesthetic, t["uid"].tolist())

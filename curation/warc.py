@@ -29,7 +29,7 @@ from warcio.warcwriter import WARCWriter
 
 from curation.alttext import decode_html, http_url, parse_page
 from curation.netguard import USER_AGENT_TOKEN
-from curation.optout import directive_signals, x_robots_directives
+from curation.optout import page_signals
 from curation.pairs import domain_of
 from curation.schema import normalize_text
 
@@ -99,26 +99,6 @@ def _reason(status: int) -> str:
 def _archived_headers(headers: list[tuple[str, str]], length: int) -> list[tuple[str, str]]:
     out = [(_ORIG_PREFIX + k if k.lower() in _WIRE_HEADERS else k, v) for k, v in headers]
     return out + [("Content-Length", str(length))]
-
-
-def page_signals(robots: set[str], tdm_meta: bool, headers: list[tuple[str, str]],
-                 ua_token: str = USER_AGENT_TOKEN) -> list[str]:
-    """Opt-out signals of a page, sorted: robots meta, TDMRep meta/header and X-Robots-Tag directives.
-
-    Args:
-        robots: lower-cased directives of the page's robots meta elements.
-        tdm_meta: whether the page has `<meta name="tdm-reservation" content="1">`.
-        headers: the page's HTTP response headers.
-        ua_token: our user-agent token; X-Robots-Tag values scoped to other agents are ignored.
-    """
-    signals = set(directive_signals(robots, "meta"))
-    if tdm_meta:
-        signals.add("tdmrep:meta")
-    if any(k.lower() == "tdm-reservation" and str(v).strip() == "1" for k, v in headers):
-        signals.add("tdmrep:header")
-    tags = [str(v) for k, v in headers if k.lower() == "x-robots-tag"]
-    signals.update(directive_signals(x_robots_directives(tags, ua_token), "x-robots-tag"))
-    return sorted(signals)
 
 
 def _pair(url: str, alt: Any, page_url: str, source: str, signals: list[str]) -> dict:

@@ -77,8 +77,9 @@ class _Placer:
         self.server, self.name, self.rng, self.rows = server, name, rng, []
 
     def route(self, path: str, route: Route) -> str:
+        """Serve `route` at `path`; returns the path."""
         self.server.routes[path] = route
-        return self.server.origin + path
+        return path
 
     def place(self, page_url: str, path: str, markup: str, alt, kind, correct, item=None, **extra) -> str:
         url = self.server.origin + path
@@ -211,27 +212,27 @@ def _failure_route(p: _Placer, mode: str, item: dict, corpus: Path, cfg: WebConf
     if mode == "404":
         return f"/media/gone-{n}.png"
     if mode == "truncated":
-        return p.route(f"/media/{n}.png", Route(wc.truncated(good.body), "image/png"))[len(p.server.origin):]
+        return p.route(f"/media/{n}.png", Route(wc.truncated(good.body), "image/png"))
     if mode == "wrong-content-type":
-        return p.route(f"/media/{n}.png", Route(wc.page("soft 404", ["not here"]).encode()))[len(p.server.origin):]
+        return p.route(f"/media/{n}.png", Route(wc.page("soft 404", ["not here"]).encode()))
     if mode == "slow":
-        return p.route(f"/media/{n}.png", Route(good.body, "image/png", delay_s=cfg.slow_delay_s))[len(p.server.origin):]
+        return p.route(f"/media/{n}.png", Route(good.body, "image/png", delay_s=cfg.slow_delay_s))
     if mode == "redirect-loop":
         a, b = f"/media/{n}-a.png", f"/media/{n}-b.png"
         p.route(a, Route(b"", status=302, headers=(("Location", b),)))
         p.route(b, Route(b"", status=302, headers=(("Location", a),)))
         return a
     body = {"oversized": big["oversized"], "bomb": big["bomb"], "tiny": wc.tiny_png()}[mode]
-    return p.route(f"/media/{n}.png", Route(body, "image/png"))[len(p.server.origin):]
+    return p.route(f"/media/{n}.png", Route(body, "image/png"))
 
 
 def _redirect_chain(p: _Placer, item: dict, corpus: Path, hops: int = 3) -> str:
     n = len(p.rows)
-    final = p.route(f"/media/{n}-final.png", _image_route(item, corpus))
-    target = final
-    for h in range(hops, 0, -1):
-        target = p.route(f"/media/{n}-hop{h}.png", Route(b"", status=301, headers=(("Location", target),)))
-    return target[len(p.server.origin):]
+    target = p.server.origin + p.route(f"/media/{n}-final.png", _image_route(item, corpus))
+    for h in range(hops, 0, -1):  # absolute Location headers, hop by hop back to the first
+        path = p.route(f"/media/{n}-hop{h}.png", Route(b"", status=301, headers=(("Location", target),)))
+        target = p.server.origin + path
+    return path
 
 
 def _linkfarm(p: _Placer, items: list[dict], names, corpus, cfg: WebConfig, other_origins: list[str]) -> None:
@@ -249,7 +250,7 @@ def _linkfarm(p: _Placer, items: list[dict], names, corpus, cfg: WebConfig, othe
                 kind = p.rng.choice(["spam", "mismatched", "long"])
                 alt = {"spam": wc.spam_alt(p.rng), "long": wc.long_alt(p.rng, item),
                        "mismatched": p.rng.choice([x for x in names if x != item["concept"]])}[kind]
-                path = p.route(f"/media/{len(p.rows)}.png", _image_route(item, corpus))[len(p.server.origin):]
+                path = p.route(f"/media/{len(p.rows)}.png", _image_route(item, corpus))
                 body.append(p.place(p.server.origin + page_path, path, "img", alt, kind, kind == "long", item))
                 continue
             path = _redirect_chain(p, item, corpus) if mode == "redirect-chain" else _failure_route(
