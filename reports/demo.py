@@ -37,7 +37,9 @@ class DemoConfig:
     stop_after: Literal["download", "report"] = options.opt("report", "last stage: download (part 1) or report")
 
     def __post_init__(self):
-        options.check_positive(self, "threads", "timeout_s", "clip_top_fraction")
+        options.check_positive(self, "threads", "timeout_s")
+        if not 0 < self.clip_top_fraction <= 1:
+            raise ValueError(f"DemoConfig.clip_top_fraction={self.clip_top_fraction}: must be within (0, 1]")
         for name in ("art_preset", "policy", "clip_preset", "stop_after"):
             options.check_choice(self, name, options.literal_values(DemoConfig, name))
 
