@@ -3,6 +3,11 @@
 Timesteps are 0-based indices `t = 0 … T-1`: index `t` holds β_{t+1} of the paper, so `alphas_cumprod[t]`
 is ᾱ after `t+1` noising steps and `alphas_cumprod[-1]` is ᾱ_T. `add_noise(x0, noise, 0)` is therefore one
 step of noise, not none. Every function broadcasts a per-sample timestep tensor over samples of any rank.
+
+The same ᾱ_t also reads as a variance-exploding (Karras) noise level σ_t = √((1 − ᾱ_t)/ᾱ_t), i.e.
+x_t/√ᾱ_t = x_0 + σ_t·ε. Fractional timesteps (used by the σ-space samplers) interpolate log σ linearly between
+integer indices, as diffusers' EulerDiscreteScheduler does: `t_from_sigma` maps σ → t and `alpha_bar_at` maps
+t → ᾱ = 1/(1 + σ²) consistently; integer t give the table values exactly.
 """
 
 from __future__ import annotations
@@ -84,6 +89,9 @@ class NoiseSchedule:
         self.betas, self.alphas, self.alphas_cumprod, self.alphas_cumprod_prev = betas, alphas, alphas_cumprod, prev
         # β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · β_t  (Ho et al. eq. 7); β̃ at the first step is 0.
         self.posterior_variance = (1 - prev) / (1 - alphas_cumprod) * betas
+        # σ_t = √((1 − ᾱ_t)/ᾱ_t): the noise level of x_t/√ᾱ_t = x_0 + σ_t·ε (increasing in t).
+        self.sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+        self.log_sigmas = self.sigmas.log()
 
     def __repr__(self) -> str:
         return (f"NoiseSchedule(num_timesteps={self.num_timesteps}, kind={self.kind!r}, "
@@ -163,3 +171,70 @@ class NoiseSchedule:
         if eta > 0 and t_prev >= 0:
             out = out + sigma * torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
         return out
+
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """The v-prediction target v = √ᾱ_t·ε − √(1 − ᾱ_t)·x_0 (Salimans & Ho, 2022)."""
+        ab = _gather(self.alphas_cumprod, t, x0)
+        return ab.sqrt() * noise - (1 - ab).sqrt() * x0
+
+    def predict_x0_from_v(self, v: torch.Tensor, t: torch.Tensor | int, x_t: torch.Tensor) -> torch.Tensor:
+        """x̂_0 = √ᾱ_t·x_t − √(1 − ᾱ_t)·v̂."""
+        ab = _gather(self.alphas_cumprod, t, x_t)
+        return ab.sqrt() * x_t - (1 - ab).sqrt() * v
+
+    def predict_eps_from_v(self, v: torch.Tensor, t: torch.Tensor | int, x_t: torch.Tensor) -> torch.Tensor:
+        """ε̂ = √(1 − ᾱ_t)·x_t + √ᾱ_t·v̂."""
+        ab = _gather(self.alphas_cumprod, t, x_t)
+        return (1 - ab).sqrt() * x_t + ab.sqrt() * v
+
+    def snr(self, t: torch.Tensor | int) -> torch.Tensor:
+        """Signal-to-noise ratio ᾱ_t/(1 − ᾱ_t) (for min-SNR loss weighting), float64 on `t`'s device."""
+        t = torch.as_tensor(t)
+        ab = self.alphas_cumprod[t.to(self.alphas_cumprod.device, torch.long)]
+        return (ab / (1 - ab)).to(t.device)
+
+    def t_from_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
+        """The fractional timestep of noise level σ: log σ interpolated linearly between integer indices.
+
+        σ below σ_0 maps to 0, above σ_{T−1} to T − 1. Returns a float64 tensor of `sigma`'s shape and device.
+        """
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        log_sigma = sigma.to(self.log_sigmas.device).log()
+        if self.num_timesteps == 1:
+            return torch.zeros_like(sigma)
+        lo = (torch.searchsorted(self.log_sigmas, log_sigma, right=True) - 1).clamp(0, self.num_timesteps - 2)
+        left, right = self.log_sigmas[lo], self.log_sigmas[lo + 1]
+        w = ((log_sigma - left) / (right - left)).clamp(0, 1)
+        return (lo + w).to(sigma.device)
+
+    def sigma_at(self, t: torch.Tensor | float) -> torch.Tensor:
+        """σ at a fractional timestep (log σ linear between indices), float64 on `t`'s device; inverts
+        `t_from_sigma` within [0, T − 1]."""
+        log_sigma, _, _ = self._log_sigma_at(t)
+        return log_sigma.exp().to(torch.as_tensor(t).device)
+
+    def alpha_bar_at(self, t: torch.Tensor | float) -> torch.Tensor:
+        """ᾱ at a fractional timestep, 1/(1 + σ(t)²); integer t give `alphas_cumprod[t]` exactly.
+
+        Args:
+            t: timesteps in [0, T − 1], any shape.
+
+        Returns:
+            float64 tensor of `t`'s shape on `t`'s device.
+
+        Raises:
+            ValueError: a timestep outside [0, T − 1].
+        """
+        log_sigma, lo, w = self._log_sigma_at(t)
+        ab = torch.where(w == 0, self.alphas_cumprod[lo], torch.sigmoid(-2 * log_sigma))
+        return ab.to(torch.as_tensor(t).device)
+
+    def _log_sigma_at(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log σ(t), floor index, fractional part), all on the tables' device."""
+        t = torch.as_tensor(t, dtype=torch.float64).to(self.log_sigmas.device)
+        if bool(((t < 0) | (t > self.num_timesteps - 1)).any()):
+            raise ValueError(f"t: timesteps must be within [0, {self.num_timesteps - 1}]")
+        lo = t.floor().long()
+        hi = (lo + 1).clamp(max=self.num_timesteps - 1)
+        w = t - lo
+        return self.log_sigmas[lo] + w * (self.log_sigmas[hi] - self.log_sigmas[lo]), lo, w

@@ -2,7 +2,8 @@
 
 Art corpus → demo web (in-process) → crawl → download → funnel (part 1); then compact CLIP → embed →
 aesthetic head from the web's degraded copies → do-not-train registry of the opted-out artists → filter →
-export → dataset report (part 2).
+export → dataset report (part 2); then autoencoder → latent diffusion model on a concept subset of the
+curated shards → evaluation per sampler → generation report (part 3).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from curation import aesthetic, art, clip_train, crawler, dedup, downloader, embed, export, funnel, options, selection, web
-from reports import dataset
+from diffusion import data as diffusion_data, evaluation, training, vae
+from reports import dataset, generation
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +38,41 @@ class DemoConfig:
     clip_preset: Literal["default", "tiny"] = options.opt("default", "compact CLIP preset (default: ~5 CPU minutes)")
     clip_dir: str = options.opt("", "an existing `clip train` folder to reuse ('' = train one)")
     clip_top_fraction: float = options.opt(0.8, "filter: keep this top fraction by CLIP score")
-    stop_after: Literal["download", "report"] = options.opt("report", "last stage: download (part 1) or report")
+    stop_after: Literal["download", "report", "generation"] = options.opt(
+        "generation", "last stage: download (part 1), report (part 2) or generation (part 3)")
+    diffusion_preset: Literal["cpu", "tiny", "gpu"] = options.opt("cpu", "autoencoder and diffusion presets")
+    concepts: tuple[str, ...] = options.opt(
+        (), "concepts the diffusion model learns ('' = up to max_concepts of DEMO_CONCEPTS found in the export)")
+    max_concepts: int = options.opt(40, "concepts in the diffusion subset when concepts is ''")
+    eval_runs: tuple[str, ...] = options.opt(evaluation.RUNS, "evaluate: sampler:steps[:guidance] settings")
 
     def __post_init__(self):
-        options.check_positive(self, "threads", "timeout_s")
+        if isinstance(self.concepts, list) or isinstance(self.eval_runs, list):
+            object.__setattr__(self, "concepts", tuple(self.concepts))
+            object.__setattr__(self, "eval_runs", tuple(self.eval_runs))
+        options.check_positive(self, "threads", "timeout_s", "max_concepts")
         if not 0 < self.clip_top_fraction <= 1:
             raise ValueError(f"DemoConfig.clip_top_fraction={self.clip_top_fraction}: must be within (0, 1]")
-        for name in ("art_preset", "policy", "clip_preset", "stop_after"):
+        for name in ("art_preset", "policy", "clip_preset", "stop_after", "diffusion_preset"):
             options.check_choice(self, name, options.literal_values(DemoConfig, name))
 
 
 PRESETS = {"default": DemoConfig(),
-           "tiny": DemoConfig(art_preset="tiny", threads=16, timeout_s=1.0, clip_preset="tiny")}
+           "tiny": DemoConfig(art_preset="tiny", threads=16, timeout_s=1.0, clip_preset="tiny", diffusion_preset="tiny",
+                              max_concepts=8, eval_runs=("ddim:5", "euler:4"))}
+
+# familiar concepts, in order of preference, for the diffusion subset (those present in the export are used)
+DEMO_CONCEPTS = (
+    "cow", "automobile", "dog", "cat", "horse", "pig", "elephant", "rabbit", "mouse", "fish", "bird", "penguin",
+    "frog", "snake", "turtle", "octopus", "bicycle", "bus", "airplane", "rocket", "ship", "sailboat",
+    "train", "tractor", "ambulance", "fire engine", "taxi", "police car", "sport utility vehicle", "delivery truck",
+    "articulated lorry", "water buffalo", "ox", "bison", "cow face", "dog face", "cat face", "horse face",
+    "apple", "banana", "cherries", "grapes", "lemon", "pineapple", "strawberry", "watermelon", "carrot", "pizza",
+    "hamburger", "bread", "cake", "ice cream", "doughnut", "sun", "cloud", "rainbow", "snowflake", "fire",
+    "house", "tree", "sunflower", "rose", "cactus", "mushroom", "guitar", "trumpet", "soccer ball", "basketball",
+    "umbrella", "key", "light bulb", "books", "hammer", "anchor", "crown", "gem stone", "bell", "balloon",
+    "red heart", "star", "moon", "globe showing europe-africa", "alarm clock", "camera", "telephone", "laptop",
+)
 
 
 def _stage_configs(cfg: DemoConfig, w: web.DemoWeb) -> tuple:
@@ -114,10 +141,50 @@ def _part2(cfg: DemoConfig, out: Path, corpus: Path, manifest: Path, registry: P
         manifest=str(manifest), out=str(out / "report"), clip=str(clip_dir)))
 
 
+def choose_concepts(cfg: DemoConfig, corpus: Path, train_dir: Path) -> list[str]:
+    """The diffusion subset: the configured concepts, else up to `max_concepts` of DEMO_CONCEPTS that name at least
+    one exported row, topped up with the corpus concepts that name the most rows."""
+    if cfg.concepts:
+        return list(cfg.concepts)
+    captions = [c for f in diffusion_data.shard_files(train_dir)
+                for c in pq_captions(f)]
+    names = sorted(set(art.load(corpus)["concept"]))
+    preferred = [c for c in DEMO_CONCEPTS if c in names] + [c for c in names if c not in DEMO_CONCEPTS]
+    counts = np.bincount(diffusion_data.match_concepts(captions, preferred) + 1, minlength=len(preferred) + 1)[1:]
+    ranked = [c for c, n in zip(preferred, counts) if n > 0 and c in DEMO_CONCEPTS]
+    ranked += sorted((c for c, n in zip(preferred, counts) if n > 0 and c not in DEMO_CONCEPTS),
+                     key=lambda c: -counts[preferred.index(c)])
+    return ranked[: cfg.max_concepts]
+
+
+def pq_captions(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [c or "" for c in pq.read_table(path, columns=["caption"]).column("caption").to_pylist()]
+
+
+def _part3(cfg: DemoConfig, out: Path, corpus: Path, clip_dir: Path) -> Path:
+    """Autoencoder → diffusion model on a concept subset → evaluation → generation report; returns the report."""
+    concepts = choose_concepts(cfg, corpus, out / "train")
+    logger.info("diffusion subset: %d concepts (%s)", len(concepts), ", ".join(concepts))
+    vae_dir = vae.run(dataclasses.replace(vae.PRESETS[cfg.diffusion_preset], data=str(out / "train"),
+                                          out=str(out / "vae")))
+    dif = training.run(dataclasses.replace(training.PRESETS[cfg.diffusion_preset], data=str(out / "train"),
+                                           vae=str(vae_dir), clip=str(clip_dir), out=str(out / "diffusion"),
+                                           concepts=tuple(concepts)))
+    ev = evaluation.run(dataclasses.replace(evaluation.PRESETS["default"], checkpoint=str(dif),
+                                            runs=tuple(cfg.eval_runs), out=str(out / "evaluate")))
+    page = generation.build(generation.GenerationReportConfig(vae=str(vae_dir), diffusion=str(dif), evaluate=str(ev),
+                                                              out=str(out / "report")))
+    logger.info("%s", generation.headline(json.loads((ev / "evaluation.json").read_text())))
+    return page
+
+
 def run(cfg: DemoConfig) -> Path:
     """Run the demo; returns the run folder (funnel.txt, report/dataset.html, one folder per stage)."""
     out = Path(cfg.out)
-    for stage in ("web", "crawl", "shards", "embeddings", "aesthetic_head", "aesthetic", "filter", "train", "report"):
+    for stage in ("web", "crawl", "shards", "embeddings", "aesthetic_head", "aesthetic", "filter", "train", "report",
+                  "vae", "diffusion", "evaluate"):
         shutil.rmtree(out / stage, ignore_errors=True)  # the web's ports change from run to run: start afresh
     options.write_config(cfg, out)
     t0 = time.time()
@@ -126,12 +193,16 @@ def run(cfg: DemoConfig) -> Path:
         art_cfg = dataclasses.replace(art_cfg, cache_dir=cfg.cache_dir)
     corpus = art.run(art_cfg)
     manifest, registry = _part1(cfg, out, corpus)
-    report = _part2(cfg, out, corpus, manifest, registry) if cfg.stop_after == "report" else None
+    report = _part2(cfg, out, corpus, manifest, registry) if cfg.stop_after != "download" else None
+    gen = _part3(cfg, out, corpus, Path(cfg.clip_dir) if cfg.clip_dir else out / "clip") \
+        if cfg.stop_after == "generation" else None
     logger.info("art corpus:   %s", corpus)
     logger.info("web manifest: %s", manifest)
     logger.info("shards:       %s", out / "shards")
     if report is not None:
         logger.info("training set: %s", out / "train")
         logger.info("report:       %s", report.resolve())
+    if gen is not None:
+        logger.info("generation:   %s", gen.resolve())
     logger.info("demo finished in %.1f s; outputs under %s", time.time() - t0, out.resolve())
     return out

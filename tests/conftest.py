@@ -110,3 +110,26 @@ def tiny_clip_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("clip") / "clip.pt"
     clip_train.save_checkpoint(clip_train.build_model(cfg), cfg, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_train(tiny_corpus, tmp_path_factory):
+    """Training shards in the export stage's TRAIN schema, built from the tiny art corpus (24 concepts × styles).
+
+    Two shards; captions are the concept name with a varying template, artist and licence from the corpus.
+    """
+    import pyarrow as pa
+
+    from curation import art, schema
+
+    df = art.load(tiny_corpus)
+    templates = ("{}", "a {}", "{} emoji", "an illustration of a {}")
+    rows = [{"uid": f"{i:032x}", "jpg": art.image_path(tiny_corpus, r._asdict(), 64).read_bytes(),
+             "caption": templates[i % len(templates)].format(r.concept), "url": f"http://127.0.0.1/{i}.png",
+             "domain": "127.0.0.1", "artist": r.artist, "licence": r.licence, "clip_score": 0.3,
+             "aesthetic_score": 5.0} for i, r in enumerate(df.itertuples())]
+    out = tmp_path_factory.mktemp("train")
+    half = len(rows) // 2
+    for n, part in enumerate((rows[:half], rows[half:])):
+        schema.write(pa.Table.from_pylist(part, schema=schema.TRAIN_SCHEMA), out / f"{n:05d}.parquet", "train")
+    return out

@@ -1,5 +1,6 @@
 """Closed-form checks of the DDPM/DDIM noise schedule."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,49 @@ def test_stochastic_steps_are_deterministic_under_a_seed():
 
     assert torch.equal(ddim(3), ddim(3)) and not torch.equal(ddim(3), ddim(4))
     assert torch.equal(s.ddpm_step(eps, 0, xt), s.ddpm_step(eps, 0, xt))  # no noise at the last step
+
+
+def test_velocity_and_its_inverses():
+    s = NoiseSchedule(1000)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64), torch.randn(4, 3, 2, 2, generator=g,
+                                                                                    dtype=torch.float64)
+    t = torch.tensor([0, 10, 500, 999])
+    v, xt = s.velocity(x0, eps, t), s.add_noise(x0, eps, t)
+    for i, ti in enumerate(t):
+        ab = s.alphas_cumprod[ti]
+        assert torch.allclose(v[i], ab.sqrt() * eps[i] - (1 - ab).sqrt() * x0[i], atol=1e-12)
+    assert torch.allclose(s.predict_x0_from_v(v, t, xt), x0, atol=1e-10)
+    assert torch.allclose(s.predict_eps_from_v(v, t, xt), eps, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "shifted"])
+def test_sigmas_snr_and_integer_timesteps(kind):
+    s = NoiseSchedule(200, kind)
+    ab = s.alphas_cumprod
+    assert s.sigmas.dtype == torch.float64 and (s.sigmas[1:] > s.sigmas[:-1]).all()
+    assert torch.allclose(s.sigmas, ((1 - ab) / ab).sqrt(), rtol=1e-12)
+    t = torch.arange(200)
+    assert torch.equal(s.alpha_bar_at(t.double()), ab)  # integer t: the table, exactly
+    assert torch.equal(s.t_from_sigma(s.sigmas), t.double())
+    assert torch.allclose(s.snr(t), ab / (1 - ab)) and torch.allclose(s.snr(t), s.sigmas ** -2)
+    assert float(s.snr(7)) == pytest.approx(float(ab[7] / (1 - ab[7])), rel=1e-12)
+
+
+def test_fractional_timesteps_interpolate_log_sigma():
+    s = NoiseSchedule(1000)
+    ls = s.sigmas.log()
+    expected_sigma = (0.75 * ls[3] + 0.25 * ls[4]).exp()
+    assert float(s.sigma_at(3.25)) == pytest.approx(float(expected_sigma), rel=1e-12)
+    assert float(s.alpha_bar_at(3.25)) == pytest.approx(1 / (1 + float(expected_sigma) ** 2), rel=1e-12)
+    t = torch.rand(100, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 999
+    assert torch.allclose(s.t_from_sigma(s.sigma_at(t)), t, atol=1e-9)  # t_from_sigma inverts sigma_at
+    assert torch.allclose(s.alpha_bar_at(t), 1 / (1 + s.sigma_at(t) ** 2), rtol=1e-12)
+    sigma = torch.exp(torch.linspace(-6, 6, 57, dtype=torch.float64))  # diffusers: np.interp of log σ, clamped
+    reference = np.interp(sigma.log().numpy(), ls.numpy(), np.arange(1000))
+    assert np.allclose(s.t_from_sigma(sigma).numpy(), reference, atol=1e-9)
+    assert s.t_from_sigma(torch.tensor([1e-6, 1e6])).tolist() == [0.0, 999.0]
+    with pytest.raises(ValueError, match="t"):
+        s.alpha_bar_at(999.5)
+    with pytest.raises(ValueError, match="t"):
+        s.alpha_bar_at(torch.tensor([-0.1]))
