@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from curation import commands
-from reports import dataset, demo
+from reports import dataset, demo, generation
 
 COMMANDS = {
     ("report", "dataset"): (dataset.DatasetReportConfig, dataset.PRESETS, dataset.build,
                             "write the dataset audit (HTML with figures + metrics.json) from stage outputs"),
+    ("report", "generation"): (generation.GenerationReportConfig, generation.PRESETS, generation.build,
+                               "write the generation report (autoencoder, diffusion training, evaluation per "
+                               "sampler) from the vae train / train / evaluate folders"),
     ("demo",): (demo.DemoConfig, demo.PRESETS, demo.run,
-                "run the whole story on the embedded default: art → web → crawl → download → funnel"),
+                "run the whole story on the embedded default: art → web → crawl → download → funnel → curate → "
+                "dataset report → autoencoder → latent diffusion → evaluation → generation report"),
 }
 
 

@@ -21,6 +21,13 @@ def test_tiny_demo_prints_a_funnel_with_every_planted_category(tmp_path, cache_d
     assert down["rows"] == crawl["pairs"]
     assert "downloaded" in caplog.text and str(tmp_path) in caplog.text
     assert len(web.FAILURES) == len(PLANTED_REASONS)
+    # part 3: autoencoder → diffusion on a concept subset → evaluation → generation report
+    ev = json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())
+    assert 2 <= len(ev["concepts"]) <= 8 and [r["run"] for r in ev["runs"]] == ["ddim:5", "euler:4"]
+    page = (tmp_path / "report" / "generation.html").read_text()
+    assert "Evaluation per sampler" in page and "recognises the prompted concept" in page
+    gm = json.loads((tmp_path / "report" / "generation_metrics.json").read_text())
+    assert gm["generation/chance"] == ev["runs"][0]["chance"] and "generation/vae_psnr_heldout_db" in gm
 
 
 def test_demo_rejects_bad_values(capsys):

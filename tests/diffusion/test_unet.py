@@ -146,6 +146,11 @@ def test_bad_config_names_the_field(change, field):
         UNet(**{**TINY, **change})
 
 
+def test_latent_side_must_fit_the_levels():
+    with pytest.raises(ValueError, match="divisible by"):
+        UNet(**TINY)(**_inputs(side=7))
+
+
 def test_tiny_model_overfits_a_fixed_batch():
     torch.manual_seed(0)
     model = UNet(**TINY)
