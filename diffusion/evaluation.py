@@ -123,7 +123,7 @@ def evaluate_runs(cfg: EvaluateConfig, pipe: Pipeline, judge: Judge, concepts: l
                "seconds_per_image": sec, **judge.scores(feats, labels, prompts), **_distances(real_feats, feats)}
         rows.append(row)
         images[run] = ims
-        logger.info("%-14s top-1 %.1f%% (chance %.1f%%)  CLIP score %.1f  KID %.4f  FID %.1f  %.3f s/image", run,
+        logger.info("%-14s top-1 %.1f%% (chance %.1f%%)  CLIP score %.1f  KID %.3g  FID %.3g  %.3f s/image", run,
                     100 * row["top1"], 100 * row["chance"], row["clip_score"], row["kid"], row["fid"], sec)
     return rows, images
 
@@ -161,6 +161,6 @@ def run(cfg: EvaluateConfig) -> Path:
               "real_images": len(real), "judge_on_real": judge_real, "real_vs_real_floor": floor, "runs": rows,
               "grids": write_grids(images, concepts, cfg.n_per_concept, out)}
     (out / "evaluation.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    logger.info("judge on the real images: top-1 %.1f%% (chance %.1f%%); real-vs-real KID %.4f → %s",
+    logger.info("judge on the real images: top-1 %.1f%% (chance %.1f%%); real-vs-real KID %.3g → %s",
                 100 * judge_real["top1"], 100 * judge_real["chance"], floor.get("kid", float("nan")), out)
     return out

@@ -47,15 +47,15 @@ class TrainConfig:
     timesteps: int = options.opt(1000, "T, the number of noising steps")
     min_snr_gamma: float = options.opt(5.0, "min-SNR loss weighting γ (0 = off)")
     caption_dropout: float = options.opt(0.1, "probability of training on the empty prompt (for guidance)")
-    steps: int = options.opt(1200, "optimizer steps")
-    minutes: float = options.opt(0.0, "time cap: when the run would exceed it, its step count is cut to fit (0 = none)")
+    steps: int = options.opt(500, "optimizer steps")
+    minutes: float = options.opt(6.0, "time cap: when the run would exceed it, its step count is cut to fit (0 = none)")
     batch_size: int = options.opt(128, "images per step")
     lr: float = options.opt(1e-3, "peak AdamW learning rate (linear warmup, cosine decay to 10%)")
     warmup_steps: int = options.opt(50, "learning-rate warmup steps")
     weight_decay: float = options.opt(0.01, "AdamW weight decay")
     grad_clip: float = options.opt(1.0, "gradient norm clip (0 = off)")
     ema_decay: float = options.opt(0.999, "EMA decay cap (warmup (1+n)/(10+n) below it)")
-    sample_every: int = options.opt(400, "steps between sample grids in samples/ (0 = only at the end)")
+    sample_every: int = options.opt(250, "steps between sample grids in samples/ (0 = only at the end)")
     sample_prompts: tuple[str, ...] = options.opt((), "prompts of the sample grids ('' = the first 8 concepts)")
     sample_steps: int = options.opt(25, "DDIM steps of the sample grids")
     guidance: float = options.opt(3.0, "guidance scale of the sample grids")
@@ -84,14 +84,16 @@ class TrainConfig:
 
 
 PRESETS = {
-    # the demo: a ≈4M-parameter UNet on 8×8×4 latents of a 30–100 concept subset, a few minutes on 2 CPU cores
+    # the demo: a 5.4M-parameter UNet on 8×8×4 latents of a 30–100 concept subset; 500 steps ≈ 3–4 minutes on 2
+    # CPU cores (a busier machine is capped at `minutes`, the cosine schedule then ends within the cap)
     "default": TrainConfig(),
     "cpu": TrainConfig(),
     # seconds, for tests
-    "tiny": TrainConfig(model="tiny", steps=30, batch_size=32, lr=2e-3, warmup_steps=5, sample_every=0,
+    "tiny": TrainConfig(model="tiny", steps=30, minutes=0.0, batch_size=32, lr=2e-3, warmup_steps=5, sample_every=0,
                         sample_steps=5, checkpoint_every=10),
     # a bigger UNet for a GPU: bf16 autocast, compiled, longer
-    "gpu": TrainConfig(model="gpu", steps=20000, batch_size=256, lr=3e-4, warmup_steps=500, ema_decay=0.9995,
+    "gpu": TrainConfig(model="gpu", steps=20000, minutes=60.0, batch_size=256, lr=3e-4, warmup_steps=500,
+                       ema_decay=0.9995,
                        sample_every=2000, checkpoint_every=1000, compile=True),
 }
 

@@ -51,10 +51,11 @@ def metrics(vae: dict, train: dict, ev: dict) -> dict:
 
 
 def _runs_table(ev: dict) -> str:
-    cols = ["run", "nfe", "guidance", "top1", "top5", "chance", "clip_score", "kid", "kid_std", "fid",
+    cols = ["run", "nfe", "guidance", "top1", "top5", "chance", "clip_score", "KID×10³", "KID sd×10³", "fid",
             "seconds_per_image"]
     floor = ev.get("real_vs_real_floor") or {}
     rows = list(ev["runs"]) + ([{"run": "real vs real (floor)", **floor}] if floor else [])
+    rows = [{**r, "KID×10³": 1e3 * r["kid"], "KID sd×10³": 1e3 * r["kid_std"]} if "kid" in r else r for r in rows]
     rows.append({"run": "judge on real images", "top1": ev["judge_on_real"]["top1"],
                  "top5": ev["judge_on_real"]["top5"], "chance": ev["judge_on_real"]["chance"],
                  "clip_score": ev["judge_on_real"]["clip_score"]})
