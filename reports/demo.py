@@ -174,6 +174,7 @@ def _part3(cfg: DemoConfig, out: Path, corpus: Path, clip_dir: Path) -> Path:
                                            concepts=tuple(concepts)))
     ev = evaluation.run(dataclasses.replace(evaluation.PRESETS["default"], checkpoint=str(dif),
                                             runs=tuple(cfg.eval_runs), out=str(out / "evaluate")))
+    generation.write_showcase(dif, concepts, ev / "showcase.png")
     page = generation.build(generation.GenerationReportConfig(vae=str(vae_dir), diffusion=str(dif), evaluate=str(ev),
                                                               out=str(out / "report")))
     logger.info("%s", generation.headline(json.loads((ev / "evaluation.json").read_text())))

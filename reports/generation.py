@@ -70,6 +70,32 @@ def headline(ev: dict) -> str:
             f"{100 * ev['judge_on_real']['top1']:.0f}%.")
 
 
+def write_showcase(checkpoint: str | Path, concepts: list[str], path: Path, seed: int = 0) -> Path:
+    """img2img and inpainting on one real training image: a figure for the report.
+
+    Row 1: the image, then its right half regenerated (the article's inpainting) for four prompts; row 2:
+    img2img at strength 0.3 and 0.6 toward two other concepts.
+    """
+    import numpy as np
+
+    from diffusion import data, grid
+    from diffusion.pipeline import Pipeline
+
+    pipe = Pipeline.load(checkpoint)
+    real = data.load_images(pipe.info["train_config"]["data"], pipe.image_size, concepts[:1])
+    init = np.repeat(data.to_uint8(real.images[:1]), 4, axis=0)
+    mask = np.zeros((pipe.image_size, pipe.image_size), bool)
+    mask[:, pipe.image_size // 2:] = True
+    targets = (concepts * 4)[1:5]
+    inpainted = pipe.generate(targets, "ddim", 50, init_images=init, mask=mask, seed=seed)
+    low = pipe.generate(targets[:2], "ddim", 50, init_images=init[:2], strength=0.3, seed=seed)
+    high = pipe.generate(targets[:2], "ddim", 50, init_images=init[:2], strength=0.6, seed=seed)
+    tiles = np.concatenate([init[:1], inpainted, init[:1], low[:1], high[:1], low[1:], high[1:]])
+    labels = ["original"] + [f"inpaint: {t}" for t in targets] + ["original"] + \
+        [f"img2img {s}: {t}" for t in targets[:2] for s in (0.3, 0.6)]
+    return grid.save_grid(tiles, path, nrow=5, labels=labels, scale=4)
+
+
 def build(cfg: GenerationReportConfig) -> Path:
     """Write `<out>/generation.html` and `<out>/generation_metrics.json`; returns the HTML path."""
     out = Path(cfg.out)
@@ -87,6 +113,10 @@ def build(cfg: GenerationReportConfig) -> Path:
         ("Generations per concept", "".join(_png(ev_dir / g, f"{Path(g).stem}: one row per run")
                                             for g in ev["grids"][: cfg.grids])),
     ]
+    if (ev_dir / "showcase.png").is_file():
+        sections.append(("Inpainting and img2img", _png(ev_dir / "showcase.png", "right half regenerated for each "
+                                                        "prompt (known half re-noised and pasted at every step); "
+                                                        "img2img at strength 0.3 / 0.6")))
     page = H.page("Generation: the compact latent diffusion model", sections,
                   H.note(f"autoencoder: {vae_dir} · diffusion: {dif_dir} · evaluation: {ev_dir}"))
     (out / "generation.html").write_text(page, encoding="utf-8")
