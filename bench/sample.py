@@ -87,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     anchor = rows[0]["seconds_per_image"]
     print(f"\n{len(prompts)} images ({len(concepts)} concepts × {args.n}), device {pipe.device}; "
           f"features: {judge.encoder.name} (not Inception)")
-    print(f"{'run':<16}{'NFE':>6}{'s/image':>10}{'speed-up':>10}{'top-1':>8}{'KID':>9}")
+    print(f"{'run':<16}{'NFE':>6}{'s/image':>10}{'speed-up':>10}{'top-1':>8}{'KID×10³':>10}")
     for r in rows:
         print(f"{r['run']:<16}{r['nfe']:>6}{r['seconds_per_image']:>10.4f}{anchor / r['seconds_per_image']:>9.1f}×"
-              f"{100 * r['top1']:>7.1f}%{r['kid']:>9.4f}")
+              f"{100 * r['top1']:>7.1f}%{1e3 * r['kid']:>10.3f}")
     print(f"chance {100 * rows[0]['chance']:.1f}%")
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-sample-"))
     out.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,9 @@ from diffusion.schedule import NoiseSchedule
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("ddpm", "ddim", "euler", "heun", "dpmpp_2m")
+# highest σ of the Karras samplers (EDM's σ_max). The cosine schedule's σ(T−1) ≈ 2·10⁴ would spend half of a
+# 10-step Karras ladder above σ = 200, where x is pure noise, and leave second-order steps too coarse below.
+SIGMA_MAX = 80.0
 PREDICTIONS = ("eps", "v")
 SPACINGS = ("trailing", "leading")
 
@@ -210,8 +213,11 @@ def sample(denoiser: Denoiser, x: torch.Tensor, sampler: str = "ddim", steps: in
         if sampler in ("ddpm", "ddim"):
             return _SAMPLER_FNS[sampler](run, x, ts, eta)
         sched = denoiser.schedule
-        sigmas = karras_sigmas(float(sched.sigmas[0]), float(sched.sigmas[start_t]), steps).tolist()
-        return _SAMPLER_FNS[sampler](run, x * math.sqrt(1 + sigmas[0] ** 2), sigmas)
+        sigma_start = float(sched.sigmas[start_t])
+        sigma_max = min(sigma_start, SIGMA_MAX)
+        sigmas = karras_sigmas(float(sched.sigmas[0]), sigma_max, steps).tolist()
+        # y = x/√ᾱ = z0 + σ_start·ε, brought down to σ_max by scaling (z0's share is ≤ 1/σ_max of the noise there)
+        return _SAMPLER_FNS[sampler](run, x * math.sqrt(1 + sigma_start ** 2) * (sigma_max / sigma_start), sigmas)
 
 
 def _check_start(schedule: NoiseSchedule, start: int | None, name: str = "start") -> int:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffusion import samplers
 from diffusion.samplers import (PREDICTIONS, SAMPLERS, Denoiser, classifier_free, karras_sigmas, sample,
                                 timesteps)
 from diffusion.schedule import NoiseSchedule
@@ -347,3 +348,18 @@ def test_bad_inputs_name_the_field():
         Denoiser(analytic_net(LINEAR), LINEAR, clip_x0=0)
     with pytest.raises(ValueError, match="grad_scale"):
         Denoiser(analytic_net(LINEAR), LINEAR, grad_scale=-1)
+
+
+def test_karras_samplers_start_at_sigma_max_not_at_the_cosine_schedules_huge_sigma():
+    sched = NoiseSchedule(1000, "cosine")
+    assert float(sched.sigmas[-1]) > 1e4  # ᾱ_999 ≈ 2e-9
+    seen = []
+
+    def net(x_t, t):
+        seen.append(float(t[0]))
+        return torch.zeros_like(x_t)
+
+    for sampler in ("euler", "heun", "dpmpp_2m"):
+        seen.clear()
+        samplers.sample(samplers.Denoiser(net, sched, "eps"), torch.randn(2, 4), sampler, 10)
+        assert float(sched.sigma_at(torch.tensor(max(seen)))) == pytest.approx(samplers.SIGMA_MAX, rel=1e-3)
