@@ -33,7 +33,6 @@ them learns technical quality (blur, JPEG, noise, low resolution, watermarks), n
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -471,20 +470,9 @@ def _atomic_save(obj, path: Path) -> None:
     tmp.replace(path)
 
 
-@contextlib.contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def train(cfg: AestheticTrainConfig) -> Path:
     """Fit a head on rated embeddings; writes `<out>/head.pt` and then `<out>/eval.json`. Returns `<out>`."""
-    with _threads(cfg.threads):
+    with encoders.torch_threads(cfg.threads):
         return _train(cfg)
 
 

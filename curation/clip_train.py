@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from curation import art, encoders, funnel, options, schema
+from curation import art, curves, encoders, funnel, options, schema
 from curation import webcontent as wc
 
 logger = logging.getLogger(__name__)
@@ -583,28 +583,6 @@ def save_checkpoint(model: torch.nn.Module, cfg: ClipTrainConfig, path: Path, ex
     return name
 
 
-def write_curve(curve: list[tuple], out: Path) -> None:
-    """`curve.csv` (step, loss, lr, seconds) and `curve.png` (loss and its running mean, lr on a second axis)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    df = pd.DataFrame(curve, columns=["step", "loss", "lr", "seconds"])
-    df.to_csv(out / "curve.csv", index=False)
-    fig = Figure(figsize=(6, 3.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(df["step"], df["loss"], lw=0.6, alpha=0.5, label="loss")
-    ax.plot(df["step"], df["loss"].rolling(20, min_periods=1).mean(), lw=1.5, label="loss (mean of 20)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("ClipLoss")
-    ax.legend(loc="upper right")
-    ax2 = ax.twinx()
-    ax2.plot(df["step"], df["lr"], color="grey", lw=0.8, ls="--")
-    ax2.set_ylabel("learning rate")
-    fig.tight_layout()
-    fig.savefig(out / "curve.png", dpi=100)
-
-
 def _summary(m: dict) -> str:
     def pct(key: str) -> str:
         return f"{100 * m[key]:.1f}%" if key in m else "n/a"
@@ -644,7 +622,7 @@ def _train_or_reuse(cfg: ClipTrainConfig, out: Path, corpus: Corpus, split: Spli
                "train/device": device, "train/images": len(split.train), "train/parameters": n_params,
                "train/loss_first": round(float(np.mean(losses[:10])), 4),
                "train/loss_last": round(float(np.mean(losses[-10:])), 4)}
-    write_curve(result.curve, out)
+    curves.write_curve(result.curve, ["step", "loss", "lr", "seconds"], out, "ClipLoss")
     split_info = {"unseen_concepts": sorted({corpus.concepts[c] for c in corpus.concept_of[split.unseen]}),
                   "heldout_items": corpus.table.loc[split.heldout_style, "item_id"].tolist()}
     name = save_checkpoint(model.cpu(), cfg, ckpt_path, {"split": split_info, "train_metrics": metrics})

@@ -7,6 +7,8 @@ weights are already in the local cache, otherwise the error says how to point at
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import logging
 import os
@@ -176,6 +178,18 @@ def resolve_device(device: str) -> str:
 
 
 # --- compact checkpoints ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with `n` torch CPU threads (0 = leave the setting alone), restoring it afterwards."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def state_dict_digest(state_dict: dict) -> str:

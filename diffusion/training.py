@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from curation import encoders, options
+from curation import curves, encoders, options
 from diffusion import data, grid, pipeline, unet as unet_mod, vae as vae_mod
 from diffusion.pipeline import Pipeline
 from diffusion.schedule import NoiseSchedule
@@ -227,25 +227,6 @@ def write_model(ckpt: dict, out: Path) -> Path:
     return path
 
 
-def write_curve(curve: list, out: Path) -> None:
-    """`curve.csv` (step, loss, lr) and `curve.png` (loss and its running mean)."""
-    import pandas as pd
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    df = pd.DataFrame(curve, columns=["step", "loss", "lr"])
-    df.to_csv(out / "curve.csv", index=False)
-    fig = Figure(figsize=(6, 3.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(df.step, df.loss, lw=0.5, alpha=0.4, label="loss")
-    ax.plot(df.step, df.loss.rolling(25, min_periods=1).mean(), lw=1.5, label="running mean (25)")
-    ax.set(xlabel="step", ylabel="weighted MSE", yscale="log", title="diffusion training loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "curve.png", dpi=110)
-
-
 # --- the run -------------------------------------------------------------------------------------------------------
 
 
@@ -371,7 +352,8 @@ def run(cfg: TrainConfig) -> Path:
                "latent_shape": list(lat.mean.shape[1:]), "clip_x0": clip_x0}
     write_model(checkpoint_dict(cfg, ema, ae, text, sched, clip_x0, image_size, summary), out)
     (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_curve(st.curve, out)
+    curves.write_curve(st.curve, ["step", "loss", "lr"], out, "weighted MSE", log=True, window=25,
+                       title="diffusion training loss")
     on_sample(st.step)
     (out / "samples" / f"step_{st.step:06d}.png").replace(out / "samples" / "final.png")
     logger.info("trained %d steps in %.0f s (%.0f img/s); loss %.4f → %.4f; samples: %s", st.step, st.seconds,

@@ -21,7 +21,6 @@ A folder that already holds `vae.pt` and `eval.json` from the same config is reu
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -32,10 +31,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 
-from curation import encoders, funnel, options
+from curation import curves, encoders, funnel, options
 from diffusion import data
 from diffusion.autoencoder import Autoencoder, count_parameters
 
@@ -416,26 +414,6 @@ def write_recon_grid(ae: Autoencoder, images: torch.Tensor, path: Path, n: int =
     Image.fromarray(canvas).save(path)
 
 
-def write_curve(curve: list, out: Path) -> None:
-    """`curve.csv` (step, loss, rec, kl, lr, seconds) and `curve.png` (loss and its running mean, log scale)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    df = pd.DataFrame(curve, columns=["step", "loss", "rec", "kl", "lr", "seconds"])
-    df.to_csv(out / "curve.csv", index=False)
-    fig = Figure(figsize=(6, 3.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(df["step"], df["loss"], lw=0.6, alpha=0.5, label="loss")
-    ax.plot(df["step"], df["loss"].rolling(20, min_periods=1).mean(), lw=1.5, label="loss (mean of 20)")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("summed squared error + kl_weight · KL")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(out / "curve.png", dpi=100)
-
-
 def save_vae(ae: Autoencoder, cfg: VaeTrainConfig, metrics: dict, path: Path) -> None:
     """Write `vae.pt` atomically (what `load_vae` reads)."""
     _atomic_save({"format": FORMAT, "version": 1, "config": ae.config,
@@ -480,18 +458,6 @@ def mean_image_psnr(train: torch.Tensor, heldout: torch.Tensor) -> float | None:
     return round(float(psnr(train.float().mean(0, keepdim=True).expand_as(heldout), heldout).mean()), 3)
 
 
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run the block with `n` torch CPU threads (0 = leave the setting alone), restoring it afterwards."""
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 # --- driver --------------------------------------------------------------------------------------------------------
 
 
@@ -526,7 +492,7 @@ def run(cfg: VaeTrainConfig) -> Path:
         logger.info("vae train: %s already holds a trained and evaluated autoencoder; reusing it", out)
         return out
     options.write_config(cfg, out)
-    with torch_threads(cfg.threads):
+    with encoders.torch_threads(cfg.threads):
         _train_and_write(cfg, out)
     return out
 
@@ -545,7 +511,8 @@ def _train_and_write(cfg: VaeTrainConfig, out: Path) -> None:
     metrics = _metrics(ae, images, train_idx, held_idx, state, cfg, device)
     save_vae(ae, cfg, metrics, out / CHECKPOINT_FILE)
     write_recon_grid(ae, images.images[held_idx if len(held_idx) else train_idx], out / "recon.png")
-    write_curve(state.curve, out)
+    curves.write_curve(state.curve, ["step", "loss", "rec", "kl", "lr", "seconds"], out,
+                       "summed squared error + kl_weight · KL", log=True)
     (out / "eval.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     logger.info("vae train: held-out PSNR %s dB (train %s dB, mean-image baseline %s dB) after %d steps in %.0f s "
                 "→ %s", metrics["psnr_heldout_db"], metrics["psnr_train_db"], metrics["psnr_mean_image_heldout_db"],

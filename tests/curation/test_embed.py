@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from curation import clip_train, downloader, embed, encoders, schema
+from curation import clip_train, embed, encoders, schema
 
 TINY = dataclasses.replace(clip_train.PRESETS["tiny"], embed_dim=32, vision_width=8, vision_head_width=8,
                            text_width=32, text_layers=1, text_heads=2, context_length=16)
