@@ -128,6 +128,27 @@ def evaluate_runs(cfg: EvaluateConfig, pipe: Pipeline, judge: Judge, concepts: l
     return rows, images
 
 
+def classifier_guidance_sweep(pipe: Pipeline, judge: Judge, classifier, scales: tuple[float, ...] = (0.0, 10.0, 30.0),
+                              n_per_concept: int = 2, seed: int = 0, sampler: str = "ddim", steps: int = 50) -> list[dict]:
+    """The article's classifier-guidance check: *unconditional* sampling (CFG scale 0) steered only by the
+    noise-conditional latent classifier toward each concept; the judge's top-1 per classifier scale.
+
+    `classifier` must classify `judge.concepts` in that order (as `classifier train` with the same concepts).
+    """
+    labels = np.repeat(np.arange(len(judge.concepts)), n_per_concept)
+    prompts = [judge.concepts[i] for i in labels]
+    rows = []
+    for scale in scales:
+        ims = pipe.generate(prompts, sampler, steps, 0.0, seed=seed, classifier=classifier, labels=labels.tolist(),
+                            classifier_scale=scale)
+        acc = metrics.zero_shot_accuracy(judge.features(ims), judge.text_emb, labels)
+        rows.append({"classifier_scale": scale, "top1": acc["top1"], "top5": acc["top5"], "chance": acc["chance"],
+                     "n": acc["n"]})
+        logger.info("unconditional + classifier guidance %.0f: judge top-1 %.1f%% (chance %.1f%%)", scale,
+                    100 * acc["top1"], 100 * acc["chance"])
+    return rows
+
+
 def write_grids(images: dict, concepts: list[str], n: int, out: Path) -> list[str]:
     """One grid per concept: a row per run, `n` images each."""
     (out / "grids").mkdir(parents=True, exist_ok=True)

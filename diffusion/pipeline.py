@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from curation import encoders
 from diffusion import data, samplers
+from diffusion.classifier import guidance_grad
 from diffusion.autoencoder import Autoencoder
 from diffusion.schedule import NoiseSchedule
 from diffusion.text import Conditioning, TextEncoder, load_text_encoder
@@ -143,8 +144,8 @@ class Pipeline:
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], sampler: str = "ddim", steps: int = 50, guidance: float = 3.0,
                  seed: int = 0, eta: float = 0.0, init_images: np.ndarray | None = None, strength: float = 0.6,
-                 mask: np.ndarray | None = None, grad_fn=None, grad_scale: float = 0.0, batch_size: int = 64,
-                 progress: bool = False) -> np.ndarray:
+                 mask: np.ndarray | None = None, classifier=None, labels: Sequence[int] | None = None,
+                 classifier_scale: float = 0.0, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Generate one image per prompt.
 
         Args:
@@ -155,7 +156,8 @@ class Pipeline:
             eta: DDIM's η. init_images: uint8 `(N, S, S, 3)` for img2img / inpainting (one per prompt).
             strength: img2img: the fraction of the noise schedule re-run (1 = ignore the init image).
             mask: inpainting: `(N, S, S)` or `(S, S)` bool/uint8, nonzero = regenerate; needs `init_images`.
-            grad_fn, grad_scale: classifier guidance (`classifier.guidance_grad`), see `samplers.Denoiser`.
+            classifier, labels, classifier_scale: classifier guidance toward class `labels[i]` for image i with a
+                `classifier.LatentClassifier` at scale s (ε̂ ← ε̂ − s·√(1 − ᾱ)·∇ log p(y | x_t), `samplers.Denoiser`).
 
         Returns:
             uint8 `(N, S, S, 3)`.
@@ -169,14 +171,18 @@ class Pipeline:
             raise ValueError(f"init_images: {len(init_images)} images for {len(prompts)} prompts")
         if not 0 < strength <= 1:
             raise ValueError(f"strength={strength!r}: must be within (0, 1]")
+        if classifier is not None and (labels is None or len(labels) != len(prompts)):
+            raise ValueError("labels: classifier guidance needs one class label per prompt")
         gen = torch.Generator(device=self.device).manual_seed(seed)
         out = []
         for i in range(0, len(prompts), batch_size):
             sl = slice(i, i + batch_size)
             init = None if init_images is None else init_images[sl]
             m = None if mask is None else (mask if mask.ndim == 2 else mask[sl])
+            grad_fn = None if classifier is None else guidance_grad(
+                classifier, torch.as_tensor(np.asarray(labels[sl]), device=self.device))
             out.append(self._batch(list(prompts[sl]), sampler, steps, guidance, gen, eta, init, strength, m,
-                                   grad_fn, grad_scale, progress))
+                                   grad_fn, classifier_scale, progress))
         return np.concatenate(out)
 
     def _batch(self, prompts, sampler, steps, guidance, gen, eta, init, strength, mask, grad_fn, grad_scale,

@@ -72,17 +72,16 @@ def _read_image(path: str, size: int, mode: str = "RGB") -> np.ndarray:
     return arr if mode == "RGB" else arr.mean(axis=-1) > 127
 
 
-def _classifier_grad(cfg: SampleConfig, pipe: Pipeline, prompts: list[str]):
+def _classifier(cfg: SampleConfig, pipe: Pipeline, prompts: list[str]) -> tuple:
+    """(classifier, labels) for classifier guidance: each prompt's class is the concept it names."""
     if cfg.classifier_scale <= 0:
-        return None
+        return None, None
     model, info = clf_mod.load_classifier(cfg.classifier, pipe.device)
     labels = data.match_concepts(prompts, info["concepts"])
     if (labels < 0).any():
         bad = prompts[int(np.flatnonzero(labels < 0)[0])]
         raise ValueError(f"prompt={bad!r}: names none of the classifier's concepts ({', '.join(info['concepts'])})")
-    import torch
-
-    return clf_mod.guidance_grad(model, torch.as_tensor(labels, device=pipe.device))
+    return model, labels.tolist()
 
 
 def run(cfg: SampleConfig) -> Path:
@@ -98,9 +97,9 @@ def run(cfg: SampleConfig) -> Path:
         init = np.repeat(_read_image(cfg.init_image, pipe.image_size)[None], len(every), axis=0)
     if cfg.mask:
         mask = _read_image(cfg.mask, pipe.image_size, mode="L")
-    grad_fn = _classifier_grad(cfg, pipe, every)
+    classifier, labels = _classifier(cfg, pipe, every)
     images = pipe.generate(every, cfg.sampler, cfg.steps, cfg.guidance, cfg.seed, cfg.eta, init, cfg.strength, mask,
-                           grad_fn, cfg.classifier_scale, progress=True)
+                           classifier, labels, cfg.classifier_scale, progress=True)
     files = []
     for i, (p, im) in enumerate(zip(every, images)):
         files.append(f"{i:03d}_{_slug(p)}.png")

@@ -175,17 +175,34 @@ def _part3(cfg: DemoConfig, out: Path, corpus: Path, clip_dir: Path) -> Path:
     ev = evaluation.run(dataclasses.replace(evaluation.PRESETS["default"], checkpoint=str(dif),
                                             runs=tuple(cfg.eval_runs), out=str(out / "evaluate")))
     generation.write_showcase(dif, concepts, ev / "showcase.png")
+    _classifier_guidance(cfg, out, dif, ev)
     page = generation.build(generation.GenerationReportConfig(vae=str(vae_dir), diffusion=str(dif), evaluate=str(ev),
                                                               out=str(out / "report")))
     logger.info("%s", generation.headline(json.loads((ev / "evaluation.json").read_text())))
     return page
 
 
+def _classifier_guidance(cfg: DemoConfig, out: Path, dif: Path, ev: Path) -> None:
+    """Train the latent classifier on the model's concepts and measure how far it steers unconditional sampling."""
+    from diffusion import classifier as clf, classifier_train
+    from diffusion.pipeline import Pipeline
+
+    clf_dir = classifier_train.run(dataclasses.replace(
+        classifier_train.PRESETS["tiny" if cfg.diffusion_preset == "tiny" else "default"], checkpoint=str(dif),
+        out=str(out / "classifier")))
+    model, info = clf.load_classifier(clf_dir / "classifier.pt")
+    pipe = Pipeline.load(dif)
+    judge = evaluation.Judge(pipe.text.path, info["concepts"], pipe.device)
+    steps = 5 if cfg.diffusion_preset == "tiny" else 50
+    rows = evaluation.classifier_guidance_sweep(pipe, judge, model, steps=steps)
+    (ev / "classifier_guidance.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
 def run(cfg: DemoConfig) -> Path:
     """Run the demo; returns the run folder (funnel.txt, report/dataset.html, one folder per stage)."""
     out = Path(cfg.out)
     for stage in ("web", "crawl", "shards", "embeddings", "aesthetic_head", "aesthetic", "filter", "train", "report",
-                  "vae", "diffusion", "evaluate"):
+                  "vae", "diffusion", "evaluate", "classifier"):
         shutil.rmtree(out / stage, ignore_errors=True)  # the web's ports change from run to run: start afresh
     options.write_config(cfg, out)
     t0 = time.time()

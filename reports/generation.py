@@ -113,6 +113,11 @@ def build(cfg: GenerationReportConfig) -> Path:
         ("Generations per concept", "".join(_png(ev_dir / g, f"{Path(g).stem}: one row per run")
                                             for g in ev["grids"][: cfg.grids])),
     ]
+    if (ev_dir / "classifier_guidance.json").is_file():
+        rows = json.loads((ev_dir / "classifier_guidance.json").read_text())
+        sections.append(("Classifier guidance", H.note(
+            "Unconditional sampling (classifier-free guidance 0) steered only by a noise-conditional classifier on "
+            "the latents toward each concept; the judge's top-1 per classifier scale.") + H.table(rows)))
     if (ev_dir / "showcase.png").is_file():
         sections.append(("Inpainting and img2img", _png(ev_dir / "showcase.png", "right half regenerated for each "
                                                         "prompt (known half re-noised and pasted at every step); "

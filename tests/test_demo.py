@@ -26,6 +26,8 @@ def test_tiny_demo_prints_a_funnel_with_every_planted_category(tmp_path, cache_d
     assert 2 <= len(ev["concepts"]) <= 8 and [r["run"] for r in ev["runs"]] == ["ddim:5", "euler:4"]
     page = (tmp_path / "report" / "generation.html").read_text()
     assert "Evaluation per sampler" in page and "recognises the prompted concept" in page
+    sweep = json.loads((tmp_path / "evaluate" / "classifier_guidance.json").read_text())
+    assert [r["classifier_scale"] for r in sweep] == [0.0, 10.0, 30.0] and "Classifier guidance" in page
     gm = json.loads((tmp_path / "report" / "generation_metrics.json").read_text())
     assert gm["generation/chance"] == ev["runs"][0]["chance"] and "generation/vae_psnr_heldout_db" in gm
 

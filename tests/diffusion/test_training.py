@@ -93,7 +93,8 @@ def test_classifier_guidance_steers_toward_the_class(tiny_model, tmp_path, pipe)
             return torch.log_softmax(model(z, torch.zeros(len(z))), -1)[:, 0].mean().item()
 
     plain = pipe.generate(["house"] * 6, "ddim", 8, seed=1)
-    steered = pipe.generate(["house"] * 6, "ddim", 8, seed=1, grad_fn=grad, grad_scale=30.0)
+    steered = pipe.generate(["house"] * 6, "ddim", 8, seed=1, classifier=model, labels=[0] * 6,
+                            classifier_scale=30.0, batch_size=4)  # labels follow the prompts across batches
     assert grad(torch.zeros(6, *pipe.latent_shape), t).abs().sum() > 0
     assert cat_logprob(steered) > cat_logprob(plain)
 
