@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, presets: dict[str,
         default = getattr(presets["default"], f.name)
         if isinstance(default, tuple):
             default = ",".join(map(str, default))
-        parser.add_argument(f"--{f.name}", help=f"{f.metadata.get('help', '')} (default: {default})", **kw)
+        text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
+        parser.add_argument(f"--{f.name}", help=text, **kw)
 
 
 def resolve(cls: type, presets: dict[str, Any], preset: str, overrides: dict[str, str | None]) -> Any:
