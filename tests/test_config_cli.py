@@ -11,10 +11,9 @@ from typing import Literal, Optional
 
 import pytest
 
-from curation import art, crawler, downloader, pairs, web
+from curation import downloader
 from curation.options import opt, resolve, write_config
 from mithridate import cli
-from reports import demo
 
 
 @dataclass(frozen=True)
