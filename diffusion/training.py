@@ -38,6 +38,8 @@ class TrainConfig:
     vae: str = options.opt("mithridate-out/vae", "trained autoencoder (`vae train` folder or vae.pt); frozen")
     clip: str = options.opt("mithridate-out/clip", "compact CLIP (`clip train` folder or clip.pt): frozen text encoder")
     out: str = options.opt("mithridate-out/diffusion", "output folder: model.pt, last.pt, samples/, curve.png")
+    init: str = options.opt("", "continue training from this diffusion checkpoint's UNet (EMA) weights, e.g. a "
+                                "victim fine-tuned on poisoned data; its VAE, text encoder, schedule must match")
     concepts: tuple[str, ...] = options.opt((), "train only on rows whose caption names one of these concepts")
     max_rows: int = options.opt(0, "use at most this many rows (0 = all)")
     model: Literal["tiny", "cpu", "gpu"] = options.opt("cpu", "UNet size preset (diffusion/unet.py PRESETS)")
@@ -141,6 +143,25 @@ def unet_config(cfg: TrainConfig, latent_channels: int, text: TextEncoder) -> di
     if not cfg.cross_attention:
         conf["cross_attention_levels"] = ()
     return conf
+
+
+def init_weights(cfg: TrainConfig, model: torch.nn.Module, ema: torch.nn.Module, ae,
+                 text: TextEncoder) -> None:
+    """Load `cfg.init`'s UNet weights into `model` and `ema` after checking it is the same kind of model."""
+    ckpt = pipeline.read_checkpoint(cfg.init)
+    where = f"init={cfg.init!r}"
+    if json.loads(json.dumps(ckpt["unet_config"])) != json.loads(json.dumps({**model.config})):
+        raise ValueError(f"{where}: its UNet config differs from model={cfg.model!r} with these encoders")
+    if ckpt["text"]["name"] != text.name:
+        raise ValueError(f"{where}: trained with text encoder {ckpt['text']['name']}, clip= holds {text.name}")
+    if encoders.state_dict_digest(ckpt["vae"]["state_dict"]) != encoders.state_dict_digest(ae.state_dict()):
+        raise ValueError(f"{where}: trained on another autoencoder's latents than vae={cfg.vae!r}")
+    same = {"prediction": cfg.prediction, "schedule": {"num_timesteps": cfg.timesteps, "kind": cfg.schedule}}
+    for key, value in same.items():
+        if ckpt[key] != value:
+            raise ValueError(f"{where}: its {key} is {ckpt[key]!r}, this run's is {value!r}")
+    model.load_state_dict(ckpt["unet_state"])
+    ema.load_state_dict(ckpt["unet_state"])
 
 
 def loss_fn(model, sched: NoiseSchedule, x0: torch.Tensor, cond: Conditioning, t: torch.Tensor,
@@ -325,6 +346,8 @@ def run(cfg: TrainConfig) -> Path:
         torch.manual_seed(cfg.seed)
         model = unet_mod.UNet(**conf).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
+    if cfg.init:
+        init_weights(cfg, model, ema, ae, text)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     st = State(model, ema, opt, torch.Generator().manual_seed(cfg.seed), total=cfg.steps, curve=[])
     if (out / "last.pt").exists():

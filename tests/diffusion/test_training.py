@@ -182,3 +182,16 @@ def test_evaluate_reports_metrics_per_run_with_floor_and_chance(tiny_model, tmp_
     assert len(ev["grids"]) == 4 and all((out / g).is_file() for g in ev["grids"])
     with pytest.raises(ValueError, match="runs"):
         dataclasses.replace(evaluation.PRESETS["tiny"], runs=("plms:10",))
+
+
+def test_continued_training_starts_from_the_init_checkpoint(tiny_train, tiny_vae, tiny_clip_checkpoint, tiny_model,
+                                                            tmp_path):
+    cfg = _train_cfg(tiny_train, tiny_vae, tiny_clip_checkpoint, tmp_path / "cont", steps=10, init=str(tiny_model))
+    training.run(cfg)
+    first = json.loads((tiny_model / "train.json").read_text())
+    cont = json.loads((tmp_path / "cont" / "train.json").read_text())
+    assert cont["loss_first"] < first["loss_first"]  # it starts where the first run ended, not from scratch
+    with pytest.raises(ValueError, match="prediction"):
+        training.run(dataclasses.replace(cfg, out=str(tmp_path / "eps"), prediction="eps"))
+    with pytest.raises(ValueError, match="not a diffusion checkpoint"):
+        training.run(dataclasses.replace(cfg, out=str(tmp_path / "bad"), init=str(tiny_vae / "vae.pt")))
