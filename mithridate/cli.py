@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import curation.cli
 import diffusion.cli
+import poisoning.cli
 import reports.cli
 from curation import commands
 
-COMMANDS = {**curation.cli.COMMANDS, **diffusion.cli.COMMANDS, **reports.cli.COMMANDS}
+COMMANDS = {**curation.cli.COMMANDS, **diffusion.cli.COMMANDS, **poisoning.cli.COMMANDS, **reports.cli.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -232,9 +232,11 @@ def test_download_with_missing_pairs(capsys, tmp_path):
     assert capsys.readouterr().err == "mithridate: error: no pairs parquet files in /nonexistent\n"
 
 
-@pytest.mark.parametrize("module", ["curation", "mithridate"])
-def test_python_dash_m_help(module):
+@pytest.mark.parametrize(("module", "commands"), [("curation", ("crawl", "download")), ("diffusion", ("train", "sample")),
+                                                  ("poisoning", ("poison",)), ("reports", ("report", "demo")),
+                                                  ("mithridate", ("crawl", "download", "train", "poison"))])
+def test_python_dash_m_help(module, commands):
     res = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"usage: {module}")
-    assert "crawl" in res.stdout and "download" in res.stdout
+    assert all(c in res.stdout for c in commands)

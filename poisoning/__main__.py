@@ -1,0 +1,5 @@
+import sys
+
+from poisoning.cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""`poison inject` on the tiny shards: exact counts, dirty-label rows swap content, nightshade rows stay in
+budget, the clean shards are copied unchanged, bad requests are clear errors."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from diffusion import data, training, vae
+from mithridate.cli import main
+from poisoning import inject
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def clean_model(tiny_train, tiny_clip_checkpoint, tmp_path_factory):
+    ae = vae.run(dataclasses.replace(vae.PRESETS["tiny"], data=str(tiny_train), out=str(tmp_path_factory.mktemp("v"))))
+    cfg = dataclasses.replace(training.PRESETS["tiny"], data=str(tiny_train), vae=str(ae), clip=str(tiny_clip_checkpoint),
+                              out=str(tmp_path_factory.mktemp("m")), concepts=("cat", "house", "anchor"), steps=5)
+    return training.run(cfg)
+
+
+def _cfg(tiny_train, clean_model, out, **kw):
+    kw = {"source": "cat", "target": "house", **kw}
+    return dataclasses.replace(inject.PRESETS["tiny"], data=str(tiny_train), checkpoint=str(clean_model), out=str(out),
+                               **kw)
+
+
+def test_dirty_label_pairs_target_images_with_source_captions(tiny_train, clean_model, tmp_path):
+    out = inject.run(_cfg(tiny_train, clean_model, tmp_path, attack="dirty_label", n=3))
+    poisoned = data.load_images(out, 32)
+    clean = data.load_images(tiny_train, 32)
+    assert len(poisoned) == len(clean) + 3
+    meta = pd.read_parquet(out / "poisons.parquet")
+    assert len(meta) == 3 and set(meta.attack) == {"dirty_label"}
+    rows = poisoned.subset(np.arange(len(clean), len(poisoned)))
+    assert all(data.match_concepts(rows.captions, ["cat"]) == 0)  # captions say "cat" …
+    houses = {clean.uids[i]: clean.images[i] for i in np.flatnonzero(data.match_concepts(clean.captions, ["house"]) == 0)}
+    for k, uid in enumerate(meta.original_uid):  # … the pixels are a house
+        assert uid in houses and (rows.images[k] - houses[uid]).abs().max() <= 1 / 127.5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["poisons"] == 3 and manifest["clean_source_samples"] == 3
+
+
+def test_nightshade_poisons_keep_captions_and_stay_in_budget(tiny_train, clean_model, tmp_path):
+    out = inject.run(_cfg(tiny_train, clean_model, tmp_path, attack="nightshade", n=2, eps=8 / 255))
+    meta = pd.read_parquet(out / "poisons.parquet")
+    poisoned, clean = data.load_images(out, 32), data.load_images(tiny_train, 32)
+    originals = {u: i for i, u in enumerate(clean.uids)}
+    for k, uid in enumerate(meta.original_uid):
+        i = originals[uid]
+        assert poisoned.captions[len(clean) + k] == clean.captions[i] and "cat" in clean.captions[i]
+        delta = (poisoned.images[len(clean) + k] - clean.images[i]).abs().max().item() / 2  # [0, 1] units
+        assert 0 < delta <= 8 / 255 + 1 / 255  # within budget, up to PNG rounding
+    assert (meta.gap_closed > 0).all() and (meta.psnr > 25).all()
+
+
+def test_bad_requests_name_the_field(tiny_train, clean_model, tmp_path, capsys):
+    with pytest.raises(ValueError, match="close names: cat"):
+        inject.run(_cfg(tiny_train, clean_model, tmp_path, source="cats"))
+    with pytest.raises(ValueError, match="n=9: only 3 candidates"):
+        inject.run(_cfg(tiny_train, clean_model, tmp_path / "b", attack="dirty_label", n=9))
+    assert main(["poison", "inject", "--eps=2", f"--out={tmp_path / 'c'}"]) == 2
+    assert "eps" in capsys.readouterr().err
