@@ -72,3 +72,17 @@ def test_bad_requests_name_the_field(tiny_train, clean_model, tmp_path, capsys):
         inject.run(_cfg(tiny_train, clean_model, tmp_path / "b", attack="dirty_label", n=9))
     assert main(["poison", "inject", "--eps=2", f"--out={tmp_path / 'c'}"]) == 2
     assert "eps" in capsys.readouterr().err
+
+
+def test_attack_success_is_measured_on_a_real_pipeline(clean_model):
+    from diffusion.evaluation import Judge
+    from diffusion.pipeline import Pipeline
+    from poisoning import success
+
+    pipe = Pipeline.load(clean_model, "cpu")
+    concepts = ["cat", "house", "anchor"]
+    judge = Judge(pipe.text.path, concepts, "cpu")
+    a = success.measure(pipe, judge, concepts, "cat", "house", n=6, steps=4, seed=1)
+    b = success.measure(pipe, judge, concepts, "cat", "house", n=6, steps=4, seed=1)
+    assert a["images"].shape == (6, 32, 32, 3) and 0 <= a["p_target"] <= a["p_not_source"] <= 1
+    assert a["p_not_source"] == b["p_not_source"]  # same seed, same model → same verdicts
