@@ -133,3 +133,12 @@ def tiny_train(tiny_corpus, tmp_path_factory):
     for n, part in enumerate((rows[:half], rows[half:])):
         schema.write(pa.Table.from_pylist(part, schema=schema.TRAIN_SCHEMA), out / f"{n:05d}.parquet", "train")
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one CPU thread for a module of tiny models (spin-waiting threads crawl on a loaded 2-core machine)."""
+    from curation.encoders import torch_threads
+
+    with torch_threads(1):
+        yield

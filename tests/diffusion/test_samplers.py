@@ -26,11 +26,9 @@ COSINE = NoiseSchedule(1000, "cosine")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    """One torch thread for the module (`one_torch_thread`)."""
     yield
-    torch.set_num_threads(threads)
 
 
 def _ab(schedule, t, like):

@@ -12,12 +12,9 @@ TINY = PRESETS["tiny"]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and spin-waiting threads crawl on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    """One torch thread for the module (`one_torch_thread`)."""
     yield
-    torch.set_num_threads(before)
 
 
 def _inputs(b: int = 3, side: int = 8, length: int = 6, seed: int = 0) -> dict:

@@ -15,12 +15,9 @@ from diffusion.autoencoder import Autoencoder, count_parameters
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions on a shared 2-core machine: one thread is many times faster than two."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_torch_thread):
+    """One torch thread for the module (`one_torch_thread`)."""
     yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from diffusion import data, training, vae
 from mithridate.cli import main
@@ -15,11 +14,9 @@ from poisoning import inject
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_torch_thread):
+    """One torch thread for the module (`one_torch_thread`)."""
     yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

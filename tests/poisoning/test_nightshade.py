@@ -19,11 +19,9 @@ STAT_KEYS = {"budget", "linf", "psnr", "ssim", "gap_closed", "latent_dist_before
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
+    """One torch thread for the module (`one_torch_thread`)."""
     yield
-    torch.set_num_threads(threads)
 
 
 def _smooth_images(n: int, seed: int, size: int = 32) -> torch.Tensor:
