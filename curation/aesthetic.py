@@ -464,12 +464,6 @@ def regression_metrics(pred: np.ndarray, y: np.ndarray, baseline: float) -> dict
 # ----------------------------------------------------------------------------------------------- stages
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def train(cfg: AestheticTrainConfig) -> Path:
     """Fit a head on rated embeddings; writes `<out>/head.pt` and then `<out>/eval.json`. Returns `<out>`."""
     with encoders.torch_threads(cfg.threads):
@@ -541,7 +535,7 @@ def _train(cfg: AestheticTrainConfig) -> Path:
         "activation": cfg.activation, "encoder": enc, "rating": result["rating"],
         "config": json.loads(json.dumps(options.to_dict(cfg), default=str)),
     }
-    _atomic_save(blob, out / "head.pt")
+    encoders.save_atomic(blob, out / "head.pt")
     (out / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     v = result["val"]
     logger.info("aesthetic train: %d rated embeddings (%d ratings without an embedding); val MSE %s, Spearman %s "

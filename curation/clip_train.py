@@ -577,9 +577,7 @@ def save_checkpoint(model: torch.nn.Module, cfg: ClipTrainConfig, path: Path, ex
             "state_dict": state, "preprocess": preprocess_info(cfg.image_size),
             "train_config": json.loads(json.dumps(options.to_dict(cfg))), **(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    encoders.save_atomic(ckpt, path)
     return name
 
 

@@ -192,6 +192,15 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+def save_atomic(obj, path: str | Path) -> Path:
+    """`torch.save` to a temporary file renamed over `path`, so a reader never sees half a checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+    return path
+
+
 def state_dict_digest(state_dict: dict) -> str:
     """sha256 of a state dict's tensors (names, shapes, dtypes and bytes, in key order), 64 hex chars."""
     h = hashlib.sha256()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from curation import encoders
-from diffusion import data, samplers
+from diffusion import data, samplers, vae as vae_mod
 from diffusion.classifier import guidance_grad
 from diffusion.autoencoder import Autoencoder
 from diffusion.schedule import NoiseSchedule
@@ -72,10 +72,7 @@ def build_unet(config: dict, state: dict, where: str) -> UNet:
 
 def build_vae(entry: dict) -> Autoencoder:
     """The autoencoder stored inside a diffusion checkpoint (frozen)."""
-    ae = Autoencoder(**entry["config"])
-    ae.load_state_dict(entry["state_dict"], strict=True)
-    ae.set_latent_stats(entry["latent_shift"], float(entry["latent_scale"]))
-    return ae.eval().requires_grad_(False)
+    return vae_mod.from_checkpoint(entry)
 
 
 def vae_entry(ae: Autoencoder, source: str) -> dict:

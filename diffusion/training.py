@@ -73,9 +73,8 @@ class TrainConfig:
         options.check_positive(self, "timesteps", "steps", "batch_size", "lr", "sample_steps", "checkpoint_every")
         for name in ("model", "prediction", "schedule"):
             options.check_choice(self, name, options.literal_values(TrainConfig, name))
-        for name in ("caption_dropout",):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be within [0, 1)")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"TrainConfig.caption_dropout={self.caption_dropout!r}: must be within [0, 1)")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"TrainConfig.ema_decay={self.ema_decay!r}: must be within [0, 1)")
         for name in ("min_snr_gamma", "minutes", "warmup_steps", "weight_decay", "grad_clip", "sample_every",
@@ -112,13 +111,6 @@ class Latents:
     cond: Conditioning
     null: Conditioning
     captions: list[str]
-
-
-def vae_image_size(path: str | Path) -> int:
-    """The image side an autoencoder checkpoint was trained at."""
-    p = Path(path) / "vae.pt" if Path(path).is_dir() else Path(path)
-    vae_mod.load_vae(p)  # checks the file and its format
-    return int(torch.load(p, map_location="cpu", weights_only=True)["train_config"]["image_size"])
 
 
 @torch.no_grad()
@@ -213,9 +205,7 @@ def save_state(st: State, path: Path) -> None:
     blob = {"model": st.model.state_dict(), "ema": st.ema.state_dict(), "opt": st.opt.state_dict(),
             "gen": st.gen.get_state(), "step": st.step, "total": st.total, "curve": st.curve,
             "seconds": st.seconds}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    encoders.save_atomic(blob, path)
 
 
 def load_state(st: State, path: Path) -> None:
@@ -241,11 +231,7 @@ def checkpoint_dict(cfg: TrainConfig, ema: torch.nn.Module, ae, text: TextEncode
 
 
 def write_model(ckpt: dict, out: Path) -> Path:
-    path = out / pipeline.CHECKPOINT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
-    return path
+    return encoders.save_atomic(ckpt, out / pipeline.CHECKPOINT_FILE)
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
@@ -334,8 +320,9 @@ def run(cfg: TrainConfig) -> Path:
     options.check_resumable(cfg, out, runtime_fields=("device", "compile"))
     options.write_config(cfg, out)
     device = encoders.resolve_device(cfg.device)
-    image_size = vae_image_size(cfg.vae)
-    ae = vae_mod.load_vae(cfg.vae, device)
+    vae_ckpt = vae_mod.read_checkpoint(cfg.vae)
+    image_size = int(vae_ckpt["train_config"]["image_size"])
+    ae = vae_mod.from_checkpoint(vae_ckpt, device)
     text = TextEncoder(cfg.clip, device)
     images = data.load_images(cfg.data, image_size, cfg.concepts, cfg.max_rows)
     lat = encode_dataset(images, ae, text, device)

@@ -227,12 +227,6 @@ class TrainState:
     curve: list = dataclasses.field(default_factory=list)  # (step, loss, rec, kl, lr, seconds)
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def _config_json(cfg: VaeTrainConfig) -> str:
     return json.dumps(options.to_dict(cfg), sort_keys=True, default=str)
 
@@ -240,7 +234,7 @@ def _config_json(cfg: VaeTrainConfig) -> str:
 def save_state(path: Path, model: Autoencoder, opt: torch.optim.Optimizer, state: TrainState,
                cfg: VaeTrainConfig) -> None:
     """Write the training state to `path` atomically (temporary file, then rename)."""
-    _atomic_save({"format": STATE_FORMAT, "config": _config_json(cfg), "step": state.step,
+    encoders.save_atomic({"format": STATE_FORMAT, "config": _config_json(cfg), "step": state.step,
                   "seconds": state.seconds, "curve": state.curve,
                   "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                   "optimizer": opt.state_dict()}, path)
@@ -416,18 +410,14 @@ def write_recon_grid(ae: Autoencoder, images: torch.Tensor, path: Path, n: int =
 
 def save_vae(ae: Autoencoder, cfg: VaeTrainConfig, metrics: dict, path: Path) -> None:
     """Write `vae.pt` atomically (what `load_vae` reads)."""
-    _atomic_save({"format": FORMAT, "version": 1, "config": ae.config,
+    encoders.save_atomic({"format": FORMAT, "version": 1, "config": ae.config,
                   "state_dict": {k: v.detach().cpu().clone() for k, v in ae.state_dict().items()},
                   "latent_shift": ae.latent_shift.detach().cpu().clone(), "latent_scale": float(ae.latent_scale),
                   "train_config": dataclasses.asdict(cfg), "eval": metrics}, path)
 
 
-def load_vae(path: str | Path, device: str = "cpu") -> Autoencoder:
-    """A trained autoencoder, frozen (eval mode, no gradients to its parameters) on `device`.
-
-    Args:
-        path: a `vae.pt` or the `vae train` output folder holding it.
-        device: torch device string.
+def read_checkpoint(path: str | Path) -> dict:
+    """Load and check a `vae.pt` (or the `vae train` folder holding it).
 
     Raises:
         FileNotFoundError: no such file. ValueError: the file is not a `vae train` checkpoint.
@@ -445,10 +435,21 @@ def load_vae(path: str | Path, device: str = "cpu") -> Autoencoder:
     if kind != FORMAT:
         raise ValueError(f"{path}: not an autoencoder checkpoint (format {kind!r}, expected {FORMAT!r}; "
                          "give the vae.pt written by `mithridate vae train`)")
+    return ckpt
+
+
+def from_checkpoint(ckpt: dict, device: str = "cpu") -> Autoencoder:
+    """The frozen autoencoder (eval mode, no gradients to its parameters) of a checkpoint dict with `config`,
+    `state_dict`, `latent_shift`, `latent_scale` — a `vae.pt`, or the copy a diffusion checkpoint carries."""
     ae = Autoencoder(**ckpt["config"])
-    ae.load_state_dict(ckpt["state_dict"])
-    ae.set_latent_stats(ckpt["latent_shift"], ckpt["latent_scale"])
+    ae.load_state_dict(ckpt["state_dict"], strict=True)
+    ae.set_latent_stats(ckpt["latent_shift"], float(ckpt["latent_scale"]))
     return ae.to(device).eval().requires_grad_(False)
+
+
+def load_vae(path: str | Path, device: str = "cpu") -> Autoencoder:
+    """A trained autoencoder from a `vae.pt` or its folder, frozen, on `device` (see `read_checkpoint`)."""
+    return from_checkpoint(read_checkpoint(path), device)
 
 
 def mean_image_psnr(train: torch.Tensor, heldout: torch.Tensor) -> float | None:

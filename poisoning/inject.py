@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from PIL import Image
 
@@ -132,8 +133,6 @@ def run(cfg: InjectConfig) -> Path:
     schema.write(pa.Table.from_pylist(rows, schema=schema.TRAIN_SCHEMA), out / POISON_SHARD, "train")
     meta = [{"uid": r["uid"], "attack": cfg.attack, "source_concept": cfg.source, "target_concept": cfg.target,
              "original_uid": images.uids[i], "caption": r["caption"], **s} for r, i, s in zip(rows, origin, stats)]
-    import pandas as pd
-
     pd.DataFrame(meta).to_parquet(out / "poisons.parquet", index=False)
     clean_c = int((data.match_concepts(images.captions, [cfg.source]) == 0).sum())
     manifest = {**dataclasses.asdict(cfg), "poisons": len(rows), "clean_source_samples": clean_c,

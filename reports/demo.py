@@ -19,7 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-from curation import aesthetic, art, clip_train, crawler, dedup, downloader, embed, export, funnel, options, selection, web
+from curation import (aesthetic, art, clip_train, crawler, dedup, downloader, embed, export, funnel, options, schema,
+                      selection, web)
 from diffusion import data as diffusion_data, evaluation, training, vae
 from reports import dataset, generation
 
@@ -146,21 +147,16 @@ def choose_concepts(cfg: DemoConfig, corpus: Path, train_dir: Path) -> list[str]
     one exported row, topped up with the corpus concepts that name the most rows."""
     if cfg.concepts:
         return list(cfg.concepts)
-    captions = [c for f in diffusion_data.shard_files(train_dir)
-                for c in pq_captions(f)]
+    captions = [c or "" for f in diffusion_data.shard_files(train_dir)
+                for c in schema.read(f, "train", columns=["caption"]).column("caption").to_pylist()]
     names = sorted(set(art.load(corpus)["concept"]))
-    preferred = [c for c in DEMO_CONCEPTS if c in names] + [c for c in names if c not in DEMO_CONCEPTS]
-    counts = np.bincount(diffusion_data.match_concepts(captions, preferred) + 1, minlength=len(preferred) + 1)[1:]
-    ranked = [c for c, n in zip(preferred, counts) if n > 0 and c in DEMO_CONCEPTS]
-    ranked += sorted((c for c, n in zip(preferred, counts) if n > 0 and c not in DEMO_CONCEPTS),
-                     key=lambda c: -counts[preferred.index(c)])
-    return ranked[: cfg.max_concepts]
-
-
-def pq_captions(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return [c or "" for c in pq.read_table(path, columns=["caption"]).column("caption").to_pylist()]
+    favourites = [c for c in DEMO_CONCEPTS if c in names]
+    others = [c for c in names if c not in DEMO_CONCEPTS]
+    counts = np.bincount(diffusion_data.match_concepts(captions, favourites + others) + 1,
+                         minlength=len(names) + 1)[1:]
+    found = [c for c, n in zip(favourites, counts) if n > 0]
+    by_rows = sorted((-n, c) for c, n in zip(others, counts[len(favourites):]) if n > 0)  # most rows first
+    return (found + [c for _, c in by_rows])[: cfg.max_concepts]
 
 
 def _part3(cfg: DemoConfig, out: Path, corpus: Path, clip_dir: Path) -> Path:
