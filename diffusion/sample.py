@@ -41,6 +41,8 @@ class SampleConfig:
     def __post_init__(self):
         options.check_positive(self, "n", "steps")
         options.check_choice(self, "sampler", samplers.SAMPLERS)
+        if not 0 < self.strength <= 1:
+            raise ValueError(f"SampleConfig.strength={self.strength!r}: must be within (0, 1]")
         if self.classifier_scale < 0:
             raise ValueError(f"SampleConfig.classifier_scale={self.classifier_scale!r}: must be >= 0")
         if self.eta < 0 or (self.eta > 0 and self.sampler != "ddim"):

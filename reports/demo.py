@@ -52,6 +52,8 @@ class DemoConfig:
             object.__setattr__(self, "concepts", tuple(self.concepts))
             object.__setattr__(self, "eval_runs", tuple(self.eval_runs))
         options.check_positive(self, "threads", "timeout_s", "max_concepts")
+        for r in self.eval_runs:  # checked now, not after the minutes of parts 1–2
+            evaluation.parse_run(r, 3.0)
         if not 0 < self.clip_top_fraction <= 1:
             raise ValueError(f"DemoConfig.clip_top_fraction={self.clip_top_fraction}: must be within (0, 1]")
         for name in ("art_preset", "policy", "clip_preset", "stop_after", "diffusion_preset"):

@@ -24,6 +24,10 @@ class GenerationReportConfig:
     out: str = options.opt("mithridate-out/report", "report folder: generation.html, generation_metrics.json")
     grids: int = options.opt(8, "concept grids shown")
 
+    def __post_init__(self):
+        if self.grids < 0:
+            raise ValueError(f"GenerationReportConfig.grids={self.grids!r}: must be >= 0")
+
 
 PRESETS = {"default": GenerationReportConfig(), "tiny": GenerationReportConfig(grids=2)}
 

@@ -35,3 +35,8 @@ def test_tiny_demo_prints_a_funnel_with_every_planted_category(tmp_path, cache_d
 def test_demo_rejects_bad_values(capsys):
     assert main(["demo", "--timeout_s=-1"]) == 2
     assert "timeout_s" in capsys.readouterr().err
+
+
+def test_demo_checks_eval_runs_before_running(capsys):
+    assert main(["demo", "--eval_runs=ddim:50,plms:10"]) == 2
+    assert "plms:10" in capsys.readouterr().err

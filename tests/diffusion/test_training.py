@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion import classifier_train, evaluation, pipeline, training, vae
+from diffusion import classifier_train, evaluation, pipeline, sample, training, vae
 from diffusion.pipeline import Pipeline
 from mithridate.cli import main
 
@@ -195,3 +195,8 @@ def test_continued_training_starts_from_the_init_checkpoint(tiny_train, tiny_vae
         training.run(dataclasses.replace(cfg, out=str(tmp_path / "eps"), prediction="eps"))
     with pytest.raises(ValueError, match="not a diffusion checkpoint"):
         training.run(dataclasses.replace(cfg, out=str(tmp_path / "bad"), init=str(tiny_vae / "vae.pt")))
+
+
+def test_sample_strength_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="strength"):
+        dataclasses.replace(sample.PRESETS["tiny"], strength=1.5)
