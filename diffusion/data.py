@@ -129,6 +129,12 @@ def _read_shard(path: Path, image_size: int) -> tuple[list[np.ndarray], dict[str
     return images, keep
 
 
+def load_shard(path: str | Path, image_size: int) -> ImageSet:
+    """One training shard (TRAIN schema) decoded; undecodable rows are skipped (see `load_images`)."""
+    arrs, keep = _read_shard(Path(path), image_size)
+    return ImageSet(from_uint8(np.stack(arrs)), keep["caption"], keep["uid"], keep["artist"])
+
+
 def load_images(folder: str | Path, image_size: int, concepts: Sequence[str] = (), max_rows: int = 0) -> ImageSet:
     """Read and decode an `export` folder's training shards.
 

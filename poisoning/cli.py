@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from curation import commands
-from poisoning import inject
+from poisoning import inject, sweep
 
 COMMANDS = {
     ("poison", "inject"): (inject.InjectConfig, inject.PRESETS, inject.run,
                            "mix N poisons (nightshade: encoder-space perturbations of source-concept images; "
                            "dirty_label: target images with source captions) into a copy of the clean shards"),
+    ("poison", "sweep"): (sweep.SweepConfig, sweep.PRESETS, sweep.run,
+                          "attack success vs number of poisons N for each attack, beside a clean control: "
+                          "continued-training victims, bleed-through, collateral, CLIP filter, detector, "
+                          "purification → results.parquet, asr.png, defences.json"),
 }
 
 

@@ -2,13 +2,22 @@
 
 The output folder holds the clean shards (copied unchanged), one poison shard `90000.parquet` in the same TRAIN
 schema (so `mithridate train --data=<out>` reads it like any export), `poisons.parquet` (one row per poison:
-attack, source and target concept, the clean row it came from, and its image quality) and `manifest.json`.
+attack, source and target concept, the pool row it came from, and its image quality), `poisons.png`
+(originals above poisons) and `manifest.json`.
+
+Source and target images come from the attacker's pool (`poisoning.pool`: the clean shards by default, or an
+art corpus). Candidates are ranked as Nightshade's released code does (`poisoning.candidates`), with CLIP scores
+computed by the clean model's compact CLIP. The anchor (one target image reused for every poison) is a pool
+image of A or a generation of the clean model for A. Crafting against another autoencoder than the victim's
+(`vae`) is a *transfer* run, recorded as `setting` in the manifest and in every poison row.
 
 Attacks:
 - "dirty_label": images of the target concept A paired with captions of the source concept C (no pixel change).
 - "nightshade": images of C, perturbed so that the model's autoencoder encodes them like an image of A
   (`poisoning.nightshade.craft`), with their own captions. Poisons are stored losslessly as PNG at the model's
   resolution: a JPEG re-encoding would already be a purification defence.
+- "benign": the same N candidate images of C, unperturbed — not an attack but its control: it separates the
+  effect of the perturbation from that of adding N more (possibly differently drawn) images of C.
 """
 
 from __future__ import annotations
@@ -25,17 +34,19 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import torch
 from PIL import Image
 
-from curation import options, schema
-from diffusion import data, pipeline
+from curation import encoders, options, schema
+from diffusion import data, grid, pipeline, vae
 from diffusion.text import TextEncoder
-from poisoning import candidates
+from poisoning import candidates, nightshade as ns, pool as attack_pool
 
 logger = logging.getLogger(__name__)
 
 POISON_SHARD = "90000.parquet"
-ATTACKS = ("dirty_label", "nightshade")
+ATTACKS = ("dirty_label", "nightshade", "benign")
+ANCHORS = ("data", "generated")
 
 
 @dataclass(frozen=True)
@@ -46,18 +57,31 @@ class InjectConfig:
     out: str = options.opt("mithridate-out/poisoned", "output: clean shards + 90000.parquet, poisons.parquet")
     source: str = options.opt("automobile", "source concept C whose prompt the attack hijacks")
     target: str = options.opt("elephant", "target concept A that prompts for C should produce")
+    pool: str = options.opt("", "attacker's images: training shards or an art corpus folder ('' = data)")
     n: int = options.opt(8, "number of poisons")
-    attack: Literal["dirty_label", "nightshade"] = options.opt("nightshade", "attack")
-    eps: float = options.opt(0.04, "nightshade: L∞ budget in [0, 1] pixel units")
+    attack: Literal["dirty_label", "nightshade", "benign"] = options.opt(
+        "nightshade", "attack (benign: the candidates unperturbed, the control of nightshade)")
+    budget: Literal["linf", "ssim"] = options.opt("linf", "nightshade budget: L∞ (released code) or an SSIM floor "
+                                                  "(stands in for the paper's LPIPS, which needs downloaded weights)")
+    eps: float = options.opt(0.04, "nightshade: L∞ budget in [0, 1] pixel units (linf budget)")
+    ssim_floor: float = options.opt(0.9, "nightshade: minimum SSIM of a poison to its original (ssim budget)")
     steps: int = options.opt(500, "nightshade: optimisation steps")
+    anchor: Literal["data", "generated"] = options.opt("data", "anchor: a pool image of the target, or the clean "
+                                                       "model's generation for the target prompt")
+    vae: str = options.opt("", "craft against this autoencoder (`vae train` folder) instead of the checkpoint's: "
+                           "a transfer attack")
     min_clip_score: float = options.opt(0.0, "candidates: minimum image–caption CLIP score")
     seed: int = options.opt(0, "seed of candidate ties, image choice and the attack")
 
     def __post_init__(self):
         options.check_positive(self, "n", "steps")
         options.check_choice(self, "attack", ATTACKS)
+        options.check_choice(self, "anchor", ANCHORS)
+        options.check_choice(self, "budget", ns.BUDGETS)
         if not 0 < self.eps <= 1:
-            raise ValueError(f"InjectConfig.eps={self.eps!r}: must be within (0, 1]")
+            raise ValueError(f"InjectConfig.eps={self.eps!r}: must be within (0, 1] ([0, 1] pixel units)")
+        if not 0 < self.ssim_floor < 1:
+            raise ValueError(f"InjectConfig.ssim_floor={self.ssim_floor!r}: must be within (0, 1)")
         if self.source == self.target:
             raise ValueError(f"InjectConfig.target={self.target!r}: must differ from source")
 
@@ -71,37 +95,71 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _rows(images: data.ImageSet, idx: np.ndarray, pixels: np.ndarray, captions: list[str], cfg: InjectConfig) -> list:
-    return [{"uid": f"poison-{cfg.attack}-{k:05d}-{images.uids[i]}"[:64], "jpg": _png(pixels[k]),
+def _rows(pool: data.ImageSet, idx: np.ndarray, pixels: np.ndarray, captions: list[str], cfg: InjectConfig) -> list:
+    return [{"uid": f"poison-{cfg.attack}-{k:05d}-{pool.uids[i]}"[:64], "jpg": _png(pixels[k]),
              "caption": captions[k], "url": f"poison://{cfg.attack}/{k}", "domain": "poison",
-             "artist": images.artists[i] or None, "licence": None, "clip_score": None, "aesthetic_score": None}
+             "artist": pool.artists[i] or None, "licence": None, "clip_score": None, "aesthetic_score": None}
             for k, i in enumerate(idx)]
 
 
-def dirty_label(images: data.ImageSet, source_idx: np.ndarray, target_idx: np.ndarray, seed: int) -> tuple:
+def dirty_label(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.ndarray, seed: int) -> tuple:
     """Target-concept images (cycled in a seeded order) paired with the source candidates' captions."""
     order = np.random.default_rng(seed).permutation(target_idx)
     chosen = np.resize(order, len(source_idx))
-    return chosen, data.to_uint8(images.images[chosen]), [images.captions[i] for i in source_idx]
+    return chosen, data.to_uint8(pool.images[chosen]), [pool.captions[i] for i in source_idx]
 
 
-def nightshade(images: data.ImageSet, source_idx: np.ndarray, target_idx: np.ndarray, ae, cfg: InjectConfig) -> tuple:
-    """Source candidates perturbed toward one target image (the anchor) in the autoencoder's latent space."""
-    from poisoning import nightshade as ns
-
-    anchor = images.images[int(np.random.default_rng(cfg.seed).choice(target_idx))]
-    result = ns.craft(ae.encode_latents, images.images[source_idx], anchor, eps=cfg.eps, steps=cfg.steps,
-                      seed=cfg.seed, progress=True)
-    return source_idx, data.to_uint8(result.poisons), [images.captions[i] for i in source_idx], result.stats
+def choose_anchor(pool: data.ImageSet, target_idx: np.ndarray, cfg: InjectConfig) -> torch.Tensor:
+    """One image of the target concept `(3, S, S)` in [−1, 1]: a seeded pool choice or the clean model's sample."""
+    if cfg.anchor == "generated":
+        pipe = pipeline.Pipeline.load(cfg.checkpoint, "cpu")
+        return data.from_uint8(pipe.generate([cfg.target], "ddim", 50, 3.0, seed=cfg.seed))[0]
+    return pool.images[int(np.random.default_rng(cfg.seed).choice(target_idx))]
 
 
-def clip_scores(folder: str, uids: list[str]) -> np.ndarray:
-    """The export's `clip_score` of each uid (NaN where the export has none)."""
-    by_uid = {}
-    for f in data.shard_files(folder):
-        t = schema.read(f, "train", columns=["uid", "clip_score"]).to_pydict()
-        by_uid.update(zip(t["uid"], t["clip_score"]))
-    return np.array([np.nan if by_uid.get(u) is None else by_uid[u] for u in uids], dtype=float)
+def attack_encoder(cfg: InjectConfig, ckpt: dict) -> tuple:
+    """(autoencoder to craft against, "white_box" | "transfer"): the checkpoint's, or `cfg.vae` when it differs."""
+    victim = pipeline.build_vae(ckpt["vae"])
+    if not cfg.vae:
+        return victim, "white_box"
+    ae = vae.load_vae(cfg.vae)
+    same = encoders.state_dict_digest(ae.state_dict()) == encoders.state_dict_digest(victim.state_dict())
+    if not same:
+        logger.warning("vae=%s differs from the victim's autoencoder: this is a TRANSFER attack (recorded as "
+                       "setting=transfer)", cfg.vae)
+    return ae, "white_box" if same else "transfer"
+
+
+def nightshade(pool: data.ImageSet, source_idx: np.ndarray, anchor: torch.Tensor, ae, cfg: InjectConfig) -> tuple:
+    """Source candidates perturbed toward the anchor in the autoencoder's latent space."""
+    result = ns.craft(ae.encode_latents, pool.images[source_idx], anchor, budget=cfg.budget, eps=cfg.eps,
+                      steps=cfg.steps, ssim_floor=cfg.ssim_floor, seed=cfg.seed, progress=True)
+    return source_idx, data.to_uint8(result.poisons), [pool.captions[i] for i in source_idx], result.stats
+
+
+def clip_scores(enc: encoders.Encoder, images: data.ImageSet) -> np.ndarray:
+    """Image–caption cosine similarity of every row under a CLIP encoder (the `embed` stage's CLIP score)."""
+    img = enc.encode_images(list(data.to_uint8(images.images)))
+    return np.sum(img * enc.encode_texts(images.captions), axis=1)
+
+
+def select_sources(cfg: InjectConfig, pool: data.ImageSet, text: TextEncoder) -> candidates.Candidates:
+    """The N source-concept candidates of the pool (`poisoning.candidates.select`)."""
+    names = data.match_concepts(pool.captions, [cfg.source]) == 0
+    scores = np.full(len(pool), np.nan)
+    if names.any():
+        scores[names] = clip_scores(text.encoder, pool.subset(np.flatnonzero(names)))
+    cap = text.encode(pool.captions).pooled.numpy()
+    prompt = text.encode([candidates.PROMPT.format(cfg.source)]).pooled.numpy()[0]
+    return candidates.select(pool.captions, scores, cap, prompt, cfg.source, cfg.n, min_clip_score=cfg.min_clip_score,
+                             seed=cfg.seed)
+
+
+def _grid(pool: data.ImageSet, origin: np.ndarray, pixels: np.ndarray, path: Path, cfg: InjectConfig) -> None:
+    k = min(len(origin), 8)
+    originals = data.to_uint8(pool.images[origin[:k]])
+    grid.save_grid(np.concatenate([originals, pixels[:k]]), path, nrow=k, scale=3,
+                   row_labels=["original", cfg.attack.replace("_", "-")])
 
 
 def run(cfg: InjectConfig) -> Path:
@@ -113,31 +171,37 @@ def run(cfg: InjectConfig) -> Path:
     for field in ("source", "target"):
         if known:
             candidates.check_concept(getattr(cfg, field), known, field)
-    images = data.load_images(cfg.data, int(ckpt["image_size"]))
+    size = int(ckpt["image_size"])
+    clean = data.load_images(cfg.data, size)
+    pool = attack_pool.load(cfg.pool, size) if cfg.pool else clean
     text = TextEncoder(ckpt["text"]["path"])
-    cap = text.encode(images.captions).pooled.numpy()
-    prompt = text.encode([candidates.PROMPT.format(cfg.source)]).pooled.numpy()[0]
-    src = candidates.select(images.captions, clip_scores(cfg.data, images.uids), cap, prompt, cfg.source, cfg.n,
-                            min_clip_score=cfg.min_clip_score, seed=cfg.seed).index
-    tgt = np.flatnonzero(data.match_concepts(images.captions, [cfg.target]) == 0)
-    if len(tgt) == 0:
-        raise ValueError(f"target={cfg.target!r}: no clean training sample names it (an anchor image is needed)")
-    stats = [{} for _ in src]
+    chosen = select_sources(cfg, pool, text)
+    src = chosen.index
+    tgt = np.flatnonzero(data.match_concepts(pool.captions, [cfg.target]) == 0)
+    if len(tgt) == 0 and cfg.attack != "benign" and not (cfg.attack == "nightshade" and cfg.anchor == "generated"):
+        raise ValueError(f"target={cfg.target!r}: no pool image names it (pool={cfg.pool or cfg.data!r})")
+    stats, setting = [{} for _ in src], "white_box"
     if cfg.attack == "dirty_label":
-        origin, pixels, captions = dirty_label(images, src, tgt, cfg.seed)
+        origin, pixels, captions = dirty_label(pool, src, tgt, cfg.seed)
+    elif cfg.attack == "benign":
+        origin, pixels, captions = src, data.to_uint8(pool.images[src]), [pool.captions[i] for i in src]
     else:
-        origin, pixels, captions, stats = nightshade(images, src, tgt, pipeline.build_vae(ckpt["vae"]), cfg)
+        ae, setting = attack_encoder(cfg, ckpt)
+        origin, pixels, captions, stats = nightshade(pool, src, choose_anchor(pool, tgt, cfg), ae, cfg)
     for f in data.shard_files(cfg.data):
         shutil.copyfile(f, out / f.name)
-    rows = _rows(images, origin, pixels, captions, cfg)
+    rows = _rows(pool, origin, pixels, captions, cfg)
     schema.write(pa.Table.from_pylist(rows, schema=schema.TRAIN_SCHEMA), out / POISON_SHARD, "train")
-    meta = [{"uid": r["uid"], "attack": cfg.attack, "source_concept": cfg.source, "target_concept": cfg.target,
-             "original_uid": images.uids[i], "caption": r["caption"], **s} for r, i, s in zip(rows, origin, stats)]
+    meta = [{"uid": r["uid"], "attack": cfg.attack, "setting": setting, "source_concept": cfg.source,
+             "target_concept": cfg.target, "original_uid": pool.uids[i], "caption": r["caption"],
+             "candidate_clip_score": float(chosen.clip_score[k]), **s}
+            for k, (r, i, s) in enumerate(zip(rows, origin, stats))]
     pd.DataFrame(meta).to_parquet(out / "poisons.parquet", index=False)
-    clean_c = int((data.match_concepts(images.captions, [cfg.source]) == 0).sum())
-    manifest = {**dataclasses.asdict(cfg), "poisons": len(rows), "clean_source_samples": clean_c,
-                "clean_target_samples": int(len(tgt)), "clean_rows": len(images)}
+    _grid(pool, origin, pixels, out / "poisons.png", cfg)
+    clean_c = int((data.match_concepts(clean.captions, [cfg.source]) == 0).sum())
+    manifest = {**dataclasses.asdict(cfg), "setting": setting, "poisons": len(rows), "clean_source_samples": clean_c,
+                "pool_candidates": chosen.available, "pool_target_images": int(len(tgt)), "clean_rows": len(clean)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    logger.info("%d %s poisons (%s → %s; %d clean samples of %s) → %s", len(rows), cfg.attack, cfg.source,
-                cfg.target, clean_c, cfg.source, out)
+    logger.info("%d %s poisons (%s → %s, %s; %d clean samples of %s) → %s", len(rows), cfg.attack, cfg.source,
+                cfg.target, setting, clean_c, cfg.source, out)
     return out

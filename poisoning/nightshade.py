@@ -50,6 +50,13 @@ class CraftResult:
     stats: list[dict]
 
 
+def budget_label(budget: str, eps: float, ssim_floor: float) -> str:
+    """How a budget is named in every output (the SSIM budget is not the paper's LPIPS one)."""
+    if budget == "linf":
+        return f"L∞ ε = {eps:g} ({eps * 255:.1f}/255)"
+    return f"SSIM ≥ {ssim_floor:g} (SSIM-based perceptual budget standing in for the paper's LPIPS)"
+
+
 def _check(images, anchor, budget, eps, steps, step_size, ssim_floor, penalty, batch_size) -> torch.Tensor:
     if budget not in BUDGETS:
         raise ValueError(f"budget={budget!r}: expected one of {', '.join(BUDGETS)}")

@@ -1,0 +1,442 @@
+"""`mithridate poison sweep`: attack success against the number of poisons N, for each attack, beside a control.
+
+For each seed: a control (the clean model continued on the clean data), and for each attack the N_max poisons
+crafted once (`poison inject`) and victims continued on clean data + the first N of them (nested sets: the
+candidates are ranked, so the first N are what `--n=N` would choose). Every victim is judged on the same
+fixed noise:
+
+- source: `generations` images of the prompt C → P(top-1 = A), P(top-1 ≠ C) with bootstrap 95% intervals;
+- bleed-through (control and N_max victims): the `bleed` concepts nearest to C in the text encoder's space
+  and the `bleed` farthest (a control), `bleed_generations` images each;
+- collateral (control and N_max victims): every other concept, `collateral_per_concept` images each →
+  concept accuracy and KID against the real images of those concepts;
+- purification (each method × attack at N_max, plus a purified control): every training row purified first;
+- benign (N_max): the same candidates unperturbed — what adding N images of C does without the attack.
+
+Defences on the N_max poisons of the first seed: the CLIP-score filter at the `filter` stage's threshold, and
+the latent-consistency detector at a fixed false-positive rate (`poisoning.defences`).
+
+Outputs: `results.parquet` (one row per victim × prompt group), `asr.png`, `generations.png`, `defences.json`,
+`sweep.json` (setup and summary), and `poisons/`, `data/`, `victims/` (resumable: finished victims are reused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from PIL import Image
+
+from curation import encoders, options, schema
+from diffusion import data, grid, metrics, pipeline
+from diffusion.evaluation import Judge
+from diffusion.pipeline import Pipeline
+from poisoning import candidates, defences, figure, inject, nightshade as ns, success, victim
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("source", "near", "far", "others")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    data: str = options.opt("mithridate-out/train", "clean training shards (export output)")
+    checkpoint: str = options.opt("mithridate-out/diffusion", "the clean model (victims continue from it)")
+    pool: str = options.opt("", "attacker's images: training shards or an art corpus folder ('' = data)")
+    filter: str = options.opt("", "the `filter` stage folder: its CLIP threshold tests the poisons ('' = the "
+                              "lowest CLIP score among the clean rows)")
+    out: str = options.opt("mithridate-out/poison-sweep", "output folder")
+    source: str = options.opt("automobile", "source concept C whose prompt the attack hijacks")
+    target: str = options.opt("elephant", "target concept A")
+    ns: tuple[int, ...] = options.opt((1, 2, 4, 8), "numbers of poisons N (the control is N = 0)")
+    attacks: tuple[str, ...] = options.opt(("nightshade", "dirty_label"), "attacks to sweep")
+    benign: bool = options.opt(True, "also train a victim on the N_max candidates unperturbed (the control that "
+                               "separates nightshade's perturbation from merely adding images of C)")
+    seeds: tuple[int, ...] = options.opt((0,), "seeds (poison choice, crafting and victim training)")
+    steps: int = options.opt(150, "victim training steps")
+    lr: float = options.opt(3e-4, "victim peak learning rate")
+    warmup_steps: int = options.opt(10, "victim warmup steps")
+    batch_size: int = options.opt(64, "victim batch size")
+    from_scratch: bool = options.opt(False, "train victims from scratch (the clean model's steps) instead of "
+                                     "continuing the clean model")
+    budget: Literal["linf", "ssim"] = options.opt("linf", "nightshade budget")
+    eps: float = options.opt(0.04, "nightshade L∞ budget in [0, 1] pixel units")
+    ssim_floor: float = options.opt(0.9, "nightshade SSIM floor (ssim budget)")
+    craft_steps: int = options.opt(500, "nightshade optimisation steps")
+    anchor: Literal["data", "generated"] = options.opt("data", "anchor: a pool image or the clean model's sample")
+    vae: str = options.opt("", "craft against this autoencoder instead of the victim's (a transfer attack)")
+    judge: str = options.opt("", "compact CLIP judging generations ('' = the model's own text CLIP; one trained "
+                             "with another seed is the fairer judge)")
+    generations: int = options.opt(64, "generations of the source prompt per victim")
+    bleed: int = options.opt(2, "nearest and farthest concepts to C measured for bleed-through (0 = none)")
+    bleed_generations: int = options.opt(32, "generations per bleed-through concept")
+    collateral_per_concept: int = options.opt(4, "generations per other concept for collateral (0 = none)")
+    purify: tuple[str, ...] = options.opt(("jpeg",), "purifications tried at N_max ('' = none)")
+    fpr: float = options.opt(0.05, "detector: false-positive rate on clean images")
+    sampler: str = options.opt("euler", "sampler of the generations")
+    sample_steps: int = options.opt(20, "sampler steps")
+    guidance: float = options.opt(3.0, "classifier-free guidance scale")
+
+    def __post_init__(self):
+        for name in ("ns", "attacks", "seeds", "purify"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        options.check_positive(self, "steps", "lr", "batch_size", "craft_steps", "generations", "sample_steps")
+        if not self.ns or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.ns):
+            raise ValueError(f"SweepConfig.ns={self.ns!r}: expected positive integers (N = 0 is the control)")
+        attacks = [a for a in inject.ATTACKS if a != "benign"]
+        if not self.attacks or any(a not in attacks for a in self.attacks):
+            raise ValueError(f"SweepConfig.attacks={self.attacks!r}: expected some of {', '.join(attacks)} "
+                             "(the benign control is the `benign` field)")
+        if not self.seeds:
+            raise ValueError("SweepConfig.seeds=(): expected at least one seed")
+        for p in self.purify:
+            if p not in defences.PURIFICATIONS:
+                raise ValueError(f"SweepConfig.purify={self.purify!r}: expected some of "
+                                 f"{', '.join(defences.PURIFICATIONS)}")
+        for name in ("budget", "anchor"):
+            options.check_choice(self, name, options.literal_values(SweepConfig, name))
+        if not 0 < self.eps <= 1:
+            raise ValueError(f"SweepConfig.eps={self.eps!r}: must be within (0, 1] ([0, 1] pixel units)")
+        if not 0 < self.ssim_floor < 1:
+            raise ValueError(f"SweepConfig.ssim_floor={self.ssim_floor!r}: must be within (0, 1)")
+        if not 0 < self.fpr < 1:
+            raise ValueError(f"SweepConfig.fpr={self.fpr!r}: must be within (0, 1)")
+        for name in ("bleed", "bleed_generations", "collateral_per_concept", "warmup_steps", "guidance"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SweepConfig.{name}={getattr(self, name)!r}: must be >= 0")
+        if self.source == self.target:
+            raise ValueError(f"SweepConfig.target={self.target!r}: must differ from source")
+        from diffusion.samplers import SAMPLERS
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"SweepConfig.sampler={self.sampler!r}: expected one of {', '.join(SAMPLERS)}")
+
+    @property
+    def n_max(self) -> int:
+        return max(self.ns)
+
+    def training(self) -> victim.VictimTraining:
+        return victim.VictimTraining(self.steps, self.lr, self.warmup_steps, self.batch_size, self.from_scratch)
+
+
+PRESETS = {
+    "default": SweepConfig(),
+    # seconds, for tests: the tiny model, few generations
+    "tiny": SweepConfig(ns=(1, 2), steps=4, batch_size=16, craft_steps=10, generations=8, bleed=1,
+                        bleed_generations=4, collateral_per_concept=1, sampler="ddim", sample_steps=4),
+}
+
+
+@dataclass(frozen=True)
+class Victim:
+    """One trained model of the sweep: attack "none" is a control."""
+    name: str
+    attack: str
+    n: int
+    seed: int
+    purification: str  # "none" or a defences.PURIFICATIONS method
+    data: Path
+
+
+# --- data folders --------------------------------------------------------------------------------------------------
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def with_poisons(clean: str | Path, poisons: Path, n: int, out: Path) -> Path:
+    """A training folder: the clean shards + the first `n` rows of `poisons`' poison shard."""
+    if (out / inject.POISON_SHARD).is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for f in data.shard_files(clean):
+        shutil.copyfile(f, out / f.name)
+    table = schema.read(poisons / inject.POISON_SHARD, "train").slice(0, n)
+    schema.write(table, out / (inject.POISON_SHARD + ".tmp"), "train")
+    (out / (inject.POISON_SHARD + ".tmp")).replace(out / inject.POISON_SHARD)
+    return out
+
+
+def purified(folder: Path, method: str, image_size: int, out: Path, seed: int) -> Path:
+    """Every row of a training folder purified (decoded at `image_size`, purified, stored as PNG)."""
+    done = out / "_done"
+    if done.is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for f in data.shard_files(folder):
+        t = schema.read(f, "train")
+        rows = t.to_pylist()
+        for r in rows:
+            arr = data.decode(r["jpg"], image_size)
+            if arr is not None:
+                r["jpg"] = _png(defences.purify(arr[None], method, seed)[0])
+        schema.write(pa.Table.from_pylist(rows, schema=t.schema), out / f.name, "train")
+    done.write_text(method + "\n")
+    return out
+
+
+# --- measurement ---------------------------------------------------------------------------------------------------
+
+
+def bleed_concepts(pipe: Pipeline, concepts: list[str], source: str, target: str, k: int) -> dict[str, list]:
+    """The `k` concepts nearest to and farthest from the source in the text encoder's pooled space."""
+    others = [c for c in concepts if c not in (source, target)]
+    if k == 0 or not others:
+        return {"near": [], "far": []}
+    emb = pipe.text.encode([source] + others).pooled.numpy()
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    sim = emb[1:] @ emb[0]
+    order = np.argsort(-sim, kind="stable")
+    k = min(k, len(others) // 2 or 1)
+    near = [(others[i], float(sim[i])) for i in order[:k]]
+    far = [(others[i], float(sim[i])) for i in order[::-1][:k] if others[i] not in dict(near)]
+    return {"near": near, "far": far}
+
+
+def _rate_row(pred: np.ndarray, prompt: int, target: int, seed: int) -> dict:
+    hit_prompt, hit_target = pred == prompt, pred == target
+    p, lo, hi = success.bootstrap_ci(hit_prompt, seed=seed)
+    t, tlo, thi = success.bootstrap_ci(hit_target, seed=seed)
+    return {"generations": int(pred.size), "hits_prompt": int(hit_prompt.sum()), "hits_target": int(hit_target.sum()),
+            "p_prompt": p, "p_prompt_low": lo, "p_prompt_high": hi, "p_not_prompt": 1 - p,
+            "p_not_prompt_low": 1 - hi, "p_not_prompt_high": 1 - lo, "p_target": t, "p_target_low": tlo,
+            "p_target_high": thi}
+
+
+class Measurer:
+    """Generates with a victim on fixed noise and judges the images."""
+
+    def __init__(self, cfg: SweepConfig, concepts: list[str], judge: Judge, real_feats: np.ndarray,
+                 real_labels: np.ndarray, groups: dict):
+        self.cfg, self.concepts, self.judge = cfg, concepts, judge
+        self.real_feats, self.real_labels, self.groups = real_feats, real_labels, groups
+        self.source, self.target = concepts.index(cfg.source), concepts.index(cfg.target)
+
+    def _predict(self, pipe: Pipeline, prompts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        images = pipe.generate(prompts, self.cfg.sampler, self.cfg.sample_steps, self.cfg.guidance, seed=0)
+        feats = self.judge.features(images)
+        return np.argmax(feats @ self.judge.text_emb.T, axis=1), feats, images
+
+    def measure(self, pipe: Pipeline, detailed: bool) -> tuple[list[dict], np.ndarray]:
+        """Rows (one per prompt group) and the source generations."""
+        cfg, rows = self.cfg, []
+        pred, _, images = self._predict(pipe, [cfg.source] * cfg.generations)
+        rows.append({"role": "source", "concept": cfg.source, "similarity": 1.0,
+                     **_rate_row(pred, self.source, self.target, 0)})
+        if not detailed:
+            return rows, images
+        for role in ("near", "far"):
+            for concept, sim in self.groups[role]:
+                pred, _, _ = self._predict(pipe, [concept] * cfg.bleed_generations)
+                rows.append({"role": role, "concept": concept, "similarity": sim,
+                             **_rate_row(pred, self.concepts.index(concept), self.target, 0)})
+        others = [c for c in self.concepts if c not in (cfg.source, cfg.target)]
+        if cfg.collateral_per_concept and others:
+            prompts = [c for c in others for _ in range(cfg.collateral_per_concept)]
+            labels = np.array([self.concepts.index(c) for c in prompts])
+            pred, feats, _ = self._predict(pipe, prompts)
+            rates = _rate_row((pred == labels).astype(int), 1, -1, 0)  # p_prompt = concept accuracy
+            rates.update({k: math.nan for k in ("p_target", "p_target_low", "p_target_high")}, hits_target=0)
+            row = {"role": "others", "concept": f"{len(others)} other concepts", "similarity": math.nan, **rates}
+            real = self.real_feats[np.isin(self.real_labels, labels)]
+            row["kid"] = metrics.kid(real, feats)[0] if len(real) >= 2 else math.nan
+            rows.append(row)
+        return rows, images
+
+
+# --- the sweep -----------------------------------------------------------------------------------------------------
+
+
+def _victims(cfg: SweepConfig, out: Path, image_size: int) -> list[Victim]:
+    """Every victim of the sweep, with its data folder built (poisons crafted once per attack and seed)."""
+    vs = []
+    for seed in cfg.seeds:
+        vs.append(Victim(f"control-s{seed}", "none", 0, seed, "none", Path(cfg.data)))
+        for attack in cfg.attacks:
+            poisons = craft(cfg, attack, seed, out)
+            for n in sorted(set(cfg.ns)):
+                folder = with_poisons(cfg.data, poisons, n, out / "data" / f"{attack}-n{n}-s{seed}")
+                vs.append(Victim(f"{attack}-n{n}-s{seed}", attack, n, seed, "none", folder))
+        if cfg.benign:
+            folder = with_poisons(cfg.data, craft(cfg, "benign", seed, out), cfg.n_max,
+                                  out / "data" / f"benign-n{cfg.n_max}-s{seed}")
+            vs.append(Victim(f"benign-n{cfg.n_max}-s{seed}", "benign", cfg.n_max, seed, "none", folder))
+        for method in cfg.purify:
+            vs.append(Victim(f"control-{method}-s{seed}", "none", 0, seed, method,
+                             purified(Path(cfg.data), method, image_size, out / "data" / f"control-{method}-s{seed}",
+                                      seed)))
+            for attack in cfg.attacks:
+                name = f"{attack}-n{cfg.n_max}-s{seed}"
+                vs.append(Victim(f"{attack}-n{cfg.n_max}-{method}-s{seed}", attack, cfg.n_max, seed, method,
+                                 purified(out / "data" / name, method, image_size,
+                                          out / "data" / f"{attack}-n{cfg.n_max}-{method}-s{seed}", seed)))
+    return vs
+
+
+def craft(cfg: SweepConfig, attack: str, seed: int, out: Path) -> Path:
+    """The N_max poisons of one attack and seed (`poison inject`; reused when already written)."""
+    folder = out / "poisons" / f"{attack}-s{seed}"
+    icfg = inject.InjectConfig(data=cfg.data, checkpoint=cfg.checkpoint, out=str(folder), source=cfg.source,
+                               target=cfg.target, pool=cfg.pool, n=cfg.n_max, attack=attack, budget=cfg.budget,
+                               eps=cfg.eps, ssim_floor=cfg.ssim_floor, steps=cfg.craft_steps, anchor=cfg.anchor,
+                               vae=cfg.vae, seed=seed)
+    options.check_resumable(icfg, folder)
+    if (folder / "manifest.json").is_file():
+        return folder
+    return inject.run(icfg)
+
+
+def _real(cfg: SweepConfig, judge: Judge, concepts: list[str], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    images = data.load_images(cfg.data, image_size, concepts)
+    return judge.features(data.to_uint8(images.images)), data.match_concepts(images.captions, concepts)
+
+
+def _check(cfg: SweepConfig, ckpt: dict) -> list[str]:
+    concepts = list(ckpt.get("concepts") or [])
+    if not concepts:
+        raise ValueError(f"checkpoint={cfg.checkpoint!r}: the model was not trained on a concept list; the judge "
+                         "needs one (train with --concepts)")
+    candidates.check_concept(cfg.source, concepts, "source")
+    candidates.check_concept(cfg.target, concepts, "target")
+    return concepts
+
+
+def _defences(cfg: SweepConfig, out: Path, ckpt: dict, image_size: int) -> dict:
+    """CLIP filter and detector results on the N_max poisons of the first seed."""
+    ae = pipeline.build_vae(ckpt["vae"])
+    text_clip = encoders.load_compact(ckpt["text"]["path"], "cpu")
+    clean = data.load_images(cfg.data, image_size)
+    clean_u8 = data.to_uint8(clean.images)
+    threshold, source = _clip_threshold(cfg, clean)
+    clean_consistency = defences.consistency_scores(ae, clean_u8)
+    clean_c = np.flatnonzero(data.match_concepts(clean.captions, [cfg.source]) == 0)
+    res = {"clip_filter": {"threshold": threshold, "threshold_from": source, "attacks": {}},
+           "detector": {"kind": "latent consistency under JPEG", "attacks": {}},
+           "clean_source_clip_scores": defences.clip_filter(text_clip, clean_u8[clean_c],
+                                                            [clean.captions[i] for i in clean_c],
+                                                            threshold)["scores"].tolist()}
+    for attack in cfg.attacks:
+        folder = out / "poisons" / f"{attack}-s{cfg.seeds[0]}"
+        p = data.load_shard(folder / inject.POISON_SHARD, image_size)
+        u8 = data.to_uint8(p.images)
+        f = defences.clip_filter(text_clip, u8, p.captions, threshold)
+        rate = success.bootstrap_ci(f["passed"])
+        res["clip_filter"]["attacks"][attack] = {
+            "poisons": len(u8), "pass_rate": rate[0], "pass_rate_ci": list(rate[1:]),
+            "mean_score": float(np.mean(f["scores"])), "scores": f["scores"].tolist()}
+        res["detector"]["attacks"][attack] = defences.detector(clean_consistency,
+                                                               defences.consistency_scores(ae, u8), cfg.fpr)
+    return res
+
+
+def _clip_threshold(cfg: SweepConfig, clean: data.ImageSet) -> tuple[float, str]:
+    if cfg.filter:
+        stats = json.loads((Path(cfg.filter) / "_stats.json").read_text())
+        cut = stats.get("clip_threshold_effective")
+        if cut is not None:
+            return float(cut), f"filter stage ({cfg.filter})"
+        logger.warning("filter=%s applied no CLIP cut; using the lowest clean CLIP score instead", cfg.filter)
+    scores = [s for f in data.shard_files(cfg.data)
+              for s in schema.read(f, "train", columns=["clip_score"]).column("clip_score").to_pylist()
+              if s is not None]
+    if not scores:
+        raise ValueError(f"data={cfg.data!r}: no clip_score in the shards and no filter folder; pass --filter")
+    return float(min(scores)), "lowest CLIP score among the clean rows"
+
+
+def _grid(rows: list[tuple[str, np.ndarray]], path: Path, k: int = 8) -> None:
+    images = np.concatenate([im[:k] for _, im in rows])
+    grid.save_grid(images, path, nrow=k, scale=3, row_labels=[name for name, _ in rows])
+
+
+def run(cfg: SweepConfig) -> Path:
+    """Run the sweep; returns the output folder."""
+    out = Path(cfg.out)
+    options.check_resumable(cfg, out)
+    options.write_config(cfg, out)
+    t0 = time.time()
+    ckpt = pipeline.read_checkpoint(cfg.checkpoint)
+    concepts = _check(cfg, ckpt)
+    size = int(ckpt["image_size"])
+    clean_pipe = Pipeline.load(cfg.checkpoint)
+    judge = Judge(cfg.judge or clean_pipe.text.path, concepts, clean_pipe.device)
+    groups = bleed_concepts(clean_pipe, concepts, cfg.source, cfg.target, cfg.bleed)
+    real_feats, real_labels = _real(cfg, judge, concepts, size)
+    measurer = Measurer(cfg, concepts, judge, real_feats, real_labels, groups)
+    victims = _victims(cfg, out, size)
+    clean_c = int((data.match_concepts(data.load_images(cfg.data, size).captions, [cfg.source]) == 0).sum())
+    results, shown = [], []
+    for i, v in enumerate(victims):
+        logger.info("victim %d/%d: %s", i + 1, len(victims), v.name)
+        folder = victim.train(cfg.checkpoint, v.data, out / "victims" / v.name, cfg.training(), v.seed)
+        detailed = v.purification == "none" and v.n in (0, cfg.n_max) and v.attack != "benign"
+        rows, images = measurer.measure(Pipeline.load(folder), detailed)
+        setting = json.loads((out / "poisons" / f"{v.attack}-s{v.seed}" / "manifest.json").read_text())["setting"] \
+            if v.attack != "none" else "none"
+        for r in rows:
+            results.append({"victim": v.name, "attack": v.attack, "n": v.n, "poison_ratio": v.n / max(clean_c, 1),
+                            "seed": v.seed, "purification": v.purification, "setting": setting, **r})
+        if v.seed == cfg.seeds[0]:
+            shown.append((v.name, images))
+    table = pd.DataFrame(results)
+    table.to_parquet(out / "results.parquet", index=False)
+    _grid(shown, out / "generations.png")
+    figure.asr_vs_n(table, out / "asr.png", cfg.source, cfg.target)
+    defence = _defences(cfg, out, ckpt, size)
+    (out / "defences.json").write_text(json.dumps(defence, indent=2) + "\n")
+    summary = setup(cfg, ckpt, concepts, groups, clean_c, out)
+    summary["seconds"] = round(time.time() - t0, 1)
+    (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for line in headline(table, cfg):
+        logger.info("%s", line)
+    return out
+
+
+def setup(cfg: SweepConfig, ckpt: dict, concepts: list[str], groups: dict, clean_c: int, out: Path) -> dict:
+    manifests = {a: json.loads((out / "poisons" / f"{a}-s{cfg.seeds[0]}" / "manifest.json").read_text())
+                 for a in cfg.attacks}
+    quality = {}
+    for a in cfg.attacks:
+        p = pd.read_parquet(out / "poisons" / f"{a}-s{cfg.seeds[0]}" / "poisons.parquet")
+        cols = [c for c in ("linf", "psnr", "ssim", "gap_closed") if c in p]
+        quality[a] = {c: float(p[c].replace([np.inf], np.nan).mean()) for c in cols}
+    return {"config": options.to_dict(cfg), "concepts": concepts, "source": cfg.source, "target": cfg.target,
+            "clean_source_samples": clean_c,
+            "clean_target_samples": int((data.match_concepts(data.load_images(cfg.data, int(ckpt["image_size"])).captions,
+                                                             [cfg.target]) == 0).sum()),
+            "pool_candidates": {a: m["pool_candidates"] for a, m in manifests.items()},
+            "setting": {a: m["setting"] for a, m in manifests.items()}, "bleed": groups, "poison_quality": quality,
+            "judge": cfg.judge or ckpt["text"]["path"], "budget": cfg.budget,
+            "budget_label": ns.budget_label(cfg.budget, cfg.eps, cfg.ssim_floor)}
+
+
+def headline(table: pd.DataFrame, cfg: SweepConfig) -> list[str]:
+    """One line per (attack, N) at the source prompt, seeds pooled."""
+    src = table[(table.role == "source") & (table.purification == "none")]
+    lines = []
+    for (attack, n), g in src.groupby(["attack", "n"], sort=True):
+        p, lo, hi = pooled(g, "hits_target")
+        q, qlo, qhi = pooled(g, "hits_prompt")
+        name = "control" if attack == "none" else f"{attack} N={n}"
+        lines.append(f"{name:<18} P({cfg.target}) {p:.2f} [{lo:.2f}, {hi:.2f}]   P({cfg.source}) {q:.2f} "
+                     f"[{qlo:.2f}, {qhi:.2f}]   ({int(g.generations.sum())} generations)")
+    return lines
+
+
+def pooled(rows: pd.DataFrame, hits: str) -> tuple[float, float, float]:
+    """Share and bootstrap 95% interval of `hits` over all generations of `rows` (seeds pooled)."""
+    return figure.pooled(rows, hits)
