@@ -22,7 +22,6 @@ Outputs: `results.parquet` (one row per victim × prompt group), `asr.png`, `gen
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
