@@ -11,7 +11,9 @@ fixed noise:
 - collateral (control and N_max victims): every other concept, `collateral_per_concept` images each →
   concept accuracy and KID against the real images of those concepts;
 - purification (each method × attack at N_max, plus a purified control): every training row purified first;
-- benign (N_max): the same candidates unperturbed — what adding N images of C does without the attack.
+- benign (N_max): the same candidates unperturbed — what adding N images of C does without the attack;
+- implosion (optional, per attack): C → A and `implosion` more concept pairs poisoned at once → each pair's
+  P(own target) (role "implosion") and the general quality on the other concepts (role "others").
 
 Defences on the N_max poisons of the first seed: the CLIP-score filter at the `filter` stage's threshold, and
 the latent-consistency detector at a fixed false-positive rate (`poisoning.defences`).
@@ -82,6 +84,8 @@ class SweepConfig:
     bleed_generations: int = options.opt(32, "generations per bleed-through concept")
     collateral_per_concept: int = options.opt(4, "generations per other concept for collateral (0 = none)")
     purify: tuple[str, ...] = options.opt(("jpeg",), "purifications tried at N_max ('' = none)")
+    implosion: int = options.opt(0, "model implosion: per attack, one more victim poisoned on this many extra "
+                                 "concept pairs at once (N_max each, as far as the pool allows); 0 = none")
     fpr: float = options.opt(0.05, "detector: false-positive rate on clean images")
     sampler: str = options.opt("euler", "sampler of the generations")
     sample_steps: int = options.opt(20, "sampler steps")
@@ -112,7 +116,7 @@ class SweepConfig:
             raise ValueError(f"SweepConfig.ssim_floor={self.ssim_floor!r}: must be within (0, 1)")
         if not 0 < self.fpr < 1:
             raise ValueError(f"SweepConfig.fpr={self.fpr!r}: must be within (0, 1)")
-        for name in ("bleed", "bleed_generations", "collateral_per_concept", "warmup_steps", "guidance"):
+        for name in ("bleed", "bleed_generations", "collateral_per_concept", "warmup_steps", "guidance", "implosion"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SweepConfig.{name}={getattr(self, name)!r}: must be >= 0")
         if self.source == self.target:
@@ -131,6 +135,8 @@ class SweepConfig:
 
 PRESETS = {
     "default": SweepConfig(),
+    # `mithridate demo` on 2 CPU cores (~3 minutes): N ∈ {1, 4}, short continued training, fewer collateral images
+    "demo": SweepConfig(ns=(1, 4), steps=60, collateral_per_concept=2, bleed=1),
     # seconds, for tests: the tiny model, few generations
     "tiny": SweepConfig(ns=(1, 2), steps=4, batch_size=16, craft_steps=10, generations=8, bleed=1,
                         bleed_generations=4, collateral_per_concept=1, sampler="ddim", sample_steps=4),
@@ -146,6 +152,7 @@ class Victim:
     seed: int
     purification: str  # "none" or a defences.PURIFICATIONS method
     data: Path
+    pairs: tuple = ()  # implosion victims: every (source, target) pair poisoned at once
 
 
 # --- data folders --------------------------------------------------------------------------------------------------
@@ -230,8 +237,10 @@ class Measurer:
         feats = self.judge.features(images)
         return np.argmax(feats @ self.judge.text_emb.T, axis=1), feats, images
 
-    def measure(self, pipe: Pipeline, detailed: bool) -> tuple[list[dict], np.ndarray]:
+    def measure(self, pipe: Pipeline, detailed: bool, pairs: tuple = ()) -> tuple[list[dict], np.ndarray]:
         """Rows (one per prompt group) and the source generations."""
+        if pairs:
+            return self.implosion(pipe, pairs)
         cfg, rows = self.cfg, []
         pred, _, images = self._predict(pipe, [cfg.source] * cfg.generations)
         rows.append({"role": "source", "concept": cfg.source, "similarity": 1.0,
@@ -243,6 +252,22 @@ class Measurer:
                 pred, _, _ = self._predict(pipe, [concept] * cfg.bleed_generations)
                 rows.append({"role": role, "concept": concept, "similarity": sim,
                              **_rate_row(pred, self.concepts.index(concept), self.target, 0)})
+        rows += self.collateral(pipe)
+        return rows, images
+
+    def implosion(self, pipe: Pipeline, pairs: tuple) -> tuple[list[dict], np.ndarray]:
+        """Rows "implosion" (each poisoned pair's P(own target)) and "others" (general quality)."""
+        rows, shown = [], None
+        for source, target in pairs:
+            pred, _, images = self._predict(pipe, [source] * self.cfg.bleed_generations)
+            shown = images if shown is None else shown
+            rows.append({"role": "implosion", "concept": source, "target_concept": target, "similarity": math.nan,
+                         **_rate_row(pred, self.concepts.index(source), self.concepts.index(target), 0)})
+        return rows + self.collateral(pipe), shown
+
+    def collateral(self, pipe: Pipeline) -> list[dict]:
+        """One "others" row: accuracy and KID on every concept but the source and target."""
+        cfg, rows = self.cfg, []
         others = [c for c in self.concepts if c not in (cfg.source, cfg.target)]
         if cfg.collateral_per_concept and others:
             prompts = [c for c in others for _ in range(cfg.collateral_per_concept)]
@@ -254,7 +279,7 @@ class Measurer:
             real = self.real_feats[np.isin(self.real_labels, labels)]
             row["kid"] = metrics.kid(real, feats)[0] if len(real) >= 2 else math.nan
             rows.append(row)
-        return rows, images
+        return rows
 
 
 # --- the sweep -----------------------------------------------------------------------------------------------------
@@ -274,6 +299,8 @@ def _victims(cfg: SweepConfig, out: Path, image_size: int) -> list[Victim]:
             folder = with_poisons(cfg.data, craft(cfg, "benign", seed, out), cfg.n_max,
                                   out / "data" / f"benign-n{cfg.n_max}-s{seed}")
             vs.append(Victim(f"benign-n{cfg.n_max}-s{seed}", "benign", cfg.n_max, seed, "none", folder))
+        if cfg.implosion:
+            vs += implosion_victims(cfg, out, image_size, seed)
         for method in cfg.purify:
             vs.append(Victim(f"control-{method}-s{seed}", "none", 0, seed, method,
                              purified(Path(cfg.data), method, image_size, out / "data" / f"control-{method}-s{seed}",
@@ -286,11 +313,50 @@ def _victims(cfg: SweepConfig, out: Path, image_size: int) -> list[Victim]:
     return vs
 
 
-def craft(cfg: SweepConfig, attack: str, seed: int, out: Path) -> Path:
-    """The N_max poisons of one attack and seed (`poison inject`; reused when already written)."""
-    folder = out / "poisons" / f"{attack}-s{seed}"
-    icfg = inject.InjectConfig(data=cfg.data, checkpoint=cfg.checkpoint, out=str(folder), source=cfg.source,
-                               target=cfg.target, pool=cfg.pool, n=cfg.n_max, attack=attack, budget=cfg.budget,
+def implosion_pairs(cfg: SweepConfig, concepts: list[str], image_size: int, seed: int) -> list[tuple[str, str, int]]:
+    """(source, target, n) for `cfg.implosion` extra pairs: the model's concepts with pool images as sources (in
+    the model's order), each mapped to a seeded choice of another concept, n = min(N_max, its pool images)."""
+    from poisoning import pool as attack_pool
+
+    pool = attack_pool.load(cfg.pool, image_size) if cfg.pool else data.load_images(cfg.data, image_size)
+    counts = np.bincount(data.match_concepts(pool.captions, concepts) + 1, minlength=len(concepts) + 1)[1:]
+    sources = [c for c, k in zip(concepts, counts) if k and c not in (cfg.source, cfg.target)][: cfg.implosion]
+    if len(sources) < cfg.implosion:
+        raise ValueError(f"implosion={cfg.implosion}: only {len(sources)} other concepts have pool images")
+    rng = np.random.default_rng(seed)
+    have = [c for c, k in zip(concepts, counts) if k]
+    pairs = []
+    for c in sources:
+        target = str(rng.choice([t for t in have if t != c]))
+        pairs.append((c, target, int(min(cfg.n_max, counts[concepts.index(c)]))))
+    return pairs
+
+
+def implosion_victims(cfg: SweepConfig, out: Path, image_size: int, seed: int) -> list[Victim]:
+    """Per attack, one victim poisoned on C → A (N_max) and on `cfg.implosion` more pairs at once."""
+    concepts = list(pipeline.read_checkpoint(cfg.checkpoint)["concepts"])
+    pairs = implosion_pairs(cfg, concepts, image_size, seed)
+    vs = []
+    for attack in cfg.attacks:
+        folder = out / "data" / f"implosion-{attack}-k{len(pairs)}-s{seed}"
+        with_poisons(cfg.data, craft(cfg, attack, seed, out), cfg.n_max, folder)
+        for k, (source, target, n) in enumerate(pairs, start=1):
+            extra = craft(cfg, attack, seed, out / "implosion", source, target, n)
+            shutil.copyfile(extra / inject.POISON_SHARD, folder / f"{int(inject.POISON_SHARD[:5]) + k:05d}.parquet")
+        everything = ((cfg.source, cfg.target),) + tuple((s, t) for s, t, _ in pairs)
+        vs.append(Victim(f"implosion-{attack}-k{len(pairs)}-s{seed}", attack, cfg.n_max, seed, "none", folder,
+                         everything))
+    return vs
+
+
+def craft(cfg: SweepConfig, attack: str, seed: int, out: Path, source: str = "", target: str = "",
+          n: int = 0) -> Path:
+    """The N_max poisons of one attack and seed (`poison inject`; reused when already written); another
+    `source`/`target`/`n` for the implosion pairs."""
+    source, target, n = source or cfg.source, target or cfg.target, n or cfg.n_max
+    folder = out / "poisons" / (f"{attack}-s{seed}" if source == cfg.source else f"{attack}-{source}-s{seed}")
+    icfg = inject.InjectConfig(data=cfg.data, checkpoint=cfg.checkpoint, out=str(folder), source=source,
+                               target=target, pool=cfg.pool, n=n, attack=attack, budget=cfg.budget,
                                eps=cfg.eps, ssim_floor=cfg.ssim_floor, steps=cfg.craft_steps, anchor=cfg.anchor,
                                vae=cfg.vae, seed=seed)
     options.check_resumable(icfg, folder)
@@ -383,13 +449,14 @@ def run(cfg: SweepConfig) -> Path:
         logger.info("victim %d/%d: %s", i + 1, len(victims), v.name)
         folder = victim.train(cfg.checkpoint, v.data, out / "victims" / v.name, cfg.training(), v.seed)
         detailed = v.purification == "none" and v.n in (0, cfg.n_max) and v.attack != "benign"
-        rows, images = measurer.measure(Pipeline.load(folder), detailed)
+        rows, images = measurer.measure(Pipeline.load(folder), detailed, v.pairs)
         setting = json.loads((out / "poisons" / f"{v.attack}-s{v.seed}" / "manifest.json").read_text())["setting"] \
             if v.attack != "none" else "none"
         for r in rows:
             results.append({"victim": v.name, "attack": v.attack, "n": v.n, "poison_ratio": v.n / max(clean_c, 1),
-                            "seed": v.seed, "purification": v.purification, "setting": setting, **r})
-        if v.seed == cfg.seeds[0]:
+                            "seed": v.seed, "purification": v.purification, "setting": setting,
+                            "implosion": max(len(v.pairs) - 1, 0), "target_concept": cfg.target, **r})
+        if v.seed == cfg.seeds[0] and not v.pairs:
             shown.append((v.name, images))
     table = pd.DataFrame(results)
     table.to_parquet(out / "results.parquet", index=False)

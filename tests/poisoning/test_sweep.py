@@ -28,7 +28,7 @@ def clean_model(tiny_train, tiny_clip_checkpoint, tmp_path_factory):
 def tiny_sweep(tiny_train, clean_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     cfg = dataclasses.replace(sweep.PRESETS["tiny"], data=str(tiny_train), checkpoint=str(clean_model), out=str(out),
-                              source="cat", target="house")
+                              source="cat", target="house", implosion=1)
     return sweep.run(cfg)
 
 
@@ -41,7 +41,11 @@ def test_sweep_writes_every_victim_beside_a_control(tiny_sweep):
     assert (src.generations == 8).all() and ((src.p_target >= 0) & (src.p_target <= 1)).all()
     assert ((src.p_target_low <= src.p_target) & (src.p_target <= src.p_target_high)).all()
     detailed = set(t[t.role == "others"].victim)
-    assert detailed == {"control-s0", "nightshade-n2-s0", "dirty_label-n2-s0"}
+    assert detailed == {"control-s0", "nightshade-n2-s0", "dirty_label-n2-s0", "implosion-nightshade-k1-s0",
+                        "implosion-dirty_label-k1-s0"}
+    imp = t[t.role == "implosion"]  # C → A and one more pair, poisoned at once
+    assert len(imp) == 4 and set(imp.implosion) == {1} and (imp.concept == "cat").sum() == 2
+    assert set(imp[imp.concept == "cat"].target_concept) == {"house"}
     for name in ("asr.png", "generations.png", "defences.json", "sweep.json"):
         assert (tiny_sweep / name).is_file()
     d = json.loads((tiny_sweep / "defences.json").read_text())
