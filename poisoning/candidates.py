@@ -41,8 +41,15 @@ def check_concept(concept: str, known: Sequence[str], field: str = "concept") ->
     raise ValueError(f"{field}={concept!r}: not a known concept{hint}")
 
 
+def naming(captions: Sequence[str], concept: str, concepts: Sequence[str] = ()) -> np.ndarray:
+    """Whether each caption names `concept` (among `concepts` when given, by longest whole-word match)."""
+    known = list(concepts) if concept in concepts else [concept]
+    return data.match_concepts(captions, known) == known.index(concept)
+
+
 def select(captions: Sequence[str], clip_scores: np.ndarray, caption_emb: np.ndarray, concept_emb: np.ndarray,
-           concept: str, n: int, min_clip_score: float = 0.0, seed: int = 0) -> Candidates:
+           concept: str, n: int, min_clip_score: float = 0.0, seed: int = 0,
+           concepts: Sequence[str] = ()) -> Candidates:
     """Choose `n` poisoning candidates for `concept`.
 
     Args:
@@ -50,13 +57,15 @@ def select(captions: Sequence[str], clip_scores: np.ndarray, caption_emb: np.nda
         caption_emb: `(N, D)` L2-normalised caption embeddings; concept_emb: `(D,)` embedding of the prompt for C.
         concept: the source concept C (whole-word match in the caption, `data.match_concepts`).
         n: how many candidates. min_clip_score: the image–caption agreement threshold. seed: tie-breaking.
+        concepts: the model's concept list: a caption then names C only when C is its longest matching concept,
+            as training labels it ("cow face" is not a "cow" when the model knows "cow face"). Empty: C alone.
 
     Raises:
         ValueError: no row names C, none passes the threshold, or `n` exceeds what is available.
     """
     if n < 1:
         raise ValueError(f"n={n!r}: must be >= 1")
-    names = data.match_concepts(captions, [concept]) == 0
+    names = naming(captions, concept, concepts)
     if not names.any():
         raise ValueError(f"concept={concept!r}: no clean training sample names it")
     passing = names & (np.nan_to_num(np.asarray(clip_scores, dtype=float), nan=-np.inf) >= min_clip_score)

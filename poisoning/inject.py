@@ -143,16 +143,17 @@ def clip_scores(enc: encoders.Encoder, images: data.ImageSet) -> np.ndarray:
     return np.sum(img * enc.encode_texts(images.captions), axis=1)
 
 
-def select_sources(cfg: InjectConfig, pool: data.ImageSet, text: TextEncoder) -> candidates.Candidates:
+def select_sources(cfg: InjectConfig, pool: data.ImageSet, text: TextEncoder,
+                   known: list[str]) -> candidates.Candidates:
     """The N source-concept candidates of the pool (`poisoning.candidates.select`)."""
-    names = data.match_concepts(pool.captions, [cfg.source]) == 0
+    names = candidates.naming(pool.captions, cfg.source, known)
     scores = np.full(len(pool), np.nan)
     if names.any():
         scores[names] = clip_scores(text.encoder, pool.subset(np.flatnonzero(names)))
     cap = text.encode(pool.captions).pooled.numpy()
     prompt = text.encode([candidates.PROMPT.format(cfg.source)]).pooled.numpy()[0]
     return candidates.select(pool.captions, scores, cap, prompt, cfg.source, cfg.n, min_clip_score=cfg.min_clip_score,
-                             seed=cfg.seed)
+                             seed=cfg.seed, concepts=known)
 
 
 def _grid(pool: data.ImageSet, origin: np.ndarray, pixels: np.ndarray, path: Path, cfg: InjectConfig) -> None:
@@ -165,6 +166,7 @@ def _grid(pool: data.ImageSet, origin: np.ndarray, pixels: np.ndarray, path: Pat
 def run(cfg: InjectConfig) -> Path:
     """Write the poisoned training folder; returns it."""
     out = Path(cfg.out)
+    options.check_resumable(cfg, out)
     options.write_config(cfg, out)
     ckpt = pipeline.read_checkpoint(cfg.checkpoint)
     known = list(ckpt.get("concepts") or [])
@@ -175,9 +177,9 @@ def run(cfg: InjectConfig) -> Path:
     clean = data.load_images(cfg.data, size)
     pool = attack_pool.load(cfg.pool, size) if cfg.pool else clean
     text = TextEncoder(ckpt["text"]["path"])
-    chosen = select_sources(cfg, pool, text)
+    chosen = select_sources(cfg, pool, text, known)
     src = chosen.index
-    tgt = np.flatnonzero(data.match_concepts(pool.captions, [cfg.target]) == 0)
+    tgt = np.flatnonzero(candidates.naming(pool.captions, cfg.target, known))
     if len(tgt) == 0 and cfg.attack != "benign" and not (cfg.attack == "nightshade" and cfg.anchor == "generated"):
         raise ValueError(f"target={cfg.target!r}: no pool image names it (pool={cfg.pool or cfg.data!r})")
     stats, setting = [{} for _ in src], "white_box"
@@ -198,7 +200,7 @@ def run(cfg: InjectConfig) -> Path:
             for k, (r, i, s) in enumerate(zip(rows, origin, stats))]
     pd.DataFrame(meta).to_parquet(out / "poisons.parquet", index=False)
     _grid(pool, origin, pixels, out / "poisons.png", cfg)
-    clean_c = int((data.match_concepts(clean.captions, [cfg.source]) == 0).sum())
+    clean_c = int(candidates.naming(clean.captions, cfg.source, known).sum())
     manifest = {**dataclasses.asdict(cfg), "setting": setting, "poisons": len(rows), "clean_source_samples": clean_c,
                 "pool_candidates": chosen.available, "pool_target_images": int(len(tgt)), "clean_rows": len(clean)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -388,7 +388,7 @@ def _defences(cfg: SweepConfig, out: Path, ckpt: dict, image_size: int) -> dict:
     clean_u8 = data.to_uint8(clean.images)
     threshold, source = _clip_threshold(cfg, clean)
     clean_consistency = defences.consistency_scores(ae, clean_u8)
-    clean_c = np.flatnonzero(data.match_concepts(clean.captions, [cfg.source]) == 0)
+    clean_c = np.flatnonzero(candidates.naming(clean.captions, cfg.source, ckpt["concepts"]))
     res = {"clip_filter": {"threshold": threshold, "threshold_from": source, "attacks": {}},
            "detector": {"kind": "latent consistency under JPEG", "attacks": {}},
            "clean_source_clip_scores": defences.clip_filter(text_clip, clean_u8[clean_c],
@@ -443,7 +443,7 @@ def run(cfg: SweepConfig) -> Path:
     real_feats, real_labels = _real(cfg, judge, concepts, size)
     measurer = Measurer(cfg, concepts, judge, real_feats, real_labels, groups)
     victims = _victims(cfg, out, size)
-    clean_c = int((data.match_concepts(data.load_images(cfg.data, size).captions, [cfg.source]) == 0).sum())
+    clean_c = int(candidates.naming(data.load_images(cfg.data, size).captions, cfg.source, concepts).sum())
     results, shown = [], []
     for i, v in enumerate(victims):
         logger.info("victim %d/%d: %s", i + 1, len(victims), v.name)
@@ -482,8 +482,8 @@ def setup(cfg: SweepConfig, ckpt: dict, concepts: list[str], groups: dict, clean
         quality[a] = {c: float(p[c].replace([np.inf], np.nan).mean()) for c in cols}
     return {"config": options.to_dict(cfg), "concepts": concepts, "source": cfg.source, "target": cfg.target,
             "clean_source_samples": clean_c,
-            "clean_target_samples": int((data.match_concepts(data.load_images(cfg.data, int(ckpt["image_size"])).captions,
-                                                             [cfg.target]) == 0).sum()),
+            "clean_target_samples": int(candidates.naming(data.load_images(cfg.data, int(ckpt["image_size"])).captions,
+                                                          cfg.target, concepts).sum()),
             "pool_candidates": {a: m["pool_candidates"] for a, m in manifests.items()},
             "setting": {a: m["setting"] for a, m in manifests.items()}, "bleed": groups, "poison_quality": quality,
             "judge": cfg.judge or ckpt["text"]["path"], "budget": cfg.budget,

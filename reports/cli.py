@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from curation import commands
-from reports import dataset, demo, generation
+from reports import dataset, demo, generation, poisoning
 
 COMMANDS = {
     ("report", "dataset"): (dataset.DatasetReportConfig, dataset.PRESETS, dataset.build,
@@ -11,6 +11,9 @@ COMMANDS = {
     ("report", "generation"): (generation.GenerationReportConfig, generation.PRESETS, generation.build,
                                "write the generation report (autoencoder, diffusion training, evaluation per "
                                "sampler) from the vae train / train / evaluate folders"),
+    ("report", "poisoning"): (poisoning.PoisoningReportConfig, poisoning.PRESETS, poisoning.build,
+                              "write the poisoning report (attack success vs N beside a control, bleed-through, "
+                              "collateral, poisons, defences) from the poison sweep folder"),
     ("demo",): (demo.DemoConfig, demo.PRESETS, demo.run,
                 "run the whole story on the embedded default: art → web → crawl → download → funnel → curate → "
                 "dataset report → autoencoder → latent diffusion → evaluation → generation report"),

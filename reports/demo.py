@@ -3,7 +3,9 @@
 Art corpus → demo web (in-process) → crawl → download → funnel (part 1); then compact CLIP → embed →
 aesthetic head from the web's degraded copies → do-not-train registry of the opted-out artists → filter →
 export → dataset report (part 2); then autoencoder → latent diffusion model on a concept subset of the
-curated shards → evaluation per sampler → generation report (part 3).
+curated shards → evaluation per sampler → generation report (part 3); then a poisoning sweep on one concept
+pair of that model (Nightshade-style vs dirty-label poisons from the art corpus, at a CPU-sized N range,
+continued-training victims beside a control, defences) → poisoning report (part 4).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import numpy as np
 from curation import (aesthetic, art, clip_train, crawler, dedup, downloader, embed, export, funnel, options, schema,
                       selection, web)
 from diffusion import data as diffusion_data, evaluation, training, vae
-from reports import dataset, generation
+from poisoning import sweep
+from reports import dataset, generation, poisoning
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +42,16 @@ class DemoConfig:
     clip_preset: Literal["default", "tiny"] = options.opt("default", "compact CLIP preset (default: ~5 CPU minutes)")
     clip_dir: str = options.opt("", "an existing `clip train` folder to reuse ('' = train one)")
     clip_top_fraction: float = options.opt(0.8, "filter: keep this top fraction by CLIP score")
-    stop_after: Literal["download", "report", "generation"] = options.opt(
-        "generation", "last stage: download (part 1), report (part 2) or generation (part 3)")
+    stop_after: Literal["download", "report", "generation", "poisoning"] = options.opt(
+        "poisoning", "last stage: download (part 1), report (part 2), generation (part 3) or poisoning (part 4)")
     diffusion_preset: Literal["cpu", "tiny", "gpu"] = options.opt("cpu", "autoencoder and diffusion presets")
     concepts: tuple[str, ...] = options.opt(
         (), "concepts the diffusion model learns ('' = up to max_concepts of DEMO_CONCEPTS found in the export)")
     max_concepts: int = options.opt(40, "concepts in the diffusion subset when concepts is ''")
     eval_runs: tuple[str, ...] = options.opt(evaluation.RUNS, "evaluate: sampler:steps[:guidance] settings")
+    poison_source: str = options.opt("automobile", "poisoning: source concept C (else the model's first concept)")
+    poison_target: str = options.opt("elephant", "poisoning: target concept A (else the model's last concept)")
+    poison_preset: Literal["demo", "tiny", "default"] = options.opt("demo", "`poison sweep` preset")
 
     def __post_init__(self):
         if isinstance(self.concepts, list) or isinstance(self.eval_runs, list):
@@ -56,13 +62,13 @@ class DemoConfig:
             evaluation.parse_run(r, 3.0)
         if not 0 < self.clip_top_fraction <= 1:
             raise ValueError(f"DemoConfig.clip_top_fraction={self.clip_top_fraction}: must be within (0, 1]")
-        for name in ("art_preset", "policy", "clip_preset", "stop_after", "diffusion_preset"):
+        for name in ("art_preset", "policy", "clip_preset", "stop_after", "diffusion_preset", "poison_preset"):
             options.check_choice(self, name, options.literal_values(DemoConfig, name))
 
 
 PRESETS = {"default": DemoConfig(),
            "tiny": DemoConfig(art_preset="tiny", threads=16, timeout_s=1.0, clip_preset="tiny", diffusion_preset="tiny",
-                              max_concepts=8, eval_runs=("ddim:5", "euler:4"))}
+                              max_concepts=8, eval_runs=("ddim:5", "euler:4"), poison_preset="tiny")}
 
 # familiar concepts, in order of preference, for the diffusion subset (those present in the export are used)
 DEMO_CONCEPTS = (
@@ -196,11 +202,36 @@ def _classifier_guidance(cfg: DemoConfig, out: Path, dif: Path, ev: Path) -> Non
     (ev / "classifier_guidance.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def poison_pair(cfg: DemoConfig, concepts: list[str]) -> tuple[str, str]:
+    """The demo's (source, target): the configured pair when the model knows both, else its first and last concept."""
+    source = cfg.poison_source if cfg.poison_source in concepts else concepts[0]
+    target = cfg.poison_target if cfg.poison_target in concepts and cfg.poison_target != source else \
+        next(c for c in reversed(concepts) if c != source)
+    if (source, target) != (cfg.poison_source, cfg.poison_target):
+        logger.info("poisoning: %s → %s (the configured %s → %s is not in the model's concepts)", source, target,
+                    cfg.poison_source, cfg.poison_target)
+    return source, target
+
+
+def _part4(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
+    """Poisoning sweep on the part-3 model, poisons drawn from the art corpus → poisoning report."""
+    from diffusion import pipeline
+
+    concepts = list(pipeline.read_checkpoint(out / "diffusion")["concepts"])
+    source, target = poison_pair(cfg, concepts)
+    sw = sweep.run(dataclasses.replace(sweep.PRESETS[cfg.poison_preset], data=str(out / "train"),
+                                       checkpoint=str(out / "diffusion"), pool=str(corpus), filter=str(out / "filter"),
+                                       out=str(out / "poison-sweep"), source=source, target=target))
+    page = poisoning.build(poisoning.PoisoningReportConfig(sweep=str(sw), out=str(out / "report")))
+    logger.info("%s", poisoning.headline(sw))
+    return page
+
+
 def run(cfg: DemoConfig) -> Path:
     """Run the demo; returns the run folder (funnel.txt, report/dataset.html, one folder per stage)."""
     out = Path(cfg.out)
     for stage in ("web", "crawl", "shards", "embeddings", "aesthetic_head", "aesthetic", "filter", "train", "report",
-                  "vae", "diffusion", "evaluate", "classifier"):
+                  "vae", "diffusion", "evaluate", "classifier", "poison-sweep"):
         shutil.rmtree(out / stage, ignore_errors=True)  # the web's ports change from run to run: start afresh
     options.write_config(cfg, out)
     t0 = time.time()
@@ -211,7 +242,8 @@ def run(cfg: DemoConfig) -> Path:
     manifest, registry = _part1(cfg, out, corpus)
     report = _part2(cfg, out, corpus, manifest, registry) if cfg.stop_after != "download" else None
     gen = _part3(cfg, out, corpus, Path(cfg.clip_dir) if cfg.clip_dir else out / "clip") \
-        if cfg.stop_after == "generation" else None
+        if cfg.stop_after in ("generation", "poisoning") else None
+    poison = _part4(cfg, out, corpus) if cfg.stop_after == "poisoning" else None
     logger.info("art corpus:   %s", corpus)
     logger.info("web manifest: %s", manifest)
     logger.info("shards:       %s", out / "shards")
@@ -220,5 +252,7 @@ def run(cfg: DemoConfig) -> Path:
         logger.info("report:       %s", report.resolve())
     if gen is not None:
         logger.info("generation:   %s", gen.resolve())
+    if poison is not None:
+        logger.info("poisoning:    %s", poison.resolve())
     logger.info("demo finished in %.1f s; outputs under %s", time.time() - t0, out.resolve())
     return out

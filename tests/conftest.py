@@ -135,6 +135,38 @@ def tiny_train(tiny_corpus, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_clean_model(tiny_train, tiny_clip_checkpoint, tmp_path_factory):
+    """The poisoning tests' clean model: a tiny autoencoder + a 5-step tiny diffusion model on 4 concepts."""
+    import dataclasses
+
+    from curation.encoders import torch_threads
+    from diffusion import training, vae
+
+    with torch_threads(1):
+        ae = vae.run(dataclasses.replace(vae.PRESETS["tiny"], data=str(tiny_train),
+                                         out=str(tmp_path_factory.mktemp("vae"))))
+        cfg = dataclasses.replace(training.PRESETS["tiny"], data=str(tiny_train), vae=str(ae),
+                                  clip=str(tiny_clip_checkpoint), out=str(tmp_path_factory.mktemp("clean")),
+                                  concepts=("cat", "house", "anchor", "dog"), steps=5)
+        return training.run(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tiny_train, tiny_clean_model, tmp_path_factory):
+    """`poison sweep --preset=tiny` of cat → house on the clean model, with one implosion pair."""
+    import dataclasses
+
+    from curation.encoders import torch_threads
+    from poisoning import sweep
+
+    with torch_threads(1):
+        cfg = dataclasses.replace(sweep.PRESETS["tiny"], data=str(tiny_train), checkpoint=str(tiny_clean_model),
+                                  out=str(tmp_path_factory.mktemp("sweep")), source="cat", target="house",
+                                  implosion=1)
+        return sweep.run(cfg)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """torch on one CPU thread for a module of tiny models (spin-waiting threads crawl on a loaded 2-core machine)."""

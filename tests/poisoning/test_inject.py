@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diffusion import data, training, vae
+from diffusion import data
 from mithridate.cli import main
 from poisoning import inject
 
@@ -20,11 +20,8 @@ def one_thread(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def clean_model(tiny_train, tiny_clip_checkpoint, tmp_path_factory):
-    ae = vae.run(dataclasses.replace(vae.PRESETS["tiny"], data=str(tiny_train), out=str(tmp_path_factory.mktemp("v"))))
-    cfg = dataclasses.replace(training.PRESETS["tiny"], data=str(tiny_train), vae=str(ae), clip=str(tiny_clip_checkpoint),
-                              out=str(tmp_path_factory.mktemp("m")), concepts=("cat", "house", "anchor"), steps=5)
-    return training.run(cfg)
+def clean_model(tiny_clean_model):
+    return tiny_clean_model
 
 
 def _cfg(tiny_train, clean_model, out, **kw):

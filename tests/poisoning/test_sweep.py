@@ -1,12 +1,10 @@
 """`poison sweep` end to end on the tiny model: poison → inject → continued training → judge, beside a control."""
 
-import dataclasses
 import json
 
 import pandas as pd
 import pytest
 
-from diffusion import training, vae
 from poisoning import sweep
 
 
@@ -16,20 +14,8 @@ def one_thread(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def clean_model(tiny_train, tiny_clip_checkpoint, tmp_path_factory):
-    ae = vae.run(dataclasses.replace(vae.PRESETS["tiny"], data=str(tiny_train), out=str(tmp_path_factory.mktemp("v"))))
-    cfg = dataclasses.replace(training.PRESETS["tiny"], data=str(tiny_train), vae=str(ae), clip=str(tiny_clip_checkpoint),
-                              out=str(tmp_path_factory.mktemp("m")), concepts=("cat", "house", "anchor", "dog"),
-                              steps=5)
-    return training.run(cfg)
-
-
-@pytest.fixture(scope="module")
-def tiny_sweep(tiny_train, clean_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweep")
-    cfg = dataclasses.replace(sweep.PRESETS["tiny"], data=str(tiny_train), checkpoint=str(clean_model), out=str(out),
-                              source="cat", target="house", implosion=1)
-    return sweep.run(cfg)
+def clean_model(tiny_clean_model):
+    return tiny_clean_model
 
 
 def test_sweep_writes_every_victim_beside_a_control(tiny_sweep):

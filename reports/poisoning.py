@@ -1,0 +1,525 @@
+"""`mithridate report poisoning`: the `poison sweep` in one page — does a handful of poisons hijack a prompt?
+
+Reads only the sweep folder (`sweep.json`, `results.parquet`, `defences.json`, `asr.png`, `generations.png`,
+`poisons/`), so it can be rebuilt without rerunning. Every number on the page comes from those files, seeds
+pooled (`poisoning.figure.pooled`: bootstrap 95% intervals over all generations of a group). Sections:
+
+1. Headline — P(judge says A) for the prompt C at each N, per attack, beside the clean control; whether each
+   attack's interval overlaps the control's (no measurable effect); the CLIP filter's pass rate per attack.
+2. Setup — concepts, clean images of C and A, N as a share of the clean C images, victim training, budget
+   (verbatim label), judge, sampler, white-box or transfer setting.
+3. Attack success — the ASR-vs-N figure and one row per (attack, N) without purification; the benign victim
+   (the nightshade candidates unperturbed) is nightshade's control.
+4. Generations — the first seed's victims on the prompt C, same noise for every row.
+5. Bleed-through — the concepts nearest to and farthest from C, control vs the N_max victims.
+6. Collateral — judge accuracy and KID on every other concept, control vs the N_max victims.
+7. Poisons — originals above poisons, and their pixel quality (nightshade) or their caption pairing (dirty-label).
+8. Defences — the CLIP-score filter, the latent-consistency detector, purification at N_max.
+9. How to read this — judge, chance level, intervals.
+
+Beside `poisoning.html` it writes `poisoning_metrics.json`, a flat dict of `poisoning/*` numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from curation import options
+from poisoning.figure import pooled
+from reports import html as H
+
+logger = logging.getLogger(__name__)
+
+QUALITY = ("linf", "psnr", "ssim", "gap_closed", "latent_dist_before", "latent_dist_after")
+
+
+@dataclass(frozen=True)
+class PoisoningReportConfig:
+    sweep: str = options.opt("mithridate-out/poison-sweep", "`poison sweep` folder (sweep.json, results.parquet, "
+                             "defences.json, asr.png, generations.png, poisons/)")
+    out: str = options.opt("mithridate-out/report", "report folder: poisoning.html, poisoning_metrics.json")
+
+
+PRESETS = {"default": PoisoningReportConfig(), "tiny": PoisoningReportConfig()}
+
+
+# --- loading -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The sweep folder's outputs."""
+    folder: Path
+    info: dict  # sweep.json
+    table: pd.DataFrame  # results.parquet without the implosion victims
+    defences: dict  # defences.json
+    implosion: pd.DataFrame  # results.parquet rows of the implosion victims (may be empty)
+
+    @property
+    def cfg(self) -> dict:
+        return self.info["config"]
+
+    @property
+    def n_max(self) -> int:
+        return max(self.cfg["ns"])
+
+    @property
+    def attacks(self) -> list[str]:
+        """The swept attacks (not the control, not benign), in the config's order."""
+        return [a for a in self.cfg["attacks"] if a in set(self.table.attack)]
+
+    def poisons(self, attack: str) -> Path:
+        return self.folder / "poisons" / f"{attack}-s{self.cfg['seeds'][0]}"
+
+
+def _need(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (run `mithridate poison sweep` first)")
+    return path
+
+
+def load(folder: str | Path) -> Sweep:
+    folder = Path(folder)
+    info = json.loads(_need(folder / "sweep.json").read_text())
+    table = pd.read_parquet(_need(folder / "results.parquet"))
+    defences = json.loads(_need(folder / "defences.json").read_text())
+    imp = table.implosion > 0 if "implosion" in table else pd.Series(False, index=table.index)
+    return Sweep(folder, info, table[~imp], defences, table[imp])
+
+
+# --- rates ---------------------------------------------------------------------------------------------------------
+
+
+def _rows(sw: Sweep, role: str, attack: str, n: int | None = None, purification: str = "none") -> pd.DataFrame:
+    t = sw.table
+    keep = (t.role == role) & (t.attack == attack) & (t.purification == purification)
+    return t[keep & (t.n == n)] if n is not None else t[keep]
+
+
+def _rate(rows: pd.DataFrame, hits: str) -> tuple[float, float, float] | None:
+    return pooled(rows, hits) if len(rows) and rows.generations.sum() > 0 else None
+
+
+def _ci(r: tuple[float, float, float] | None, pct: bool = False) -> str:
+    if r is None:
+        return "—"
+    if pct:
+        return f"{100 * r[0]:.0f}% [{100 * r[1]:.0f}%, {100 * r[2]:.0f}%]"
+    return f"{r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]"
+
+
+def _cell(r: tuple[float, float, float] | None, pct: bool = False) -> str:
+    """`_ci` for a table cell: kept on one line."""
+    return _ci(r, pct).replace(" ", "\u00a0")
+
+
+def _overlap(a: tuple | None, b: tuple | None) -> bool:
+    return a is not None and b is not None and a[1] <= b[2] and b[1] <= a[2]
+
+
+def _name(sw: Sweep, attack: str) -> str:
+    """An attack's display name; transfer runs (crafted against another autoencoder) say so."""
+    name = {"none": "control", "benign": "benign"}.get(attack, attack.replace("_", "-"))
+    return name + (" (transfer)" if sw.info.get("setting", {}).get(attack) == "transfer" else "")
+
+
+def _label(sw: Sweep, attack: str, n: int) -> str:
+    if attack == "none":
+        return "control (clean data)"
+    if attack == "benign":
+        return f"benign N={n} (candidates unperturbed: nightshade's control)"
+    return f"{_name(sw, attack)} N={n}"
+
+
+def _groups(sw: Sweep) -> list[tuple[str, int, pd.DataFrame]]:
+    """(attack, N, source rows) without purification: control first, then each attack by N, then benign."""
+    t = sw.table[(sw.table.role == "source") & (sw.table.purification == "none")]
+    order = ["none"] + sw.attacks + ["benign"]
+    return [(a, int(n), g) for a in order for n, g in t[t.attack == a].groupby("n", sort=True)]
+
+
+def _share(sw: Sweep, n: int) -> str:
+    k = sw.info["clean_source_samples"]
+    return f"{100 * n / k:.0f}%" if k else "no clean images of the source"
+
+
+# --- headline ------------------------------------------------------------------------------------------------------
+
+
+def _per_n(sw: Sweep) -> str:
+    src, tgt, k = sw.info["source"], sw.info["target"], sw.info["clean_source_samples"]
+    parts = []
+    for n in sorted(sw.cfg["ns"]):
+        cells = [f"{_name(sw, a)} {_ci(_rate(_rows(sw, 'source', a, n), 'hits_target'))}"
+                 for a in sw.attacks + ["benign"] if len(_rows(sw, "source", a, n))]
+        parts.append(f"at N={n}: " + ", ".join(cells))
+    control = _ci(_rate(_rows(sw, "source", "none", 0), "hits_target"))
+    return (f"For the prompt {src!r}, P(judge says {tgt!r}) with 95% intervals is {control} for the control; "
+            + "; ".join(parts) + f" (N={sw.n_max} is {_share(sw, sw.n_max)} of the {k} clean {src!r} images).")
+
+
+def _overlaps(sw: Sweep, attack: str) -> str:
+    """Whether the attack's P(target) interval overlaps the control's at each N, and P(source) at N_max."""
+    tgt, src = sw.info["target"], sw.info["source"]
+    control = _rate(_rows(sw, "source", "none", 0), "hits_target")
+    ns = [n for n in sorted(sw.cfg["ns"]) if len(_rows(sw, "source", attack, n))]
+    same = [n for n in ns if _overlap(_rate(_rows(sw, "source", attack, n), "hits_target"), control)]
+    name = _name(sw, attack)
+    name = name[:1].upper() + name[1:]
+    if len(same) == len(ns):
+        text = f"{name}'s P({tgt!r}) interval overlaps the control's at every N: no measurable effect toward {tgt!r}."
+    elif not same:
+        text = f"{name}'s P({tgt!r}) interval clears the control's at every N."
+    else:
+        text = (f"{name}'s P({tgt!r}) interval overlaps the control's at N={', '.join(map(str, same))} (no "
+                f"measurable effect there) and clears it at N={', '.join(str(n) for n in ns if n not in same)}.")
+    mine = _rate(_rows(sw, "source", attack, sw.n_max), "hits_prompt")
+    ctrl = _rate(_rows(sw, "source", "none", 0), "hits_prompt")
+    if mine is not None and ctrl is not None and not _overlap(mine, ctrl):
+        text += f" At N={sw.n_max}, {_name(sw, attack)} moves P({src!r}) to {_ci(mine)} (control {_ci(ctrl)})."
+    return text
+
+
+def _clip_sentence(sw: Sweep) -> str:
+    f = sw.defences["clip_filter"]
+    cells = [f"{_ci((r['pass_rate'], *r['pass_rate_ci']), pct=True)} of {r['poisons']} {_name(sw, a)} poisons"
+             for a, r in f["attacks"].items()]
+    return f"The CLIP-score filter (threshold {f['threshold']:.3f}) passes " + " and ".join(cells) + "."
+
+
+def _headline(sw: Sweep) -> str:
+    return " ".join([_per_n(sw)] + [_overlaps(sw, a) for a in sw.attacks] + [_clip_sentence(sw)])
+
+
+def headline(sweep_folder: str | Path) -> str:
+    """The page's headline for a `poison sweep` folder (the demo logs it)."""
+    return _headline(load(sweep_folder))
+
+
+# --- sections ------------------------------------------------------------------------------------------------------
+
+
+def _png(path: Path, caption: str) -> str:
+    return H.figure(path.read_bytes(), caption) if path.is_file() else H.note(f"missing: {path}")
+
+
+def _training(cfg: dict) -> str:
+    how = "from scratch" if cfg.get("from_scratch") else "continued from the clean model"
+    return (f"{cfg['steps']} steps, lr {cfg['lr']:g}, batch {cfg['batch_size']}, warmup "
+            f"{cfg.get('warmup_steps', '?')}, {how}")
+
+
+def _setting(sw: Sweep) -> str:
+    words = {"white_box": "white-box (crafted against the victim's own autoencoder)",
+             "transfer": f"TRANSFER (crafted against another autoencoder: {sw.cfg.get('vae') or '?'})"}
+    return "; ".join(f"{_name(sw, a)}: {words.get(s, s) if a == 'nightshade' else 'no perturbation crafted'}"
+                     for a, s in sw.info.get("setting", {}).items())
+
+
+def _setup(sw: Sweep) -> str:
+    i, c = sw.info, sw.cfg
+    ns = sorted(c["ns"])
+    rows = [("source concept C (prompt hijacked)", i["source"]), ("target concept A", i["target"]),
+            ("concepts in the model", f"{len(i['concepts'])}: {', '.join(i['concepts'])}"),
+            ("clean training images of C / A", f"{i['clean_source_samples']} / {i['clean_target_samples']}"),
+            ("pool candidates per attack", ", ".join(f"{_name(sw, a)} {k}" for a, k in i["pool_candidates"].items())),
+            ("N (poisons)", ", ".join(map(str, ns))),
+            ("N as a share of the clean C images", ", ".join(f"{n} → {_share(sw, n)}" for n in ns)),
+            ("seeds", ", ".join(map(str, c["seeds"]))), ("victim training", _training(c)),
+            ("nightshade budget", i["budget_label"]), ("craft steps", c["craft_steps"]),
+            ("anchor", c.get("anchor", "?")), ("attack setting", _setting(sw)),
+            ("benign victim (candidates unperturbed)", {True: "yes", False: "no"}.get(c.get("benign"), "not recorded")),
+            ("judge", i["judge"] + ("" if c.get("judge") else " (the model's own text CLIP)")),
+            ("sampler", f"{c['sampler']}, {c['sample_steps']} steps, guidance {c['guidance']:g}"),
+            ("generations per victim", f"{c['generations']} of the prompt C; {c['bleed_generations']} per "
+                                       f"bleed-through concept; {c['collateral_per_concept']} per other concept"),
+            ("purifications at N_max", ", ".join(c.get("purify") or []) or "none"),
+            ("detector false-positive rate", c["fpr"]), ("sweep time (s)", i.get("seconds"))]
+    return H.table([{"setting": k, "value": f"{v:g}" if isinstance(v, float) else str(v)} for k, v in rows])
+
+
+def _success(sw: Sweep) -> str:
+    src, tgt = sw.info["source"], sw.info["target"]
+    rows = [{"victims": _label(sw, a, n), "N": n, "N / clean C": "—" if a == "none" else _share(sw, n),
+             f"P({tgt})": _cell(_rate(g, "hits_target")), f"P({src})": _cell(_rate(g, "hits_prompt")),
+             "generations": int(g.generations.sum()), "seeds pooled": int(g.seed.nunique())}
+            for a, n, g in _groups(sw)]
+    return (_png(sw.folder / "asr.png", f"P(judge says {tgt!r}) and P(judge says {src!r}) for the prompt {src!r} "
+                 "against N (0 = control), seeds pooled, 95% bootstrap intervals") + H.table(rows))
+
+
+def _generations(sw: Sweep) -> str:
+    return _png(sw.folder / "generations.png",
+                f"one row per victim of seed {sw.cfg['seeds'][0]} (name at left): the first 8 generations of the "
+                f"prompt {sw.info['source']!r}, the same noise in every row, so rows differ only by the weights")
+
+
+def _detailed(sw: Sweep) -> list[tuple[str, str, int]]:
+    """(label, attack, N) of the victims measured in detail: the control and each attack at N_max."""
+    return [("control", "none", 0)] + [(f"{_name(sw, a)} N={sw.n_max}", a, sw.n_max) for a in sw.attacks]
+
+
+def _concept_rows(sw: Sweep, role: str, attack: str, n: int, concept: str) -> pd.DataFrame:
+    g = _rows(sw, role, attack, n)
+    return g[g.concept == concept]
+
+
+def _bleed_row(sw: Sweep, role: str, concept: str, sim: float) -> dict:
+    row = {"concept": concept, "role": role, "similarity to C": float(sim)}
+    for label, a, n in _detailed(sw):
+        g = _concept_rows(sw, role, a, n, concept)
+        row[f"{label}: P(concept)"] = _cell(_rate(g, "hits_prompt"))
+        row[f"{label}: P({sw.info['target']})"] = _cell(_rate(g, "hits_target"))
+    return row
+
+
+def _bleed(sw: Sweep) -> str:
+    groups = sw.info.get("bleed") or {}
+    rows = [_bleed_row(sw, role, c, s) for role in ("near", "far") for c, s in groups.get(role, [])]
+    if not rows:
+        return H.note("no bleed-through concepts in this sweep (bleed = 0)")
+    chance = 1 / len(sw.info["concepts"])
+    control = {c: _rate(_concept_rows(sw, role, "none", 0, c), "hits_target")
+               for role in ("near", "far") for c, _ in groups.get(role, [])}
+    odd = [c for c, r in control.items() if r is not None and r[1] > chance]
+    intro = H.note(f"Nearest and farthest concepts to {sw.info['source']!r} in the text encoder's space; does the "
+                   f"attack also turn them into {sw.info['target']!r}?")
+    warn = H.note(f"In the control, prompts for {', '.join(map(repr, odd))} are already judged "
+                  f"{sw.info['target']!r} above chance: an attack's effect there cannot be told apart.") if odd else ""
+    return intro + H.table(rows) + warn
+
+
+def _collateral(sw: Sweep) -> str:
+    rows = []
+    for label, a, n in _detailed(sw):
+        g = _rows(sw, "others", a, n)
+        if len(g):
+            rows.append({"victims": label, "prompts": g.concept.iloc[0], "generations": int(g.generations.sum()),
+                         "concept accuracy": _cell(_rate(g, "hits_prompt")), "KID×10³": 1e3 * float(g.kid.mean())})
+    if not rows:
+        return H.note("no collateral measurement in this sweep (collateral_per_concept = 0)")
+    return H.note("Every concept other than C and A, prompted and judged: does poisoning C damage the rest of the "
+                  "model? KID compares those generations with the real images of the same concepts.") + H.table(rows)
+
+
+def _implosion(sw: Sweep) -> str:
+    """Per implosion victim: each poisoned pair's success, then general quality beside the control's."""
+    if sw.implosion.empty:
+        return H.note("no implosion victim in this sweep (`--implosion=K` poisons K more concept pairs at once)")
+    ctrl = _rows(sw, "others", "none", 0)
+    parts = []
+    for name, g in sw.implosion.groupby("victim", sort=False):
+        pairs = [{"poisoned prompt": r.concept, "target": r.target_concept, "generations": int(r.generations),
+                  "P(target)": _cell(_rate(g[g.concept == r.concept].head(1), "hits_target")),
+                  "P(prompt)": _cell(_rate(g[g.concept == r.concept].head(1), "hits_prompt"))}
+                 for r in g[g.role == "implosion"].itertuples()]
+        quality = [{"victims": label, "concept accuracy": _cell(_rate(x, "hits_prompt")),
+                    "KID×10³": 1e3 * float(x.kid.mean())}
+                   for label, x in (("control", ctrl), (name, g[g.role == "others"])) if len(x)]
+        parts.append(f"<h3>{H.esc(name)}</h3>" + H.table(pairs) + H.table(quality))
+    return H.note("Nightshade's 'model implosion': many concepts poisoned at once. Does the model's general quality "
+                  "(all concepts but C and A) drop below the control's?") + "".join(parts)
+
+
+def _implosion_metrics(sw: Sweep) -> dict:
+    m = {}
+    for name, g in sw.implosion.groupby("victim", sort=False):
+        pairs, others = g[g.role == "implosion"], g[g.role == "others"]
+        m[f"poisoning/implosion/{name}/pairs"] = len(pairs)
+        m[f"poisoning/implosion/{name}/mean_p_target"] = float(pairs.p_target.mean()) if len(pairs) else None
+        if len(others):
+            m[f"poisoning/implosion/{name}/accuracy"] = float(_rate(others, "hits_prompt")[0])
+            m[f"poisoning/implosion/{name}/kid"] = float(others.kid.mean())
+    return m
+
+
+def _quality_table(p: pd.DataFrame) -> str:
+    rows = []
+    for col in [c for c in QUALITY if c in p]:
+        v = p[col].replace([np.inf, -np.inf], np.nan).dropna().astype(float)
+        if len(v):
+            rows.append({"metric": col, "mean": v.mean(), "min": v.min(), "max": v.max()})
+        if col == "linf" and len(v):
+            rows.append({"metric": "linf ×255", "mean": 255 * v.mean(), "min": 255 * v.min(), "max": 255 * v.max()})
+    return H.table(rows)
+
+
+def _dirty_note(sw: Sweep, p: pd.DataFrame) -> str:
+    return H.note(f"No pixel change: {len(p)} images of {sw.info['target']!r} (from {p.original_uid.nunique()} "
+                  f"distinct pool images) paired with captions of {sw.info['source']!r} candidates.") + \
+        H.table(p[["uid", "original_uid", "caption", "candidate_clip_score"]].to_dict("records"))
+
+
+def _poison_block(sw: Sweep, attack: str) -> str:
+    folder = sw.poisons(attack)
+    fig = _png(folder / "poisons.png", f"{_name(sw, attack)}: pool originals (top) above the poisons (bottom)")
+    if not (folder / "poisons.parquet").is_file():
+        return fig
+    p = pd.read_parquet(folder / "poisons.parquet")
+    if attack == "dirty_label":
+        return fig + _dirty_note(sw, p)
+    if attack == "benign":
+        return fig + H.note(f"The {len(p)} nightshade candidates unperturbed, with their own captions.")
+    return fig + H.note(f"budget {sw.info['budget_label']}; gap_closed = the share of the encoder-space distance "
+                        "to the anchor that the perturbation removed") + _quality_table(p)
+
+
+def _poisons(sw: Sweep) -> str:
+    attacks = sw.attacks + (["benign"] if sw.poisons("benign").is_dir() else [])
+    return "".join(f"<h3>{H.esc(_name(sw, a))} (seed {sw.cfg['seeds'][0]})</h3>{_poison_block(sw, a)}"
+                   for a in attacks)
+
+
+def _clip_table(sw: Sweep) -> str:
+    f = sw.defences["clip_filter"]
+    rows = [{"images": f"{_name(sw, a)} poisons", "count": r["poisons"],
+             "pass rate": _cell((r["pass_rate"], *r["pass_rate_ci"]), pct=True), "mean score": r["mean_score"],
+             "min score": min(r["scores"], default=math.nan), "max score": max(r["scores"], default=math.nan)}
+            for a, r in f["attacks"].items()]
+    clean = np.asarray(sw.defences.get("clean_source_clip_scores") or [], dtype=float)
+    if clean.size:
+        rows.append({"images": f"clean {sw.info['source']!r} rows", "count": int(clean.size),
+                     "pass rate": f"{100 * float(np.mean(clean >= f['threshold'])):.0f}%",
+                     "mean score": float(clean.mean()), "min score": float(clean.min()),
+                     "max score": float(clean.max())})
+    return H.note(f"CLIP-score filter: image–caption score ≥ {f['threshold']:.4f} passes (threshold from: "
+                  f"{f['threshold_from']}).") + H.table(rows)
+
+
+def _detector_table(sw: Sweep) -> str:
+    d = sw.defences["detector"]
+    rows = [{"poisons": _name(sw, a), "target FPR": r["fpr_target"], "achieved FPR": r["fpr"],
+             "threshold": r["threshold"], "recall": r["recall"], "precision": r["precision"], "AUC": r["auc"],
+             "clean images": r["clean"], "poison images": r["poisons"]} for a, r in d["attacks"].items()]
+    return H.note(f"Detector: {d['kind']}; flags an image whose score exceeds the clean images' (1 − FPR) "
+                  "quantile.") + H.table(rows)
+
+
+def _purify_table(sw: Sweep) -> str:
+    methods = [m for m in sw.cfg.get("purify") or [] if (sw.table.purification == m).any()]
+    if not methods:
+        return H.note("no purification in this sweep")
+    src, tgt = sw.info["source"], sw.info["target"]
+    rows = []
+    for a, n in [("none", 0)] + [(a, sw.n_max) for a in sw.attacks]:
+        for m in ["none"] + methods:
+            g = _rows(sw, "source", a, n, m)
+            rows.append({"victims": _label(sw, a, n), "purification": m, f"P({tgt})": _cell(_rate(g, "hits_target")),
+                         f"P({src})": _cell(_rate(g, "hits_prompt")), "generations": int(g.generations.sum())})
+    return H.note("Every training row purified before the victim trains (a defender cannot tell poisons apart).") + \
+        H.table(rows)
+
+
+def _defences(sw: Sweep) -> str:
+    return "<h3>CLIP filter</h3>" + _clip_table(sw) + "<h3>Detector</h3>" + _detector_table(sw) + \
+        f"<h3>Purification at N={sw.n_max}</h3>" + _purify_table(sw)
+
+
+def _how_to_read(sw: Sweep) -> str:
+    k = len(sw.info["concepts"])
+    return H.note(
+        f"The judge ({sw.info['judge']}) labels each generation with the nearest of the model's {k} concept names; "
+        f"chance is 1/{k} = {1 / k:.3f}. Intervals are bootstrap 95% over the generations of a group (seeds pooled). "
+        "Every victim samples from the same noise, so two rows differ only by their weights — but a victim is one "
+        "training run: with a single seed, differences between neighbouring N are noisy, and non-overlapping "
+        "intervals say the generations differ, not that the training would reproduce it. P(C) falling without "
+        "P(A) rising means the prompt drifted to some other concept, not that it was hijacked.")
+
+
+# --- metrics -------------------------------------------------------------------------------------------------------
+
+
+def _rate_metrics(key: str, g: pd.DataFrame, prompt: str = "p_source") -> dict:
+    """`key/p_target` and `key/<prompt>` (P(judge says the prompted concept)) with their intervals."""
+    m = {}
+    for name, hits in (("p_target", "hits_target"), (prompt, "hits_prompt")):
+        r = _rate(g, hits)
+        if r is not None:
+            m.update({f"{key}/{name}": r[0], f"{key}/{name}_low": r[1], f"{key}/{name}_high": r[2]})
+    m[f"{key}/generations"] = int(g.generations.sum())
+    return m
+
+
+def _setup_metrics(sw: Sweep) -> dict:
+    i, c = sw.info, sw.cfg
+    m = {"clean_source_samples": i["clean_source_samples"], "clean_target_samples": i["clean_target_samples"],
+         "concepts": len(i["concepts"]), "chance": 1 / len(i["concepts"]), "n_max": sw.n_max,
+         "seeds": len(c["seeds"]), "steps": c["steps"], "generations": c["generations"], "seconds": i.get("seconds")}
+    m.update({f"pool_candidates/{a}": k for a, k in i["pool_candidates"].items()})
+    return {f"poisoning/setup/{k}": v for k, v in m.items()}
+
+
+def _defence_metrics(sw: Sweep) -> dict:
+    f, d = sw.defences["clip_filter"], sw.defences["detector"]
+    m = {"poisoning/clip_filter/threshold": f["threshold"]}
+    for a, r in f["attacks"].items():
+        m.update({f"poisoning/clip_filter/{a}/pass_rate": r["pass_rate"], f"poisoning/clip_filter/{a}/pass_rate_low":
+                  r["pass_rate_ci"][0], f"poisoning/clip_filter/{a}/pass_rate_high": r["pass_rate_ci"][1],
+                  f"poisoning/clip_filter/{a}/mean_score": r["mean_score"]})
+    for a, r in d["attacks"].items():
+        m.update({f"poisoning/detector/{a}/{k}": r[k] for k in ("recall", "precision", "auc", "fpr")})
+    return m
+
+
+def _detail_metrics(sw: Sweep) -> dict:
+    """Purification at N_max, bleed-through and collateral of the control and the N_max victims."""
+    m = {}
+    for a, n in [("none", 0)] + [(a, sw.n_max) for a in sw.attacks]:
+        who = "control" if a == "none" else a
+        for method in sw.cfg.get("purify") or []:
+            g = _rows(sw, "source", a, n, method)
+            if len(g):
+                m.update(_rate_metrics(f"poisoning/purify/{method}/{who}", g))
+        for role in ("near", "far"):
+            for concept, g in _rows(sw, role, a, n).groupby("concept"):
+                m.update(_rate_metrics(f"poisoning/bleed/{who}/{concept.replace(' ', '_')}", g, "p_concept"))
+        g = _rows(sw, "others", a, n)
+        if len(g):
+            m[f"poisoning/collateral/{who}/accuracy"] = _rate(g, "hits_prompt")[0]
+            m[f"poisoning/collateral/{who}/kid"] = float(g.kid.mean())
+    return m
+
+
+def metrics(sw: Sweep) -> dict:
+    """Flat `poisoning/*` metrics: attack success per (attack, N), defences, bleed, collateral, quality, setup."""
+    m = _setup_metrics(sw)
+    for a, n, g in _groups(sw):
+        key = "poisoning/control" if a == "none" else f"poisoning/{a}/n{n}"
+        m.update(_rate_metrics(key, g))
+        if a != "none":
+            m[f"{key}/poison_ratio"] = float(g.poison_ratio.iloc[0])
+    m.update(_defence_metrics(sw))
+    m.update(_detail_metrics(sw))
+    m.update(_implosion_metrics(sw))
+    m.update({f"poisoning/quality/{a}/{k}": v for a, q in sw.info.get("poison_quality", {}).items()
+              for k, v in q.items()})
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in m.items()}
+
+
+# --- build ---------------------------------------------------------------------------------------------------------
+
+
+def build(cfg: PoisoningReportConfig) -> Path:
+    """Write `<out>/poisoning.html` and `<out>/poisoning_metrics.json`; returns the HTML path."""
+    sw = load(cfg.sweep)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    src, tgt = sw.info["source"], sw.info["target"]
+    sections = [("Headline", H.note(_headline(sw))), ("Setup", _setup(sw)), ("Attack success", _success(sw)),
+                ("Generations", _generations(sw)), ("Bleed-through", _bleed(sw)), ("Collateral", _collateral(sw)),
+                ("Model implosion", _implosion(sw)),
+                ("Poisons", _poisons(sw)), ("Defences", _defences(sw)), ("How to read this", _how_to_read(sw))]
+    page = H.page(f"Poisoning: can N poisons make {src!r} produce {tgt!r}?", sections,
+                  H.note(f"sweep: {sw.folder}"))
+    (out / "poisoning.html").write_text(page, encoding="utf-8")
+    (out / "poisoning_metrics.json").write_text(json.dumps(metrics(sw), indent=2, sort_keys=True, default=float)
+                                                + "\n")
+    logger.info("poisoning report: %s", out / "poisoning.html")
+    return out / "poisoning.html"

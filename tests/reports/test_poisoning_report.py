@@ -1,0 +1,85 @@
+"""`report poisoning` on a real tiny `poison sweep`: the page's sections, and metrics recomputed from results."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from mithridate import cli
+from poisoning.figure import pooled
+from reports import poisoning as report
+
+SECTIONS = ("Headline", "Setup", "Attack success", "Generations", "Bleed-through", "Collateral", "Model implosion",
+            "Poisons", "Defences", "How to read this")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread(one_torch_thread):
+    yield
+
+
+@pytest.fixture(scope="module")
+def clean_model(tiny_clean_model):
+    return tiny_clean_model
+
+
+@pytest.fixture(scope="module")
+def built(tiny_sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    page = report.build(report.PoisoningReportConfig(sweep=str(tiny_sweep), out=str(out)))
+    return page, json.loads((out / "poisoning_metrics.json").read_text())
+
+
+def test_page_has_every_section_and_the_setup(built, tiny_sweep):
+    page, _ = built
+    html = page.read_text(encoding="utf-8")
+    info = json.loads((tiny_sweep / "sweep.json").read_text())
+    for title in SECTIONS:
+        assert f"{title}</h2>" in html
+    for text in ("cat", "house", info["budget_label"], "benign N=2"):
+        assert text in html
+    assert report.headline(tiny_sweep) in html.replace("&#x27;", "'")
+
+
+def test_metrics_match_results(built, tiny_sweep):
+    _, m = built
+    t = pd.read_parquet(tiny_sweep / "results.parquet")
+    src = t[(t.role == "source") & (t.purification == "none")]
+    for (attack, n), g in src.groupby(["attack", "n"]):
+        key = "poisoning/control" if attack == "none" else f"poisoning/{attack}/n{n}"
+        p, lo, hi = pooled(g, "hits_target")
+        assert (m[f"{key}/p_target"], m[f"{key}/p_target_low"], m[f"{key}/p_target_high"]) == (p, lo, hi)
+        assert m[f"{key}/p_source"] == pooled(g, "hits_prompt")[0]
+    jpeg = t[(t.role == "source") & (t.purification == "jpeg") & (t.attack == "nightshade")]
+    assert m["poisoning/purify/jpeg/nightshade/p_target"] == pooled(jpeg, "hits_target")[0]
+    d = json.loads((tiny_sweep / "defences.json").read_text())
+    assert m["poisoning/clip_filter/dirty_label/pass_rate"] == d["clip_filter"]["attacks"]["dirty_label"]["pass_rate"]
+    assert m["poisoning/detector/nightshade/auc"] == d["detector"]["attacks"]["nightshade"]["auc"]
+    assert m["poisoning/setup/clean_source_samples"] == 3
+
+
+def test_missing_sweep_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"sweep\.json.*poison sweep"):
+        report.build(report.PoisoningReportConfig(sweep=str(tmp_path / "nowhere"), out=str(tmp_path / "r")))
+
+
+def test_cli_help():
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["report", "poisoning", "--help"])
+    assert exit_.value.code == 0
+
+
+def test_implosion_victims_have_their_own_section_not_the_sweep_tables(built, tiny_sweep):
+    import pandas as pd
+
+    path, m = built
+    html = path.read_text()
+    t = pd.read_parquet(tiny_sweep / "results.parquet")
+    for name, g in t[t.implosion > 0].groupby("victim"):
+        assert name in html
+        assert m[f"poisoning/implosion/{name}/pairs"] == 2
+        others = g[g.role == "others"]
+        share = others.hits_prompt.sum() / others.generations.sum()
+        assert m[f"poisoning/implosion/{name}/accuracy"] == pytest.approx(share)
+    plain = t[(t.implosion == 0) & (t.role == "source") & (t.attack == "nightshade") & (t.n == 2)]
+    assert m["poisoning/nightshade/n2/p_target"] == pytest.approx(plain.hits_target.sum() / plain.generations.sum())
