@@ -40,7 +40,7 @@ from PIL import Image
 from curation import encoders, options, schema
 from diffusion import data, grid, pipeline, vae
 from diffusion.text import TextEncoder
-from poisoning import candidates, nightshade as ns, pool as attack_pool
+from poisoning import candidates, nightshade as ns, pool as attack_pool, quality
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,15 @@ def nightshade(pool: data.ImageSet, source_idx: np.ndarray, anchor: torch.Tensor
     return source_idx, data.to_uint8(result.poisons), [pool.captions[i] for i in source_idx], result.stats
 
 
+@torch.no_grad()
+def victim_gap(stats: list[dict], victim_ae, originals: torch.Tensor, pixels: np.ndarray, anchor: torch.Tensor) -> None:
+    """Transfer runs: add each poison's gap closed under the victim's own encoder (`gap_closed_victim`)."""
+    f = victim_ae.encode_latents
+    gap = quality.gap_closed(f(originals), f(data.from_uint8(pixels)), f(anchor[None]))
+    for s, g in zip(stats, gap.tolist()):
+        s["gap_closed_victim"] = g
+
+
 def clip_scores(enc: encoders.Encoder, images: data.ImageSet) -> np.ndarray:
     """Image–caption cosine similarity of every row under a CLIP encoder (the `embed` stage's CLIP score)."""
     img = enc.encode_images(list(data.to_uint8(images.images)))
@@ -189,7 +198,10 @@ def run(cfg: InjectConfig) -> Path:
         origin, pixels, captions = src, data.to_uint8(pool.images[src]), [pool.captions[i] for i in src]
     else:
         ae, setting = attack_encoder(cfg, ckpt)
-        origin, pixels, captions, stats = nightshade(pool, src, choose_anchor(pool, tgt, cfg), ae, cfg)
+        anchor = choose_anchor(pool, tgt, cfg)
+        origin, pixels, captions, stats = nightshade(pool, src, anchor, ae, cfg)
+        if setting == "transfer":
+            victim_gap(stats, pipeline.build_vae(ckpt["vae"]), pool.images[src], pixels, anchor)
     for f in data.shard_files(cfg.data):
         shutil.copyfile(f, out / f.name)
     rows = _rows(pool, origin, pixels, captions, cfg)

@@ -478,7 +478,7 @@ def setup(cfg: SweepConfig, ckpt: dict, concepts: list[str], groups: dict, clean
     quality = {}
     for a in cfg.attacks:
         p = pd.read_parquet(out / "poisons" / f"{a}-s{cfg.seeds[0]}" / "poisons.parquet")
-        cols = [c for c in ("linf", "psnr", "ssim", "gap_closed") if c in p]
+        cols = [c for c in ("linf", "psnr", "ssim", "gap_closed", "gap_closed_victim") if c in p]
         quality[a] = {c: float(p[c].replace([np.inf], np.nan).mean()) for c in cols}
     return {"config": options.to_dict(cfg), "concepts": concepts, "source": cfg.source, "target": cfg.target,
             "clean_source_samples": clean_c,

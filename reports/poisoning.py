@@ -37,7 +37,7 @@ from reports import html as H
 
 logger = logging.getLogger(__name__)
 
-QUALITY = ("linf", "psnr", "ssim", "gap_closed", "latent_dist_before", "latent_dist_after")
+QUALITY = ("linf", "psnr", "ssim", "gap_closed", "gap_closed_victim", "latent_dist_before", "latent_dist_after")
 
 
 @dataclass(frozen=True)
@@ -367,8 +367,10 @@ def _poison_block(sw: Sweep, attack: str) -> str:
         return fig + _dirty_note(sw, p)
     if attack == "benign":
         return fig + H.note(f"The {len(p)} nightshade candidates unperturbed, with their own captions.")
+    transfer = " (under the attacked autoencoder; gap_closed_victim: under the victim's own)" \
+        if "gap_closed_victim" in p else ""
     return fig + H.note(f"budget {sw.info['budget_label']}; gap_closed = the share of the encoder-space distance "
-                        "to the anchor that the perturbation removed") + _quality_table(p)
+                        f"to the anchor that the perturbation removed{transfer}") + _quality_table(p)
 
 
 def _poisons(sw: Sweep) -> str:

@@ -111,12 +111,15 @@ def test_transfer_vae_is_recorded(tiny_train, clean_model, other_vae_dir, tmp_pa
     assert _manifest(out)["setting"] == "transfer"
     meta = pd.read_parquet(out / "poisons.parquet")
     assert list(meta.setting) == ["transfer", "transfer"]
+    # the gap is also measured under the victim's encoder, where it differs from the attacked one's
+    assert meta.gap_closed_victim.notna().all() and (meta.gap_closed_victim != meta.gap_closed).all()
 
 
 def test_same_vae_is_white_box(tiny_train, clean_model, vae_dir, tmp_path):
     out = inject.run(_cfg(tiny_train, clean_model, tmp_path, attack="nightshade", n=2, vae=str(vae_dir)))
     assert _manifest(out)["setting"] == "white_box"
     assert set(pd.read_parquet(out / "poisons.parquet").setting) == {"white_box"}
+    assert "gap_closed_victim" not in pd.read_parquet(out / "poisons.parquet")
 
 
 def test_generated_anchor_needs_no_target_image(tiny_train, clean_model, cats_only, tmp_path):
