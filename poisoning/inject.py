@@ -40,7 +40,7 @@ from PIL import Image
 from curation import encoders, options, schema
 from diffusion import data, grid, pipeline, vae
 from diffusion.text import TextEncoder
-from poisoning import candidates, nightshade as ns, pool as attack_pool, quality
+from poisoning import candidates, nightshade as ns, perceptual, pool as attack_pool, quality
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,13 @@ class InjectConfig:
     n: int = options.opt(8, "number of poisons")
     attack: Literal["dirty_label", "nightshade", "benign"] = options.opt(
         "nightshade", "attack (benign: the candidates unperturbed, the control of nightshade)")
-    budget: Literal["linf", "ssim"] = options.opt("linf", "nightshade budget: L∞ (released code) or an SSIM floor "
-                                                  "(stands in for the paper's LPIPS, which needs downloaded weights)")
+    budget: Literal["linf", "ssim", "lpips"] = options.opt(
+        "linf", "nightshade budget: L∞ (released code), an SSIM floor (stands in for LPIPS), or the paper's LPIPS "
+        "(needs lpips_backbone)")
     eps: float = options.opt(0.04, "nightshade: L∞ budget in [0, 1] pixel units (linf budget)")
     ssim_floor: float = options.opt(0.9, "nightshade: minimum SSIM of a poison to its original (ssim budget)")
+    lpips_limit: float = options.opt(0.07, "nightshade: maximum LPIPS of a poison to its original (lpips budget)")
+    lpips_backbone: str = options.opt("", "lpips budget: a torchvision AlexNet state dict (.pth) for LPIPS' trunk")
     steps: int = options.opt(500, "nightshade: optimisation steps")
     anchor: Literal["data", "generated"] = options.opt("data", "anchor: a pool image of the target, or the clean "
                                                        "model's generation for the target prompt")
@@ -82,6 +85,11 @@ class InjectConfig:
             raise ValueError(f"InjectConfig.eps={self.eps!r}: must be within (0, 1] ([0, 1] pixel units)")
         if not 0 < self.ssim_floor < 1:
             raise ValueError(f"InjectConfig.ssim_floor={self.ssim_floor!r}: must be within (0, 1)")
+        if not 0 < self.lpips_limit < 1:
+            raise ValueError(f"InjectConfig.lpips_limit={self.lpips_limit!r}: must be within (0, 1)")
+        if self.budget == "lpips" and not self.lpips_backbone:
+            raise ValueError("InjectConfig.lpips_backbone='': budget=lpips needs AlexNet weights (a torchvision "
+                             "state dict .pth); without them use budget=ssim")
         if self.source == self.target:
             raise ValueError(f"InjectConfig.target={self.target!r}: must differ from source")
 
@@ -132,8 +140,10 @@ def attack_encoder(cfg: InjectConfig, ckpt: dict) -> tuple:
 
 def nightshade(pool: data.ImageSet, source_idx: np.ndarray, anchor: torch.Tensor, ae, cfg: InjectConfig) -> tuple:
     """Source candidates perturbed toward the anchor in the autoencoder's latent space."""
+    lpips_fn = perceptual.load(cfg.lpips_backbone) if cfg.budget == "lpips" else None
     result = ns.craft(ae.encode_latents, pool.images[source_idx], anchor, budget=cfg.budget, eps=cfg.eps,
-                      steps=cfg.steps, ssim_floor=cfg.ssim_floor, seed=cfg.seed, progress=True)
+                      steps=cfg.steps, ssim_floor=cfg.ssim_floor, seed=cfg.seed, progress=True, lpips_fn=lpips_fn,
+                      lpips_limit=cfg.lpips_limit)
     return source_idx, data.to_uint8(result.poisons), [pool.captions[i] for i in source_idx], result.stats
 
 

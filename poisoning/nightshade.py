@@ -17,6 +17,9 @@ Budgets (`BUDGETS`):
   valid range after each step; the returned poison is, per image, the iterate with the lowest distance among
   those with SSIM ≥ ssim_floor (δ = 0 if none), so the floor always holds. `eps` is not used (no L∞ cap);
   `step_size` is Adam's learning rate in [0, 1] pixel units (default 0.005, i.e. 0.01 in [−1, 1] units).
+- "lpips" — the paper's own form: the same optimisation with penalty · max(LPIPS(x, x+δ) − lpips_limit, 0)
+  (p = 0.07 in the paper) and LPIPS ≤ lpips_limit holding for the returned poison; `lpips_fn` is the metric
+  (`poisoning.perceptual.load`, with backbone weights the user supplies).
 
 Gradients flow only to δ (`torch.autograd.grad`): the encoder's parameters never get `.grad`, whatever their
 `requires_grad`. Pass the encoder in eval mode. Deterministic for a given `seed` (the global torch RNG is
@@ -36,7 +39,7 @@ from poisoning import quality
 
 logger = logging.getLogger(__name__)
 
-BUDGETS = ("linf", "ssim")
+BUDGETS = ("linf", "ssim", "lpips")
 SSIM_DEFAULT_LR = 0.005  # [0, 1] pixel units
 RANGE = (-1.0, 1.0)
 RANGE_TOLERANCE = 1e-4
@@ -50,10 +53,12 @@ class CraftResult:
     stats: list[dict]
 
 
-def budget_label(budget: str, eps: float, ssim_floor: float) -> str:
+def budget_label(budget: str, eps: float, ssim_floor: float, lpips_limit: float = 0.07) -> str:
     """How a budget is named in every output (the SSIM budget is not the paper's LPIPS one)."""
     if budget == "linf":
         return f"L∞ ε = {eps:g} ({eps * 255:.1f}/255)"
+    if budget == "lpips":
+        return f"LPIPS ≤ {lpips_limit:g} (the paper's perceptual budget; AlexNet trunk from the user's weights)"
     return f"SSIM ≥ {ssim_floor:g} (SSIM-based perceptual budget standing in for the paper's LPIPS)"
 
 
@@ -114,7 +119,9 @@ def _linf_batch(encoder_fn, x, f_anchor, eps, steps, step_size):
     return (x + delta).detach().clamp(*RANGE)
 
 
-def _ssim_batch(encoder_fn, x, f_anchor, d0, steps, step_size, ssim_floor, penalty):
+def _penalty_batch(encoder_fn, x, f_anchor, d0, steps, step_size, distance, limit, penalty):
+    """Adam on δ: normalised latent distance + penalty · max(distance(x, x+δ) − limit, 0); the best iterate
+    with distance ≤ limit per image (the perceptual budgets)."""
     lr = 2.0 * (SSIM_DEFAULT_LR if step_size is None else step_size)
     delta = torch.zeros_like(x, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
@@ -124,12 +131,12 @@ def _ssim_batch(encoder_fn, x, f_anchor, d0, steps, step_size, ssim_floor, penal
     for _ in range(steps):
         xp = x + delta
         d = _dist(encoder_fn, xp, f_anchor)
-        s = quality.ssim(x, xp)
+        s = distance(x, xp)
         with torch.no_grad():  # the current iterate, before stepping
-            ok = (s >= ssim_floor) & (d < best_d)
+            ok = (s <= limit) & (d < best_d)
             best[ok] = xp[ok].detach().clamp(*RANGE)
             best_d[ok] = d[ok].detach()
-        loss = (d ** 2 / scale + penalty * (ssim_floor - s).clamp_min(0)).sum()
+        loss = (d ** 2 / scale + penalty * (s - limit).clamp_min(0)).sum()
         (grad,) = torch.autograd.grad(loss, delta)
         delta.grad = grad
         opt.step()
@@ -137,8 +144,8 @@ def _ssim_batch(encoder_fn, x, f_anchor, d0, steps, step_size, ssim_floor, penal
             delta.copy_((x + delta).clamp(*RANGE) - x)
     with torch.no_grad():  # the final iterate
         xp = x + delta
-        d, s = _dist(encoder_fn, xp, f_anchor), quality.ssim(x, xp)
-        ok = (s >= ssim_floor) & (d < best_d)
+        d, s = _dist(encoder_fn, xp, f_anchor), distance(x, xp)
+        ok = (s <= limit) & (d < best_d)
         best[ok] = xp[ok]
     return best
 
@@ -146,19 +153,21 @@ def _ssim_batch(encoder_fn, x, f_anchor, d0, steps, step_size, ssim_floor, penal
 def craft(encoder_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, anchor: torch.Tensor,
           budget: str = "linf", eps: float = 0.04, steps: int = 500, step_size: float | None = None,
           ssim_floor: float = 0.9, penalty: float = 10.0, batch_size: int = 64, seed: int = 0,
-          progress: bool = False) -> CraftResult:
+          progress: bool = False, lpips_fn: Callable | None = None, lpips_limit: float = 0.07) -> CraftResult:
     """Craft Nightshade poisons of `images` toward the features of `anchor`.
 
     Args:
         encoder_fn: differentiable `x (B, C, S, S) in [−1, 1] → features (B, ...)`, e.g. `ae.encode_latents`.
         images: source-concept images `(N, C, S, S)` in [−1, 1].
         anchor: the target-concept image `(C, S, S)` (reused for all) or one per image `(N, C, S, S)`.
-        budget: "linf" (released code: signed-gradient PGD) or "ssim" (Adam with an SSIM-floor penalty).
+        budget: "linf" (released code: signed-gradient PGD), "ssim" (Adam with an SSIM-floor penalty) or
+            "lpips" (the paper's LPIPS penalty; needs `lpips_fn`).
         eps: L∞ budget in [0, 1] pixel units (ε' = 2·eps in [−1, 1] units); "linf" only.
         steps: optimisation steps per batch.
         step_size: "linf": initial step η0 (default eps), "ssim": Adam learning rate (default 0.005); both in
             [0, 1] pixel units.
-        ssim_floor, penalty: the "ssim" budget's floor and penalty weight.
+        ssim_floor, penalty: the "ssim" budget's floor and the penalty weight of both perceptual budgets.
+        lpips_fn, lpips_limit: the "lpips" budget's metric `(x, y) → (N,)` and its limit p.
         batch_size: images optimised together.
         seed: seeds torch's RNG for the run (in a forked RNG state).
         progress: log one line per batch.
@@ -170,6 +179,9 @@ def craft(encoder_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tens
         ValueError: a bad argument (the message names it).
     """
     anchor = _check(images, anchor, budget, eps, steps, step_size, ssim_floor, penalty, batch_size)
+    if budget == "lpips" and (lpips_fn is None or not 0 < lpips_limit < 1):
+        raise ValueError(f"budget='lpips': needs lpips_fn (poisoning.perceptual.load) and lpips_limit in (0, 1), "
+                         f"got lpips_limit={lpips_limit!r}")
     n = images.shape[0]
     poisons, stats = [], []
     devices = [images.device] if images.device.type == "cuda" else []
@@ -189,12 +201,16 @@ def craft(encoder_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tens
             d0 = (f_x - f_anchor).flatten(1).norm(dim=1)
             if budget == "linf":
                 xp = _linf_batch(encoder_fn, x, f_anchor, eps, steps, step_size)
+            elif budget == "ssim":
+                xp = _penalty_batch(encoder_fn, x, f_anchor, d0, steps, step_size,
+                                    lambda a, b: 1 - quality.ssim(a, b), 1 - ssim_floor, penalty)
             else:
-                xp = _ssim_batch(encoder_fn, x, f_anchor, d0, steps, step_size, ssim_floor, penalty)
+                xp = _penalty_batch(encoder_fn, x, f_anchor, d0, steps, step_size, lpips_fn, lpips_limit, penalty)
             with torch.no_grad():
                 f_p = encoder_fn(xp).detach()
                 d1 = (f_p - f_anchor).flatten(1).norm(dim=1)
                 cols = {"linf": quality.linf(x, xp), "psnr": quality.psnr(x, xp), "ssim": _ssim_or_nan(x, xp),
+                        **({"lpips": lpips_fn(x, xp)} if lpips_fn is not None else {}),
                         "gap_closed": quality.gap_closed(f_x, f_p, f_anchor),
                         "latent_dist_before": d0, "latent_dist_after": d1}
             for i in range(x.shape[0]):

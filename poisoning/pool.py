@@ -8,6 +8,7 @@ art corpus folder (`art.parquet`, from `mithridate art build`), whose images get
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -42,13 +43,23 @@ def _from_corpus(folder: Path, image_size: int) -> data.ImageSet:
     return data.ImageSet(data.from_uint8(np.stack(images)), captions, uids, artists)
 
 
+@functools.lru_cache(maxsize=2)
+def _load(path: str, image_size: int, stamp: float) -> data.ImageSet:
+    folder = Path(path)
+    pool = _from_corpus(folder, image_size) if is_corpus(folder) else data.load_images(folder, image_size)
+    logger.info("pool: %d images from %s%s", len(pool), folder, " (art corpus)" if is_corpus(folder) else "")
+    return pool
+
+
 def load(path: str | Path, image_size: int) -> data.ImageSet:
-    """The pool's images at `image_size` with captions.
+    """The pool's images at `image_size` with captions (cached while the folder is unchanged: a sweep crafts
+    from the same pool many times). Treat the result as read-only.
 
     Raises:
         FileNotFoundError: neither an art corpus nor a folder of training shards.
     """
-    path = Path(path)
-    pool = _from_corpus(path, image_size) if is_corpus(path) else data.load_images(path, image_size)
-    logger.info("pool: %d images from %s%s", len(pool), path, " (art corpus)" if is_corpus(path) else "")
-    return pool
+    path = Path(path).resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"pool folder not found: {path}")
+    stamp = max([path.stat().st_mtime] + [f.stat().st_mtime for f in path.iterdir()])
+    return _load(str(path), int(image_size), stamp)

@@ -24,10 +24,8 @@ Outputs: `results.parquet` (one row per victim × prompt group), `asr.png`, `gen
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -36,14 +34,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-from PIL import Image
 
 from curation import encoders, options, schema
-from diffusion import data, grid, metrics, pipeline
+from diffusion import data, grid, pipeline
 from diffusion.evaluation import Judge
 from diffusion.pipeline import Pipeline
-from poisoning import candidates, defences, figure, inject, nightshade as ns, success, victim
+from poisoning import candidates, defences, figure, folders, inject, measure, nightshade as ns, success, victim
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +67,11 @@ class SweepConfig:
     batch_size: int = options.opt(64, "victim batch size")
     from_scratch: bool = options.opt(False, "train victims from scratch (the clean model's steps) instead of "
                                      "continuing the clean model")
-    budget: Literal["linf", "ssim"] = options.opt("linf", "nightshade budget")
+    budget: Literal["linf", "ssim", "lpips"] = options.opt("linf", "nightshade budget (see `poison inject --help`)")
     eps: float = options.opt(0.04, "nightshade L∞ budget in [0, 1] pixel units")
     ssim_floor: float = options.opt(0.9, "nightshade SSIM floor (ssim budget)")
+    lpips_limit: float = options.opt(0.07, "nightshade LPIPS limit (lpips budget)")
+    lpips_backbone: str = options.opt("", "lpips budget: torchvision AlexNet weights (.pth) for LPIPS' trunk")
     craft_steps: int = options.opt(500, "nightshade optimisation steps")
     anchor: Literal["data", "generated"] = options.opt("data", "anchor: a pool image or the clean model's sample")
     vae: str = options.opt("", "craft against this autoencoder instead of the victim's (a transfer attack)")
@@ -116,6 +114,11 @@ class SweepConfig:
             raise ValueError(f"SweepConfig.ssim_floor={self.ssim_floor!r}: must be within (0, 1)")
         if not 0 < self.fpr < 1:
             raise ValueError(f"SweepConfig.fpr={self.fpr!r}: must be within (0, 1)")
+        if not 0 < self.lpips_limit < 1:
+            raise ValueError(f"SweepConfig.lpips_limit={self.lpips_limit!r}: must be within (0, 1)")
+        if self.budget == "lpips" and not self.lpips_backbone:
+            raise ValueError("SweepConfig.lpips_backbone='': budget=lpips needs AlexNet weights (a torchvision "
+                             "state dict .pth); without them use budget=ssim")
         for name in ("bleed", "bleed_generations", "collateral_per_concept", "warmup_steps", "guidance", "implosion"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SweepConfig.{name}={getattr(self, name)!r}: must be >= 0")
@@ -155,133 +158,6 @@ class Victim:
     pairs: tuple = ()  # implosion victims: every (source, target) pair poisoned at once
 
 
-# --- data folders --------------------------------------------------------------------------------------------------
-
-
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def with_poisons(clean: str | Path, poisons: Path, n: int, out: Path) -> Path:
-    """A training folder: the clean shards + the first `n` rows of `poisons`' poison shard."""
-    if (out / inject.POISON_SHARD).is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    for f in data.shard_files(clean):
-        shutil.copyfile(f, out / f.name)
-    table = schema.read(poisons / inject.POISON_SHARD, "train").slice(0, n)
-    schema.write(table, out / (inject.POISON_SHARD + ".tmp"), "train")
-    (out / (inject.POISON_SHARD + ".tmp")).replace(out / inject.POISON_SHARD)
-    return out
-
-
-def purified(folder: Path, method: str, image_size: int, out: Path, seed: int) -> Path:
-    """Every row of a training folder purified (decoded at `image_size`, purified, stored as PNG)."""
-    done = out / "_done"
-    if done.is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    for f in data.shard_files(folder):
-        t = schema.read(f, "train")
-        rows = t.to_pylist()
-        for r in rows:
-            arr = data.decode(r["jpg"], image_size)
-            if arr is not None:
-                r["jpg"] = _png(defences.purify(arr[None], method, seed)[0])
-        schema.write(pa.Table.from_pylist(rows, schema=t.schema), out / f.name, "train")
-    done.write_text(method + "\n")
-    return out
-
-
-# --- measurement ---------------------------------------------------------------------------------------------------
-
-
-def bleed_concepts(pipe: Pipeline, concepts: list[str], source: str, target: str, k: int) -> dict[str, list]:
-    """The `k` concepts nearest to and farthest from the source in the text encoder's pooled space."""
-    others = [c for c in concepts if c not in (source, target)]
-    if k == 0 or not others:
-        return {"near": [], "far": []}
-    emb = pipe.text.encode([source] + others).pooled.numpy()
-    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    sim = emb[1:] @ emb[0]
-    order = np.argsort(-sim, kind="stable")
-    k = min(k, len(others) // 2 or 1)
-    near = [(others[i], float(sim[i])) for i in order[:k]]
-    far = [(others[i], float(sim[i])) for i in order[::-1][:k] if others[i] not in dict(near)]
-    return {"near": near, "far": far}
-
-
-def _rate_row(pred: np.ndarray, prompt: int, target: int, seed: int) -> dict:
-    hit_prompt, hit_target = pred == prompt, pred == target
-    p, lo, hi = success.bootstrap_ci(hit_prompt, seed=seed)
-    t, tlo, thi = success.bootstrap_ci(hit_target, seed=seed)
-    return {"generations": int(pred.size), "hits_prompt": int(hit_prompt.sum()), "hits_target": int(hit_target.sum()),
-            "p_prompt": p, "p_prompt_low": lo, "p_prompt_high": hi, "p_not_prompt": 1 - p,
-            "p_not_prompt_low": 1 - hi, "p_not_prompt_high": 1 - lo, "p_target": t, "p_target_low": tlo,
-            "p_target_high": thi}
-
-
-class Measurer:
-    """Generates with a victim on fixed noise and judges the images."""
-
-    def __init__(self, cfg: SweepConfig, concepts: list[str], judge: Judge, real_feats: np.ndarray,
-                 real_labels: np.ndarray, groups: dict):
-        self.cfg, self.concepts, self.judge = cfg, concepts, judge
-        self.real_feats, self.real_labels, self.groups = real_feats, real_labels, groups
-        self.source, self.target = concepts.index(cfg.source), concepts.index(cfg.target)
-
-    def _predict(self, pipe: Pipeline, prompts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        images = pipe.generate(prompts, self.cfg.sampler, self.cfg.sample_steps, self.cfg.guidance, seed=0)
-        feats = self.judge.features(images)
-        return np.argmax(feats @ self.judge.text_emb.T, axis=1), feats, images
-
-    def measure(self, pipe: Pipeline, detailed: bool, pairs: tuple = ()) -> tuple[list[dict], np.ndarray]:
-        """Rows (one per prompt group) and the source generations."""
-        if pairs:
-            return self.implosion(pipe, pairs)
-        cfg, rows = self.cfg, []
-        pred, _, images = self._predict(pipe, [cfg.source] * cfg.generations)
-        rows.append({"role": "source", "concept": cfg.source, "similarity": 1.0,
-                     **_rate_row(pred, self.source, self.target, 0)})
-        if not detailed:
-            return rows, images
-        for role in ("near", "far"):
-            for concept, sim in self.groups[role]:
-                pred, _, _ = self._predict(pipe, [concept] * cfg.bleed_generations)
-                rows.append({"role": role, "concept": concept, "similarity": sim,
-                             **_rate_row(pred, self.concepts.index(concept), self.target, 0)})
-        rows += self.collateral(pipe)
-        return rows, images
-
-    def implosion(self, pipe: Pipeline, pairs: tuple) -> tuple[list[dict], np.ndarray]:
-        """Rows "implosion" (each poisoned pair's P(own target)) and "others" (general quality)."""
-        rows, shown = [], None
-        for source, target in pairs:
-            pred, _, images = self._predict(pipe, [source] * self.cfg.bleed_generations)
-            shown = images if shown is None else shown
-            rows.append({"role": "implosion", "concept": source, "target_concept": target, "similarity": math.nan,
-                         **_rate_row(pred, self.concepts.index(source), self.concepts.index(target), 0)})
-        return rows + self.collateral(pipe), shown
-
-    def collateral(self, pipe: Pipeline) -> list[dict]:
-        """One "others" row: accuracy and KID on every concept but the source and target."""
-        cfg, rows = self.cfg, []
-        others = [c for c in self.concepts if c not in (cfg.source, cfg.target)]
-        if cfg.collateral_per_concept and others:
-            prompts = [c for c in others for _ in range(cfg.collateral_per_concept)]
-            labels = np.array([self.concepts.index(c) for c in prompts])
-            pred, feats, _ = self._predict(pipe, prompts)
-            rates = _rate_row((pred == labels).astype(int), 1, -1, 0)  # p_prompt = concept accuracy
-            rates.update({k: math.nan for k in ("p_target", "p_target_low", "p_target_high")}, hits_target=0)
-            row = {"role": "others", "concept": f"{len(others)} other concepts", "similarity": math.nan, **rates}
-            real = self.real_feats[np.isin(self.real_labels, labels)]
-            row["kid"] = metrics.kid(real, feats)[0] if len(real) >= 2 else math.nan
-            rows.append(row)
-        return rows
-
-
 # --- the sweep -----------------------------------------------------------------------------------------------------
 
 
@@ -293,23 +169,29 @@ def _victims(cfg: SweepConfig, out: Path, image_size: int) -> list[Victim]:
         for attack in cfg.attacks:
             poisons = craft(cfg, attack, seed, out)
             for n in sorted(set(cfg.ns)):
-                folder = with_poisons(cfg.data, poisons, n, out / "data" / f"{attack}-n{n}-s{seed}")
+                folder = folders.with_poisons(cfg.data, poisons, n, out / "data" / f"{attack}-n{n}-s{seed}")
                 vs.append(Victim(f"{attack}-n{n}-s{seed}", attack, n, seed, "none", folder))
         if cfg.benign:
-            folder = with_poisons(cfg.data, craft(cfg, "benign", seed, out), cfg.n_max,
-                                  out / "data" / f"benign-n{cfg.n_max}-s{seed}")
+            folder = folders.with_poisons(cfg.data, craft(cfg, "benign", seed, out), cfg.n_max,
+                                          out / "data" / f"benign-n{cfg.n_max}-s{seed}")
             vs.append(Victim(f"benign-n{cfg.n_max}-s{seed}", "benign", cfg.n_max, seed, "none", folder))
         if cfg.implosion:
             vs += implosion_victims(cfg, out, image_size, seed)
         for method in cfg.purify:
-            vs.append(Victim(f"control-{method}-s{seed}", "none", 0, seed, method,
-                             purified(Path(cfg.data), method, image_size, out / "data" / f"control-{method}-s{seed}",
-                                      seed)))
-            for attack in cfg.attacks:
-                name = f"{attack}-n{cfg.n_max}-s{seed}"
-                vs.append(Victim(f"{attack}-n{cfg.n_max}-{method}-s{seed}", attack, cfg.n_max, seed, method,
-                                 purified(out / "data" / name, method, image_size,
-                                          out / "data" / f"{attack}-n{cfg.n_max}-{method}-s{seed}", seed)))
+            vs += purified_victims(cfg, out, image_size, seed, method)
+    return vs
+
+
+def purified_victims(cfg: SweepConfig, out: Path, image_size: int, seed: int, method: str) -> list[Victim]:
+    """A purified control and, per attack, the N_max victim with every training row purified by `method`."""
+    data_dir = out / "data"
+    vs = [Victim(f"control-{method}-s{seed}", "none", 0, seed, method,
+                 folders.purified(Path(cfg.data), method, image_size, data_dir / f"control-{method}-s{seed}", seed))]
+    for attack in cfg.attacks:
+        name = f"{attack}-n{cfg.n_max}-{method}-s{seed}"
+        source = data_dir / f"{attack}-n{cfg.n_max}-s{seed}"
+        vs.append(Victim(name, attack, cfg.n_max, seed, method,
+                         folders.purified(source, method, image_size, data_dir / name, seed)))
     return vs
 
 
@@ -339,7 +221,7 @@ def implosion_victims(cfg: SweepConfig, out: Path, image_size: int, seed: int) -
     vs = []
     for attack in cfg.attacks:
         folder = out / "data" / f"implosion-{attack}-k{len(pairs)}-s{seed}"
-        with_poisons(cfg.data, craft(cfg, attack, seed, out), cfg.n_max, folder)
+        folders.with_poisons(cfg.data, craft(cfg, attack, seed, out), cfg.n_max, folder)
         for k, (source, target, n) in enumerate(pairs, start=1):
             extra = craft(cfg, attack, seed, out / "implosion", source, target, n)
             shutil.copyfile(extra / inject.POISON_SHARD, folder / f"{int(inject.POISON_SHARD[:5]) + k:05d}.parquet")
@@ -357,7 +239,8 @@ def craft(cfg: SweepConfig, attack: str, seed: int, out: Path, source: str = "",
     folder = out / "poisons" / (f"{attack}-s{seed}" if source == cfg.source else f"{attack}-{source}-s{seed}")
     icfg = inject.InjectConfig(data=cfg.data, checkpoint=cfg.checkpoint, out=str(folder), source=source,
                                target=target, pool=cfg.pool, n=n, attack=attack, budget=cfg.budget,
-                               eps=cfg.eps, ssim_floor=cfg.ssim_floor, steps=cfg.craft_steps, anchor=cfg.anchor,
+                               eps=cfg.eps, ssim_floor=cfg.ssim_floor, lpips_limit=cfg.lpips_limit,
+                               lpips_backbone=cfg.lpips_backbone, steps=cfg.craft_steps, anchor=cfg.anchor,
                                vae=cfg.vae, seed=seed)
     options.check_resumable(icfg, folder)
     if (folder / "manifest.json").is_file():
@@ -439,9 +322,9 @@ def run(cfg: SweepConfig) -> Path:
     size = int(ckpt["image_size"])
     clean_pipe = Pipeline.load(cfg.checkpoint)
     judge = Judge(cfg.judge or clean_pipe.text.path, concepts, clean_pipe.device)
-    groups = bleed_concepts(clean_pipe, concepts, cfg.source, cfg.target, cfg.bleed)
+    groups = measure.bleed_concepts(clean_pipe, concepts, cfg.source, cfg.target, cfg.bleed)
     real_feats, real_labels = _real(cfg, judge, concepts, size)
-    measurer = Measurer(cfg, concepts, judge, real_feats, real_labels, groups)
+    measurer = measure.Measurer(cfg, concepts, judge, real_feats, real_labels, groups)
     victims = _victims(cfg, out, size)
     clean_c = int(candidates.naming(data.load_images(cfg.data, size).captions, cfg.source, concepts).sum())
     results, shown = [], []
@@ -487,7 +370,7 @@ def setup(cfg: SweepConfig, ckpt: dict, concepts: list[str], groups: dict, clean
             "pool_candidates": {a: m["pool_candidates"] for a, m in manifests.items()},
             "setting": {a: m["setting"] for a, m in manifests.items()}, "bleed": groups, "poison_quality": quality,
             "judge": cfg.judge or ckpt["text"]["path"], "budget": cfg.budget,
-            "budget_label": ns.budget_label(cfg.budget, cfg.eps, cfg.ssim_floor)}
+            "budget_label": ns.budget_label(cfg.budget, cfg.eps, cfg.ssim_floor, cfg.lpips_limit)}
 
 
 def headline(table: pd.DataFrame, cfg: SweepConfig) -> list[str]:

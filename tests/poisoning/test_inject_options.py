@@ -162,8 +162,35 @@ def test_ssim_budget_keeps_the_floor(tiny_train, clean_model, tmp_path):
     assert (meta.ssim < 1).any() and (meta.gap_closed > 0).any()  # the floor did not just keep the originals
 
 
-@pytest.mark.parametrize("field, value", [("ssim_floor", 1.5), ("budget", "lpips"), ("anchor", "x"), ("n", 0),
+@pytest.mark.parametrize("field, value", [("ssim_floor", 1.5), ("budget", "lpips2"), ("anchor", "x"), ("n", 0),
                                           ("attack", "clean"), ("steps", 0)])
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=rf"InjectConfig\.{field}={value!r}"):
         dataclasses.replace(inject.PRESETS["tiny"], **{field: value})
+
+
+def test_lpips_budget_with_user_supplied_backbone(tiny_train, clean_model, tmp_path):
+    """The paper's LPIPS budget, its AlexNet trunk loaded from a local state dict (random weights here: the
+    plumbing and the limit are under test, not the perceptual calibration)."""
+    import torch
+    import torchvision
+
+    backbone = tmp_path / "alexnet.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), backbone)
+    out = inject.run(_cfg(tiny_train, clean_model, tmp_path / "o", attack="nightshade", n=2, budget="lpips",
+                          lpips_limit=0.01, lpips_backbone=str(backbone)))
+    meta = pd.read_parquet(out / "poisons.parquet")
+    assert set(meta.budget) == {"lpips"} and (meta.lpips <= 0.01 + 1e-6).all()
+    assert (meta.linf > 0).any()  # the optimiser moved at least one image within the limit
+
+
+def test_lpips_budget_needs_backbone_weights(tiny_train, clean_model, tmp_path):
+    with pytest.raises(ValueError, match="lpips_backbone"):
+        _cfg(tiny_train, clean_model, tmp_path, budget="lpips")
+    with pytest.raises(ValueError, match="lpips_backbone=.*not found"):
+        inject.run(_cfg(tiny_train, clean_model, tmp_path / "o", attack="nightshade", n=2, budget="lpips",
+                        lpips_backbone=str(tmp_path / "missing.pth")))
+    (tmp_path / "bad.pth").write_bytes(b"not torch")
+    with pytest.raises(ValueError, match="not a readable torch file"):
+        inject.run(_cfg(tiny_train, clean_model, tmp_path / "p", attack="nightshade", n=2, budget="lpips",
+                        lpips_backbone=str(tmp_path / "bad.pth")))

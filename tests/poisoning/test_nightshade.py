@@ -164,7 +164,7 @@ def test_bad_shapes_raise(ae, images, anchor):
         craft(ae.encode_latents, images[0], anchor, steps=1)
     with pytest.raises(ValueError, match="images"):
         craft(ae.encode_latents, images * 3, anchor, steps=1)
-    assert BUDGETS == ("linf", "ssim") and nightshade.BUDGETS is BUDGETS
+    assert BUDGETS == ("linf", "ssim", "lpips") and nightshade.BUDGETS is BUDGETS
 
 
 # --- quality --------------------------------------------------------------------------------------------------------
