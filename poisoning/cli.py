@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from curation import commands
-from poisoning import inject, sweep
+from poisoning import attackability, inject, sweep
 
 COMMANDS = {
     ("poison", "inject"): (inject.InjectConfig, inject.PRESETS, inject.run,
@@ -13,6 +13,9 @@ COMMANDS = {
                           "attack success vs number of poisons N for each attack, beside a clean control: "
                           "continued-training victims, bleed-through, collateral, CLIP filter, detector, "
                           "purification → results.parquet, asr.png, defences.json"),
+    ("poison", "attackability"): (attackability.AttackabilityConfig, attackability.PRESETS, attackability.run,
+                                  "fraction of the latent gap an L∞ attack closes at each budget ε (white-box and "
+                                  "transfer), with poison PSNR/SSIM → attackability.json/.png beside the vae"),
 }
 
 
