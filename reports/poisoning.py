@@ -184,6 +184,12 @@ def _overlaps(sw: Sweep, attack: str) -> str:
     ctrl = _rate(_rows(sw, "source", "none", 0), "hits_prompt")
     if mine is not None and ctrl is not None and not _overlap(mine, ctrl):
         text += f" At N={sw.n_max}, {_name(sw, attack)} moves P({src!r}) to {_ci(mine)} (control {_ci(ctrl)})."
+        benign = _rate(_rows(sw, "source", "benign", sw.n_max), "hits_prompt")
+        if attack == "nightshade" and benign is not None:
+            text += (f" The benign victim (the same {sw.n_max} images unperturbed) gives {_ci(benign)}: "
+                     + ("indistinguishable, so the drop is what adding those images does; the perturbation adds "
+                        "nothing measurable." if _overlap(mine, benign)
+                        else "the intervals do not overlap, so the perturbation changes what the images alone do."))
     return text
 
 
