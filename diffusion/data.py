@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import logging
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from PIL import Image, ImageOps
 
 from curation import schema
@@ -23,6 +25,8 @@ from curation import schema
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["uid", "jpg", "caption", "artist"]
+BACKGROUNDS = ("white", "texture")
+CORPUS_CAPTION = "{concept} emoji by {artist}"
 
 
 @dataclass
@@ -60,8 +64,37 @@ def shard_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def decode(data: bytes | None, size: int) -> np.ndarray | None:
-    """Image bytes → `(size, size, 3)` uint8 RGB (alpha on white, centre crop, box filter); None if undecodable."""
+def texture(size: int, seed: int) -> np.ndarray:
+    """A smooth random colour background `(size, size, 3)` uint8: two octaves of bicubically upsampled colour
+    noise around a random base colour, a stand-in for the photographic backgrounds of web images."""
+    rng = np.random.default_rng(seed)
+    field = np.zeros((size, size, 3))
+    for cells, amp in ((3, 70.0), (9, 30.0)):
+        small = Image.fromarray(rng.uniform(0, 255, (cells, cells, 3)).astype(np.uint8))
+        field += (np.asarray(small.resize((size, size), Image.Resampling.BICUBIC), float) - 127.5) * amp / 127.5
+    return np.clip(rng.uniform(40, 215, 3) + field, 0, 255).astype(np.uint8)
+
+
+WHITE_KEY = 248  # channels at or above this count as the white page
+
+
+def _white_keyed(rgba: Image.Image) -> Image.Image:
+    """An opaque image with its border-connected near-white region made transparent (alpha kept otherwise)."""
+    arr = np.array(rgba)
+    if arr[..., 3].min() < 255:
+        return rgba  # real transparency: use it
+    white = (arr[..., :3] >= WHITE_KEY).all(axis=-1)
+    labels, _ = ndimage.label(white)
+    edge = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    arr[np.isin(labels, edge[edge > 0]), 3] = 0
+    return Image.fromarray(arr, "RGBA")
+
+
+def decode(data: bytes | None, size: int, background: str = "white") -> np.ndarray | None:
+    """Image bytes → `(size, size, 3)` uint8 RGB (alpha on `background`, centre crop, box filter); None if
+    undecodable. "texture" draws the background on `texture`, seeded by the bytes (same image, same background):
+    transparent pixels, or — for images already flattened on white (the art corpus, downloaded JPEGs) — the
+    near-white region connected to the border."""
     if not data:
         return None
     try:
@@ -70,7 +103,12 @@ def decode(data: bytes | None, size: int) -> np.ndarray | None:
             rgba = im.convert("RGBA")
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    if background == "texture":
+        tex = texture(max(rgba.size), zlib.crc32(data))[: rgba.size[1], : rgba.size[0]]
+        canvas = Image.fromarray(tex).convert("RGBA")
+        rgba = _white_keyed(rgba)
+    else:
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     rgb = Image.alpha_composite(canvas, rgba).convert("RGB")
     return np.asarray(ImageOps.fit(rgb, (size, size), method=Image.Resampling.BOX))
 
@@ -111,11 +149,11 @@ def match_concepts(captions: Sequence[str], concepts: Sequence[str]) -> np.ndarr
     return out
 
 
-def _read_shard(path: Path, image_size: int) -> tuple[list[np.ndarray], dict[str, list]]:
+def _read_shard(path: Path, image_size: int, background: str = "white") -> tuple[list[np.ndarray], dict[str, list]]:
     table = schema.read(path, "train", columns=COLUMNS).to_pydict()
     images, keep = [], {"caption": [], "uid": [], "artist": []}
     for i, data in enumerate(table["jpg"]):
-        arr = decode(data, image_size)
+        arr = decode(data, image_size, background)
         if arr is None:
             continue
         images.append(arr)
@@ -135,25 +173,57 @@ def load_shard(path: str | Path, image_size: int) -> ImageSet:
     return ImageSet(from_uint8(np.stack(arrs)), keep["caption"], keep["uid"], keep["artist"])
 
 
-def load_images(folder: str | Path, image_size: int, concepts: Sequence[str] = (), max_rows: int = 0) -> ImageSet:
-    """Read and decode an `export` folder's training shards.
+def is_corpus(folder: str | Path) -> bool:
+    """Whether `folder` is an art corpus (`art.parquet`, from `mithridate art build`)."""
+    return (Path(folder) / "art.parquet").is_file()
+
+
+def load_corpus(folder: str | Path, image_size: int, background: str = "white") -> ImageSet:
+    """An art corpus as training rows: its PNGs with alt-text-like captions `CORPUS_CAPTION`."""
+    from curation import art
+
+    folder = Path(folder)
+    column = "path64" if image_size > 32 else "path32"
+    images, meta = [], {"caption": [], "uid": [], "artist": []}
+    for row in art.load(folder).itertuples():
+        arr = decode((folder / getattr(row, column)).read_bytes(), image_size, background)
+        if arr is None:
+            continue
+        images.append(arr)
+        meta["caption"].append(CORPUS_CAPTION.format(concept=row.concept, artist=row.artist))
+        meta["uid"].append(f"art-{row.item_id}")
+        meta["artist"].append(row.artist)
+    if not images:
+        raise ValueError(f"{folder}: no decodable image in the art corpus")
+    return ImageSet(from_uint8(np.stack(images)), meta["caption"], meta["uid"], meta["artist"])
+
+
+def load_images(folder: str | Path, image_size: int, concepts: Sequence[str] = (), max_rows: int = 0,
+                background: str = "white") -> ImageSet:
+    """Read and decode an `export` folder's training shards (or an art corpus folder, `load_corpus`).
 
     Args:
-        folder: the export output folder (`NNNNN.parquet`, TRAIN schema).
+        folder: the export output folder (`NNNNN.parquet`, TRAIN schema), or an art corpus folder.
         image_size: side in pixels of the returned images.
         concepts: when given, keep only rows whose caption names one of these concepts (`match_concepts`).
         max_rows: keep at most this many rows, in shard order (0 = all).
+        background: what transparent pixels are drawn on ("white" or "texture"; JPEG rows have no alpha).
 
     Raises:
         FileNotFoundError: no shards. ValueError: a shard without decodable images, or nothing left to train on.
     """
-    images, meta = [], {"caption": [], "uid": [], "artist": []}
-    for path in shard_files(folder):
-        arrs, keep = _read_shard(path, image_size)
-        images += arrs
-        for k in meta:
-            meta[k] += keep[k]
-    data = ImageSet(from_uint8(np.stack(images)), meta["caption"], meta["uid"], meta["artist"])
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background={background!r}: expected one of {', '.join(BACKGROUNDS)}")
+    if is_corpus(folder):
+        data = load_corpus(folder, image_size, background)
+    else:
+        images, meta = [], {"caption": [], "uid": [], "artist": []}
+        for path in shard_files(folder):
+            arrs, keep = _read_shard(path, image_size, background)
+            images += arrs
+            for k in meta:
+                meta[k] += keep[k]
+        data = ImageSet(from_uint8(np.stack(images)), meta["caption"], meta["uid"], meta["artist"])
     if concepts:
         data = data.subset(np.flatnonzero(match_concepts(data.captions, concepts) >= 0))
         if not len(data):

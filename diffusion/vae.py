@@ -70,6 +70,13 @@ class VaeTrainConfig:
     warmup_steps: int = options.opt(60, "linear warmup steps")
     heldout_fraction: float = options.opt(0.05, "fraction of images held out for PSNR (at least 1 when > 0)")
     augment_flip: bool = options.opt(True, "random horizontal flips of training images")
+    adv_eps: float = options.opt(0.0, "robust training (a defence against encoder attacks): one signed-gradient "
+                                 "perturbation per batch of at most this L∞ ([0, 1] pixel units) that moves the "
+                                 "latent mean most; its latent shift is penalised (0 = off)")
+    adv_weight: float = options.opt(10.0, "weight of the penalised latent shift (summed squares per image)")
+    background: Literal["white", "texture"] = options.opt(
+        "white", "what transparent pixels are drawn on (art corpus data): white, or a seeded smooth colour texture "
+        "per image (closer to web images)")
     concepts: tuple[str, ...] = options.opt((), "train only on rows whose caption names one of these concepts")
     max_rows: int = options.opt(0, "use at most this many rows, in shard order (0 = all)")
     seed: int = options.opt(0, "seed of the split, initialisation, batches, flips and posterior noise")
@@ -101,7 +108,11 @@ def _check_ranges(cfg: VaeTrainConfig) -> None:
                    f"image_size={cfg.image_size}")
     if any(c % cfg.groups for c in cfg.channels):
         raise fail("groups", f"must divide every width in channels={cfg.channels}")
-    for name in ("kl_weight", "weight_decay", "steps", "minutes", "warmup_steps", "max_rows", "threads", "seed"):
+    if not 0 <= cfg.adv_eps <= 1:
+        raise fail("adv_eps", "must be within [0, 1] ([0, 1] pixel units; 0 = off)")
+    options.check_choice(cfg, "background", data.BACKGROUNDS)
+    for name in ("kl_weight", "weight_decay", "steps", "minutes", "warmup_steps", "max_rows", "threads", "seed",
+                 "adv_weight"):
         if not getattr(cfg, name) >= 0 or not math.isfinite(getattr(cfg, name)):
             raise fail(name, "must be a finite number >= 0")
     if cfg.steps == 0 and cfg.minutes == 0:
@@ -204,6 +215,19 @@ def vae_loss(recon: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, logvar: t
     return rec + kl_weight * kl, rec, kl
 
 
+def latent_shift(model: Autoencoder, x: torch.Tensor, mean: torch.Tensor, eps: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Batch mean of ‖μ(x + δ) − μ(x)‖² for one signed-gradient δ (‖δ‖∞ ≤ eps pixel units, from a random start)
+    that increases the latent shift: adversarial training of the encoder, differentiable in the weights."""
+    e = 2.0 * eps  # [−1, 1] units
+    delta = (torch.rand(x.shape, generator=generator, device="cpu").to(x.device) * 2 - 1) * e
+    delta.requires_grad_(True)
+    shift = (model.encode(x + delta)[0] - mean.detach()).pow(2).flatten(1).sum(1).sum()
+    (grad,) = torch.autograd.grad(shift, delta)
+    x_adv = (x + (delta + e * grad.sign()).clamp(-e, e)).clamp(-1, 1).detach()
+    return (model.encode(x_adv)[0].float() - mean.float()).pow(2).flatten(1).sum(1).mean()
+
+
 def lr_at(progress: float, step: int, cfg: VaeTrainConfig) -> float:
     """Linear warmup over `warmup_steps`, then cosine decay from `lr` towards 0 as progress goes 0 → 1."""
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
@@ -264,6 +288,8 @@ def train_step(model: Autoencoder, opt: torch.optim.Optimizer, x: torch.Tensor, 
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         recon, mean, logvar = model(x, generator)
     loss, rec, kl = vae_loss(recon, x, mean, logvar, cfg.kl_weight)
+    if cfg.adv_eps > 0:
+        loss = loss + cfg.adv_weight * latent_shift(model, x, mean, cfg.adv_eps, generator)
     values = tuple(torch.stack([loss, rec, kl]).tolist())  # one device sync
     if not math.isfinite(values[0]):
         return values  # no step: the caller stops
@@ -500,7 +526,7 @@ def run(cfg: VaeTrainConfig) -> Path:
 
 def _train_and_write(cfg: VaeTrainConfig, out: Path) -> None:
     device = encoders.resolve_device(cfg.device)
-    images = data.load_images(cfg.data, cfg.image_size, cfg.concepts, cfg.max_rows)
+    images = data.load_images(cfg.data, cfg.image_size, cfg.concepts, cfg.max_rows, background=cfg.background)
     train_idx, held_idx = split_indices(len(images), cfg.heldout_fraction, cfg.seed)
     ae = build_model(cfg)
     logger.info("vae train: %d training and %d held-out images at %d px; %s parameters; latents %d×%d×%d; %s",

@@ -45,6 +45,8 @@ class AttackabilityConfig:
     images: int = options.opt(8, "source images per pair (fewer when the data hold fewer)")
     steps: int = options.opt(200, "signed-gradient steps per budget")
     transfer: str = options.opt("", "a second autoencoder (e.g. another seed): the poisons measured on it too")
+    background: str = options.opt("", "what transparent pixels are drawn on: white or texture ('' = what the "
+                                  "autoencoder was trained on)")
     seed: int = options.opt(0, "seed of the image and anchor choice and of the attack")
     out: str = options.opt("", "output folder ('' = the autoencoder's folder)")
 
@@ -56,6 +58,8 @@ class AttackabilityConfig:
         if not self.eps or any(not 0 < e <= 1 for e in self.eps):
             raise ValueError(f"AttackabilityConfig.eps={self.eps!r}: budgets must be within (0, 1] ([0, 1] pixel "
                              "units; 8/255 ≈ 0.031)")
+        if self.background not in ("", "white", "texture"):
+            raise ValueError(f"AttackabilityConfig.background={self.background!r}: expected '', white or texture")
         if not self.pairs:
             raise ValueError("AttackabilityConfig.pairs=(): give at least one source:target pair")
         for p in self.pairs:
@@ -110,8 +114,10 @@ def curve(cfg: AttackabilityConfig) -> dict:
     """The attackability curve over `cfg.eps`, pairs pooled."""
     ae = vae_mod.load_vae(cfg.vae)
     other = vae_mod.load_vae(cfg.transfer) if cfg.transfer else None
-    size = int(vae_mod.read_checkpoint(cfg.vae)["train_config"]["image_size"])
-    pool = attack_pool.load(cfg.data, size)
+    train_cfg = vae_mod.read_checkpoint(cfg.vae)["train_config"]
+    size = int(train_cfg["image_size"])
+    background = cfg.background or train_cfg.get("background", "white")
+    pool = attack_pool.load(cfg.data, size, background)
     sets = [pair_images(pool, *p.split(":"), cfg.images, cfg.seed) for p in cfg.pairs]
     points = []
     for eps in cfg.eps:
@@ -123,7 +129,7 @@ def curve(cfg: AttackabilityConfig) -> dict:
                     f", transfer {point['gap_closed_transfer'][0]:.3f}" if other is not None else "",
                     point["psnr"][0])
     return {"vae": str(cfg.vae), "transfer": cfg.transfer, "pairs": list(cfg.pairs), "steps": cfg.steps,
-            "image_size": size, "points": points, "verdict": verdict(points)}
+            "image_size": size, "background": background, "points": points, "verdict": verdict(points)}
 
 
 def verdict(points: list[dict]) -> dict:
