@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from curation import commands
-from poisoning import attackability, inject, sweep
+from poisoning import attackability, inject, study, sweep
 
 COMMANDS = {
     ("poison", "inject"): (inject.InjectConfig, inject.PRESETS, inject.run,
@@ -16,6 +16,9 @@ COMMANDS = {
     ("poison", "attackability"): (attackability.AttackabilityConfig, attackability.PRESETS, attackability.run,
                                   "fraction of the latent gap an L∞ attack closes at each budget ε (white-box and "
                                   "transfer), with poison PSNR/SSIM → attackability.json/.png beside the vae"),
+    ("poison", "study"): (study.StudyConfig, study.PRESETS, study.run,
+                          "train autoencoder design variants × seeds and measure each one's attackability → "
+                          "study.parquet, study.json, frontier.png (gap closed vs reconstruction PSNR)"),
 }
 
 
