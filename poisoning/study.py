@@ -51,7 +51,7 @@ class StudyConfig:
     out: str = options.opt("mithridate-out/attackability-study", "output folder (vaes/ inside)")
     variants: tuple[str, ...] = options.opt(tuple(VARIANTS), "design variants to train and attack")
     seeds: tuple[int, ...] = options.opt((0, 1), "seeds per variant (transfer: seed k's poisons on seed k+1)")
-    preset: str = options.opt("cpu", "`vae train` preset the variants modify")
+    vae_preset: str = options.opt("cpu", "`vae train` preset the variants modify")
     vae_steps: int = options.opt(0, "override every variant's training steps (0 = the variant's)")
     pairs: tuple[str, ...] = options.opt(("automobile:elephant", "cow:automobile"), "source:target pairs")
     eps: tuple[float, ...] = options.opt(STUDY_EPS, "L∞ budgets in [0, 1] pixel units")
@@ -68,27 +68,27 @@ class StudyConfig:
                              f"{', '.join(VARIANTS)}")
         if not self.seeds:
             raise ValueError("StudyConfig.seeds=(): give at least one seed")
-        if self.preset not in vae.PRESETS:
-            raise ValueError(f"StudyConfig.preset={self.preset!r}: expected one of {', '.join(vae.PRESETS)}")
+        if self.vae_preset not in vae.PRESETS:
+            raise ValueError(f"StudyConfig.vae_preset={self.vae_preset!r}: expected one of {', '.join(vae.PRESETS)}")
         if self.vae_steps < 0:
             raise ValueError(f"StudyConfig.vae_steps={self.vae_steps!r}: must be >= 0")
         attackability.AttackabilityConfig(pairs=self.pairs, eps=self.eps, images=self.images, steps=self.steps)
 
 
 PRESETS = {"default": StudyConfig(),
-           "tiny": StudyConfig(variants=("32px-f4", "32px-f4-robust"), preset="tiny", vae_steps=20,
+           "tiny": StudyConfig(variants=("32px-f4", "32px-f4-robust"), vae_preset="tiny", vae_steps=20,
                                pairs=("cat:house",), eps=(4 / 255, 32 / 255), images=2, steps=5)}
 
 
 def vae_config(cfg: StudyConfig, variant: str, seed: int, out: Path) -> vae.VaeTrainConfig:
     over = dict(VARIANTS[variant])
-    if cfg.preset == "tiny":  # the tiny preset's widths, whatever the variant's
+    if cfg.vae_preset == "tiny":  # the tiny preset's widths, whatever the variant's
         over.pop("channels", None), over.pop("groups", None)
         if over.get("image_size") == 64:
             over["channels"] = (8, 16, 16, 16)
     if cfg.vae_steps:
         over.update(steps=cfg.vae_steps, minutes=0.0)
-    return dataclasses.replace(vae.PRESETS[cfg.preset], data=cfg.data, seed=seed, out=str(out), **over)
+    return dataclasses.replace(vae.PRESETS[cfg.vae_preset], data=cfg.data, seed=seed, out=str(out), **over)
 
 
 def _rows(variant: str, seed: int, folder: Path, result: dict) -> list[dict]:
