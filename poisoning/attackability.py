@@ -69,6 +69,8 @@ class AttackabilityConfig:
 
 
 PRESETS = {"default": AttackabilityConfig(),
+           # `mithridate demo`: four budgets, 6 images, ~10 s on 2 CPU cores
+           "demo": AttackabilityConfig(eps=(4 / 255, 8 / 255, 16 / 255, 64 / 255), images=6, steps=100),
            "tiny": AttackabilityConfig(pairs=("cat:house",), eps=(4 / 255, 16 / 255), images=2, steps=10)}
 
 

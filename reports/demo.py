@@ -24,7 +24,7 @@ import numpy as np
 from curation import (aesthetic, art, clip_train, crawler, dedup, downloader, embed, export, funnel, options, schema,
                       selection, web)
 from diffusion import data as diffusion_data, evaluation, training, vae
-from poisoning import sweep
+from poisoning import attackability, sweep
 from reports import dataset, generation, poisoning
 
 logger = logging.getLogger(__name__)
@@ -218,7 +218,8 @@ def poison_pair(cfg: DemoConfig, concepts: list[str]) -> tuple[str, str]:
 
 
 def _part4(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
-    """Poisoning sweep on the part-3 model, poisons drawn from the art corpus → poisoning report."""
+    """Poisoning sweep on the part-3 model, poisons drawn from the art corpus, and the attackability of its
+    autoencoder → poisoning report."""
     from diffusion import pipeline
 
     concepts = list(pipeline.read_checkpoint(out / "diffusion")["concepts"])
@@ -226,7 +227,11 @@ def _part4(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
     sw = sweep.run(dataclasses.replace(sweep.PRESETS[cfg.poison_preset], data=str(out / "train"),
                                        checkpoint=str(out / "diffusion"), pool=str(corpus), filter=str(out / "filter"),
                                        out=str(out / "poison-sweep"), source=source, target=target))
-    page = poisoning.build(poisoning.PoisoningReportConfig(sweep=str(sw), out=str(out / "report")))
+    att = attackability.run(dataclasses.replace(
+        attackability.PRESETS["tiny" if cfg.poison_preset == "tiny" else "demo"], vae=str(out / "vae"),
+        data=str(corpus), pairs=(f"{source}:{target}",)))
+    page = poisoning.build(poisoning.PoisoningReportConfig(sweep=str(sw), out=str(out / "report"),
+                                                           attackability=str(att)))
     logger.info("%s", poisoning.headline(sw))
     return page
 

@@ -45,6 +45,9 @@ class PoisoningReportConfig:
     sweep: str = options.opt("mithridate-out/poison-sweep", "`poison sweep` folder (sweep.json, results.parquet, "
                              "defences.json, asr.png, generations.png, poisons/)")
     out: str = options.opt("mithridate-out/report", "report folder: poisoning.html, poisoning_metrics.json")
+    attackability: str = options.opt("", "`poison attackability` output (attackability.json; '' = the one beside "
+                                      "the victim's autoencoder, if any)")
+    study: str = options.opt("", "`poison study` folder (study.json, frontier.png) to include ('' = none)")
 
 
 PRESETS = {"default": PoisoningReportConfig(), "tiny": PoisoningReportConfig()}
@@ -346,6 +349,65 @@ def _implosion_metrics(sw: Sweep) -> dict:
     return m
 
 
+def _attackability_path(cfg: PoisoningReportConfig, sw: Sweep) -> Path | None:
+    if cfg.attackability:
+        return _need(Path(cfg.attackability))
+    from diffusion import pipeline
+
+    source = pipeline.read_checkpoint(sw.cfg["checkpoint"])["vae"].get("source", "")
+    folder = Path(source).parent if source.endswith(".pt") else Path(source)
+    return folder / "attackability.json" if source and (folder / "attackability.json").is_file() else None
+
+
+def _attackability(path: Path | None, study_dir: str) -> str:
+    """The victim autoencoder's attackability curve and, with a study, the design frontier."""
+    if path is None and not study_dir:
+        return H.note("not measured: run `mithridate poison attackability --vae=<the victim's vae folder>`")
+    parts = []
+    if path is not None:
+        r = json.loads(path.read_text())
+        rows = [{"ε (×1/255)": p["eps_255"], "gap closed": _cell(tuple(p["gap_closed"])),
+                 "transfer": p["gap_closed_transfer"][0] if "gap_closed_transfer" in p else None,
+                 "poison PSNR (dB)": p["psnr"][0], "poison SSIM": p["ssim"][0]} for p in r["points"]]
+        v = r["verdict"]
+        best = "none" if v["best_invisible_gap"] is None else f"{v['best_invisible_gap']:.3f}"
+        parts.append(H.note(f"How much of the encoder-space distance to the anchor an L∞ attack can close on the "
+                            f"victim's autoencoder ({', '.join(r['pairs'])}; {r['steps']} steps). Goal of a "
+                            f"working clean-label attack: {v['goal']}; best at an invisible budget: {best}.")
+                     + _png(path.with_suffix(".png"), "attackability: gap closed per budget") + H.table(rows))
+    if study_dir:
+        parts.append(_study(Path(study_dir)))
+    return "".join(parts)
+
+
+def _attackability_metrics(path: Path | None, study_dir: str) -> dict:
+    m = {}
+    if path is not None:
+        for p in json.loads(path.read_text())["points"]:
+            m[f"poisoning/attackability/eps{p['eps_255']:g}/gap_closed"] = p["gap_closed"][0]
+            m[f"poisoning/attackability/eps{p['eps_255']:g}/poison_psnr"] = p["psnr"][0]
+    if study_dir:
+        for variant, r in json.loads((Path(study_dir) / "study.json").read_text()).items():
+            m[f"poisoning/study/{variant}/recon_psnr_db"] = r["recon_psnr_db"]
+            m[f"poisoning/study/{variant}/best_invisible_gap"] = r["best_invisible_gap"]
+            for p in r["points"]:
+                m[f"poisoning/study/{variant}/eps{p['eps_255']:g}/gap_closed"] = p["gap"]
+    return m
+
+
+def _study(folder: Path) -> str:
+    s = json.loads(_need(folder / "study.json").read_text())
+    rows = []
+    for variant, r in s.items():
+        at = {round(p["eps_255"], 1): p for p in r["points"]}
+        rows.append({"autoencoder": variant, "seeds": r["seeds"], "recon PSNR (dB)": r["recon_psnr_db"],
+                     **{f"gap @ {e:g}/255": at[e]["gap"] if e in at else None for e in (4.0, 8.0, 16.0, 64.0)},
+                     "transfer @ 8/255": at[8.0]["transfer"] if 8.0 in at else None,
+                     "best invisible gap": r["best_invisible_gap"], "meets goal": r["meets_goal"]})
+    return ("<h3>Autoencoder design study</h3>" + _png(folder / "frontier.png", "gap closed at 8/255 against "
+            "reconstruction PSNR, one point per autoencoder") + H.table(rows))
+
+
 def _quality_table(p: pd.DataFrame) -> str:
     rows = []
     for col in [c for c in QUALITY if c in p]:
@@ -520,14 +582,17 @@ def build(cfg: PoisoningReportConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     src, tgt = sw.info["source"], sw.info["target"]
+    att = _attackability_path(cfg, sw)
     sections = [("Headline", H.note(_headline(sw))), ("Setup", _setup(sw)), ("Attack success", _success(sw)),
                 ("Generations", _generations(sw)), ("Bleed-through", _bleed(sw)), ("Collateral", _collateral(sw)),
                 ("Model implosion", _implosion(sw)),
-                ("Poisons", _poisons(sw)), ("Defences", _defences(sw)), ("How to read this", _how_to_read(sw))]
+                ("Poisons", _poisons(sw)), ("Defences", _defences(sw)),
+                ("Attackability", _attackability(att, cfg.study)),
+                ("How to read this", _how_to_read(sw))]
     page = H.page(f"Poisoning: can N poisons make {src!r} produce {tgt!r}?", sections,
                   H.note(f"sweep: {sw.folder}"))
     (out / "poisoning.html").write_text(page, encoding="utf-8")
-    (out / "poisoning_metrics.json").write_text(json.dumps(metrics(sw), indent=2, sort_keys=True, default=float)
-                                                + "\n")
+    m = {**metrics(sw), **_attackability_metrics(att, cfg.study)}
+    (out / "poisoning_metrics.json").write_text(json.dumps(m, indent=2, sort_keys=True, default=float) + "\n")
     logger.info("poisoning report: %s", out / "poisoning.html")
     return out / "poisoning.html"

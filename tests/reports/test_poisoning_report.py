@@ -1,5 +1,6 @@
 """`report poisoning` on a real tiny `poison sweep`: the page's sections, and metrics recomputed from results."""
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -83,3 +84,23 @@ def test_implosion_victims_have_their_own_section_not_the_sweep_tables(built, ti
         assert m[f"poisoning/implosion/{name}/accuracy"] == pytest.approx(share)
     plain = t[(t.implosion == 0) & (t.role == "source") & (t.attack == "nightshade") & (t.n == 2)]
     assert m["poisoning/nightshade/n2/p_target"] == pytest.approx(plain.hits_target.sum() / plain.generations.sum())
+
+
+def test_attackability_and_study_sections(tiny_sweep, tiny_train, tmp_path):
+    from diffusion import pipeline
+    from poisoning import attackability, study
+
+    source = pipeline.read_checkpoint(json.loads((tiny_sweep / "sweep.json").read_text())["config"]["checkpoint"])
+    att = attackability.run(dataclasses.replace(attackability.PRESETS["tiny"], vae=source["vae"]["source"],
+                                                data=str(tiny_train), out=str(tmp_path / "att")))
+    st = study.run(dataclasses.replace(study.PRESETS["tiny"], data=str(tiny_train), out=str(tmp_path / "study"),
+                                       seeds=(0,)))
+    page = report.build(report.PoisoningReportConfig(sweep=str(tiny_sweep), out=str(tmp_path / "r"),
+                                                     attackability=str(att), study=str(st)))
+    html = page.read_text()
+    assert "Autoencoder design study" in html and "32px-f4-robust" in html and "gap closed" in html
+    m = json.loads((tmp_path / "r" / "poisoning_metrics.json").read_text())
+    points = json.loads(att.read_text())["points"]
+    assert m[f"poisoning/attackability/eps{points[0]['eps_255']:g}/gap_closed"] == pytest.approx(
+        points[0]["gap_closed"][0])
+    assert "poisoning/study/32px-f4/recon_psnr_db" in m
