@@ -8,7 +8,7 @@ closed at 8/255 against reconstruction PSNR, one point per autoencoder).
 
 Variants (`VARIANTS`): the demo's 32 px f4 autoencoder, its KL-1e-6 twin (SD's KL weight), SD's structure at
 the same 8×8×4 latent (64 px, factor 8), the same on textured backgrounds, a wider and longer-trained one, and
-an adversarially trained (robust) one — the defence.
+adversarially trained (robust) ones — the defence — at two penalty weights.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ VARIANTS = {
     "64px-f8-texture": {"image_size": 64, "channels": (32, 64, 64, 64), "kl_weight": 1e-6, "background": "texture"},
     "32px-f4-wide-long": {"channels": (64, 128, 128), "groups": 32, "steps": 3000, "minutes": 6.0},
     "32px-f4-robust": {"adv_eps": 8 / 255, "adv_weight": 10.0},
+    "32px-f4-robust-strong": {"adv_eps": 8 / 255, "adv_weight": 1000.0},
 }
 STUDY_EPS = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255)
 
@@ -136,7 +137,7 @@ def frontier(table: pd.DataFrame, path: Path, eps_255: float = 8.0) -> Path:
 def run(cfg: StudyConfig) -> Path:
     """Train, attack and summarise every variant × seed; returns the output folder."""
     out = Path(cfg.out)
-    options.check_resumable(cfg, out)
+    options.check_resumable(cfg, out, runtime_fields=("variants",))  # more variants: the trained ones are reused
     options.write_config(cfg, out)
     rows = []
     for variant in cfg.variants:
