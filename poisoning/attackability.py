@@ -130,7 +130,8 @@ def curve(cfg: AttackabilityConfig) -> dict:
         logger.info("ε = %5.1f/255: gap closed %.3f [%.3f, %.3f]%s, PSNR %.1f dB", eps * 255, *point["gap_closed"],
                     f", transfer {point['gap_closed_transfer'][0]:.3f}" if other is not None else "",
                     point["psnr"][0])
-    return {"vae": str(cfg.vae), "transfer": cfg.transfer, "pairs": list(cfg.pairs), "steps": cfg.steps,
+    return {"config": json.loads(json.dumps(options.to_dict(cfg), default=str)), "vae": str(cfg.vae),
+            "transfer": cfg.transfer, "pairs": list(cfg.pairs), "steps": cfg.steps,
             "image_size": size, "background": background, "points": points, "verdict": verdict(points)}
 
 

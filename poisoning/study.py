@@ -134,6 +134,16 @@ def frontier(table: pd.DataFrame, path: Path, eps_255: float = 8.0) -> Path:
     return path
 
 
+def measured(acfg: attackability.AttackabilityConfig, folder: Path) -> dict:
+    """The attackability of `folder`: reused when its attackability.json came from the same settings."""
+    path = folder / "attackability.json"
+    want = json.loads(json.dumps(options.to_dict(acfg), default=str))
+    if path.is_file() and json.loads(path.read_text()).get("config") == want:
+        logger.info("attackability of %s: measured earlier with these settings, reused", folder.name)
+        return json.loads(path.read_text())
+    return json.loads(attackability.run(acfg).read_text())
+
+
 def run(cfg: StudyConfig) -> Path:
     """Train, attack and summarise every variant × seed; returns the output folder."""
     out = Path(cfg.out)
@@ -147,7 +157,7 @@ def run(cfg: StudyConfig) -> Path:
             acfg = attackability.AttackabilityConfig(vae=str(folder), data=cfg.data, pairs=cfg.pairs, eps=cfg.eps,
                                                      images=cfg.images, steps=cfg.steps, seed=seed,
                                                      transfer=str(other) if other else "")
-            result = json.loads(attackability.run(acfg).read_text())
+            result = measured(acfg, folder)
             rows += _rows(variant, seed, folder, result)
     table = pd.DataFrame(rows)
     table.to_parquet(out / "study.parquet", index=False)

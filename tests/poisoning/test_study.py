@@ -34,3 +34,14 @@ def test_study_trains_attacks_and_summarises(tiny_train, tmp_path):
 def test_unknown_variant_names_the_known_ones():
     with pytest.raises(ValueError, match="known: 32px-f4"):
         study.StudyConfig(variants=("32px-f2",))
+
+
+def test_a_rerun_with_more_variants_reuses_the_measured_ones(tiny_train, tmp_path, caplog):
+    import logging
+
+    cfg = dataclasses.replace(study.PRESETS["tiny"], data=str(tiny_train), out=str(tmp_path), variants=("32px-f4",))
+    study.run(cfg)
+    with caplog.at_level(logging.INFO, logger="poisoning.study"):
+        study.run(dataclasses.replace(cfg, variants=("32px-f4", "32px-f4-robust")))
+    assert "measured earlier with these settings, reused" in caplog.text
+    assert set(pd.read_parquet(tmp_path / "study.parquet").variant) == {"32px-f4", "32px-f4-robust"}
