@@ -163,7 +163,7 @@ def figure(result: dict, path: Path) -> Path:
     twin = ax.twinx()
     twin.plot(x, [p["psnr"][0] for p in pts], color="tab:green", alpha=0.5, linestyle="-.", label="PSNR")
     twin.set_ylabel("poison PSNR (dB)", color="tab:green")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=8)
     ax.set_title(f"attackability of {Path(result['vae']).name}: {', '.join(result['pairs'])}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
