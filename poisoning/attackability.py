@@ -173,7 +173,7 @@ def figure(result: dict, path: Path) -> Path:
 
 def run(cfg: AttackabilityConfig) -> Path:
     """Write `attackability.json` and `attackability.png`; returns the JSON path."""
-    out = Path(cfg.out) if cfg.out else vae_mod_folder(cfg.vae)
+    out = Path(cfg.out) if cfg.out else vae_folder(cfg.vae)
     out.mkdir(parents=True, exist_ok=True)
     result = curve(cfg)
     path = out / "attackability.json"
@@ -186,7 +186,7 @@ def run(cfg: AttackabilityConfig) -> Path:
     return path
 
 
-def vae_mod_folder(path: str) -> Path:
+def vae_folder(path: str) -> Path:
     """The folder of a `vae train` output given as the folder or its vae.pt."""
     p = Path(path)
     return p.parent if p.suffix == ".pt" else p

@@ -50,10 +50,14 @@ def purify(images: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     return np.stack(out) if out else images.copy()
 
 
+def clip_scores(encoder, images: np.ndarray, captions: list[str]) -> np.ndarray:
+    """Image–caption cosine similarity per uint8 image (the `embed` stage's CLIP score)."""
+    return np.sum(encoder.encode_images(list(images)) * encoder.encode_texts(captions), axis=1)
+
+
 def clip_filter(encoder, images: np.ndarray, captions: list[str], threshold: float) -> dict:
     """CLIP scores of (image, caption) pairs and whether each passes `threshold` (the filter keeps ≥)."""
-    img = encoder.encode_images(list(images))
-    scores = np.sum(img * encoder.encode_texts(captions), axis=1)
+    scores = clip_scores(encoder, images, captions)
     return {"scores": scores, "passed": scores >= threshold, "threshold": float(threshold)}
 
 

@@ -40,7 +40,7 @@ from PIL import Image
 from curation import encoders, options, schema
 from diffusion import data, grid, pipeline, vae
 from diffusion.text import TextEncoder
-from poisoning import candidates, nightshade as ns, perceptual, pool as attack_pool, quality
+from poisoning import candidates, defences, nightshade as ns, perceptual, pool as attack_pool, quality
 
 logger = logging.getLogger(__name__)
 
@@ -156,19 +156,14 @@ def victim_gap(stats: list[dict], victim_ae, originals: torch.Tensor, pixels: np
         s["gap_closed_victim"] = g
 
 
-def clip_scores(enc: encoders.Encoder, images: data.ImageSet) -> np.ndarray:
-    """Image–caption cosine similarity of every row under a CLIP encoder (the `embed` stage's CLIP score)."""
-    img = enc.encode_images(list(data.to_uint8(images.images)))
-    return np.sum(img * enc.encode_texts(images.captions), axis=1)
-
-
 def select_sources(cfg: InjectConfig, pool: data.ImageSet, text: TextEncoder,
                    known: list[str]) -> candidates.Candidates:
     """The N source-concept candidates of the pool (`poisoning.candidates.select`)."""
     names = candidates.naming(pool.captions, cfg.source, known)
     scores = np.full(len(pool), np.nan)
     if names.any():
-        scores[names] = clip_scores(text.encoder, pool.subset(np.flatnonzero(names)))
+        chosen = pool.subset(np.flatnonzero(names))
+        scores[names] = defences.clip_scores(text.encoder, data.to_uint8(chosen.images), chosen.captions)
     cap = text.encode(pool.captions).pooled.numpy()
     prompt = text.encode([candidates.PROMPT.format(cfg.source)]).pooled.numpy()[0]
     return candidates.select(pool.captions, scores, cap, prompt, cfg.source, cfg.n, min_clip_score=cfg.min_clip_score,

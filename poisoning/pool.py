@@ -16,9 +16,6 @@ from diffusion import data
 
 logger = logging.getLogger(__name__)
 
-CORPUS_CAPTION = data.CORPUS_CAPTION
-
-
 def is_corpus(path: str | Path) -> bool:
     return data.is_corpus(path)
 

@@ -200,7 +200,7 @@ def implosion_pairs(cfg: SweepConfig, concepts: list[str], image_size: int, seed
     the model's order), each mapped to a seeded choice of another concept, n = min(N_max, its pool images)."""
     from poisoning import pool as attack_pool
 
-    pool = attack_pool.load(cfg.pool, image_size) if cfg.pool else data.load_images(cfg.data, image_size)
+    pool = attack_pool.load(cfg.pool or cfg.data, image_size)
     counts = np.bincount(data.match_concepts(pool.captions, concepts) + 1, minlength=len(concepts) + 1)[1:]
     sources = [c for c, k in zip(concepts, counts) if k and c not in (cfg.source, cfg.target)][: cfg.implosion]
     if len(sources) < cfg.implosion:
@@ -248,9 +248,11 @@ def craft(cfg: SweepConfig, attack: str, seed: int, out: Path, source: str = "",
     return inject.run(icfg)
 
 
-def _real(cfg: SweepConfig, judge: Judge, concepts: list[str], image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    images = data.load_images(cfg.data, image_size, concepts)
-    return judge.features(data.to_uint8(images.images)), data.match_concepts(images.captions, concepts)
+def _real(judge: Judge, concepts: list[str], clean: data.ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """Judge features and concept labels of the clean rows naming one of `concepts`."""
+    labels = data.match_concepts(clean.captions, concepts)
+    images = clean.subset(np.flatnonzero(labels >= 0))
+    return judge.features(data.to_uint8(images.images)), labels[labels >= 0]
 
 
 def _check(cfg: SweepConfig, ckpt: dict) -> list[str]:
@@ -263,11 +265,11 @@ def _check(cfg: SweepConfig, ckpt: dict) -> list[str]:
     return concepts
 
 
-def _defences(cfg: SweepConfig, out: Path, ckpt: dict, image_size: int) -> dict:
+def _defences(cfg: SweepConfig, out: Path, ckpt: dict, clean: data.ImageSet) -> dict:
     """CLIP filter and detector results on the N_max poisons of the first seed."""
     ae = pipeline.build_vae(ckpt["vae"])
     text_clip = encoders.load_compact(ckpt["text"]["path"], "cpu")
-    clean = data.load_images(cfg.data, image_size)
+    image_size = int(ckpt["image_size"])
     clean_u8 = data.to_uint8(clean.images)
     threshold, source = _clip_threshold(cfg, clean)
     clean_consistency = defences.consistency_scores(ae, clean_u8)
@@ -323,10 +325,11 @@ def run(cfg: SweepConfig) -> Path:
     clean_pipe = Pipeline.load(cfg.checkpoint)
     judge = Judge(cfg.judge or clean_pipe.text.path, concepts, clean_pipe.device)
     groups = measure.bleed_concepts(clean_pipe, concepts, cfg.source, cfg.target, cfg.bleed)
-    real_feats, real_labels = _real(cfg, judge, concepts, size)
+    clean = data.load_images(cfg.data, size)
+    real_feats, real_labels = _real(judge, concepts, clean)
     measurer = measure.Measurer(cfg, concepts, judge, real_feats, real_labels, groups)
     victims = _victims(cfg, out, size)
-    clean_c = int(candidates.naming(data.load_images(cfg.data, size).captions, cfg.source, concepts).sum())
+    clean_c = int(candidates.naming(clean.captions, cfg.source, concepts).sum())
     results, shown = [], []
     for i, v in enumerate(victims):
         logger.info("victim %d/%d: %s", i + 1, len(victims), v.name)
@@ -345,9 +348,9 @@ def run(cfg: SweepConfig) -> Path:
     table.to_parquet(out / "results.parquet", index=False)
     _grid(shown, out / "generations.png")
     figure.asr_vs_n(table, out / "asr.png", cfg.source, cfg.target)
-    defence = _defences(cfg, out, ckpt, size)
+    defence = _defences(cfg, out, ckpt, clean)
     (out / "defences.json").write_text(json.dumps(defence, indent=2) + "\n")
-    summary = setup(cfg, ckpt, concepts, groups, clean_c, out)
+    summary = setup(cfg, ckpt, concepts, groups, clean, out)
     summary["seconds"] = round(time.time() - t0, 1)
     (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
     for line in headline(table, cfg):
@@ -355,7 +358,7 @@ def run(cfg: SweepConfig) -> Path:
     return out
 
 
-def setup(cfg: SweepConfig, ckpt: dict, concepts: list[str], groups: dict, clean_c: int, out: Path) -> dict:
+def setup(cfg: SweepConfig, ckpt: dict, concepts: list[str], groups: dict, clean: data.ImageSet, out: Path) -> dict:
     manifests = {a: json.loads((out / "poisons" / f"{a}-s{cfg.seeds[0]}" / "manifest.json").read_text())
                  for a in cfg.attacks}
     quality = {}
@@ -364,9 +367,8 @@ def setup(cfg: SweepConfig, ckpt: dict, concepts: list[str], groups: dict, clean
         cols = [c for c in ("linf", "psnr", "ssim", "gap_closed", "gap_closed_victim") if c in p]
         quality[a] = {c: float(p[c].replace([np.inf], np.nan).mean()) for c in cols}
     return {"config": options.to_dict(cfg), "concepts": concepts, "source": cfg.source, "target": cfg.target,
-            "clean_source_samples": clean_c,
-            "clean_target_samples": int(candidates.naming(data.load_images(cfg.data, int(ckpt["image_size"])).captions,
-                                                          cfg.target, concepts).sum()),
+            "clean_source_samples": int(candidates.naming(clean.captions, cfg.source, concepts).sum()),
+            "clean_target_samples": int(candidates.naming(clean.captions, cfg.target, concepts).sum()),
             "pool_candidates": {a: m["pool_candidates"] for a, m in manifests.items()},
             "setting": {a: m["setting"] for a, m in manifests.items()}, "bleed": groups, "poison_quality": quality,
             "judge": cfg.judge or ckpt["text"]["path"], "budget": cfg.budget,
@@ -378,14 +380,9 @@ def headline(table: pd.DataFrame, cfg: SweepConfig) -> list[str]:
     src = table[(table.role == "source") & (table.purification == "none")]
     lines = []
     for (attack, n), g in src.groupby(["attack", "n"], sort=True):
-        p, lo, hi = pooled(g, "hits_target")
-        q, qlo, qhi = pooled(g, "hits_prompt")
+        p, lo, hi = figure.pooled(g, "hits_target")
+        q, qlo, qhi = figure.pooled(g, "hits_prompt")
         name = "control" if attack == "none" else f"{attack} N={n}"
         lines.append(f"{name:<18} P({cfg.target}) {p:.2f} [{lo:.2f}, {hi:.2f}]   P({cfg.source}) {q:.2f} "
                      f"[{qlo:.2f}, {qhi:.2f}]   ({int(g.generations.sum())} generations)")
     return lines
-
-
-def pooled(rows: pd.DataFrame, hits: str) -> tuple[float, float, float]:
-    """Share and bootstrap 95% interval of `hits` over all generations of `rows` (seeds pooled)."""
-    return figure.pooled(rows, hits)

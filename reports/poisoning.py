@@ -353,10 +353,11 @@ def _attackability_path(cfg: PoisoningReportConfig, sw: Sweep) -> Path | None:
     if cfg.attackability:
         return _need(Path(cfg.attackability))
     from diffusion import pipeline
+    from poisoning.attackability import vae_folder
 
     source = pipeline.read_checkpoint(sw.cfg["checkpoint"])["vae"].get("source", "")
-    folder = Path(source).parent if source.endswith(".pt") else Path(source)
-    return folder / "attackability.json" if source and (folder / "attackability.json").is_file() else None
+    path = vae_folder(source) / "attackability.json" if source else None
+    return path if path is not None and path.is_file() else None
 
 
 def _attackability(path: Path | None, study_dir: str) -> str:

@@ -9,11 +9,6 @@ from diffusion import vae
 from poisoning import attackability
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    yield
-
-
 @pytest.fixture(scope="module")
 def two_vaes(tiny_train, tmp_path_factory):
     return [vae.run(dataclasses.replace(vae.PRESETS["tiny"], data=str(tiny_train), seed=s, steps=30,

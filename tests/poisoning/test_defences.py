@@ -11,12 +11,6 @@ from diffusion.autoencoder import Autoencoder
 from poisoning import defences, nightshade
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    """One torch thread for the module (`one_torch_thread`)."""
-    yield
-
-
 def _noisy(n: int = 3, seed: int = 0, size: int = 32) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 

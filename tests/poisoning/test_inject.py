@@ -13,17 +13,6 @@ from mithridate.cli import main
 from poisoning import inject
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    """One torch thread for the module (`one_torch_thread`)."""
-    yield
-
-
-@pytest.fixture(scope="module")
-def clean_model(tiny_clean_model):
-    return tiny_clean_model
-
-
 def _cfg(tiny_train, clean_model, out, **kw):
     kw = {"source": "cat", "target": "house", **kw}
     return dataclasses.replace(inject.PRESETS["tiny"], data=str(tiny_train), checkpoint=str(clean_model), out=str(out),

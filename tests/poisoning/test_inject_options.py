@@ -16,12 +16,6 @@ from poisoning import inject, pool, quality
 N_STEPS = 4  # nightshade steps: enough to move pixels, cheap on one thread
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    """One torch thread for the module (`one_torch_thread`)."""
-    yield
-
-
 @pytest.fixture(scope="module")
 def vae_dir(tiny_train, tmp_path_factory):
     cfg = dataclasses.replace(vae.PRESETS["tiny"], data=str(tiny_train), out=str(tmp_path_factory.mktemp("v")))

@@ -9,11 +9,6 @@ import pytest
 from poisoning import study
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    yield
-
-
 def test_study_trains_attacks_and_summarises(tiny_train, tmp_path):
     cfg = dataclasses.replace(study.PRESETS["tiny"], data=str(tiny_train), out=str(tmp_path),
                               variants=("32px-f4", "64px-f8-texture"))

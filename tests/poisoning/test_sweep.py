@@ -8,16 +8,6 @@ import pytest
 from poisoning import sweep
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def clean_model(tiny_clean_model):
-    return tiny_clean_model
-
-
 def test_sweep_writes_every_victim_beside_a_control(tiny_sweep):
     t = pd.read_parquet(tiny_sweep / "results.parquet")
     src = t[t.role == "source"]

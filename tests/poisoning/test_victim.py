@@ -11,17 +11,6 @@ from diffusion import pipeline, training
 from poisoning import victim
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    """One torch thread for the module (`one_torch_thread`)."""
-    yield
-
-
-@pytest.fixture(scope="module")
-def clean_model(tiny_clean_model):
-    return tiny_clean_model
-
-
 HOW = victim.VictimTraining(steps=3, lr=1e-4, warmup_steps=1, batch_size=8)
 
 

@@ -20,11 +20,6 @@ def one_thread(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def clean_model(tiny_clean_model):
-    return tiny_clean_model
-
-
-@pytest.fixture(scope="module")
 def built(tiny_sweep, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     page = report.build(report.PoisoningReportConfig(sweep=str(tiny_sweep), out=str(out)))
