@@ -24,7 +24,7 @@ import numpy as np
 from curation import (aesthetic, art, clip_train, crawler, dedup, downloader, embed, export, funnel, options, schema,
                       selection, web)
 from diffusion import data as diffusion_data, evaluation, training, vae
-from poisoning import attackability, sweep
+from poisoning import attackability, candidates, sweep
 from reports import dataset, generation, poisoning
 
 logger = logging.getLogger(__name__)
@@ -207,7 +207,12 @@ def _classifier_guidance(cfg: DemoConfig, out: Path, dif: Path, ev: Path) -> Non
 
 
 def poison_pair(cfg: DemoConfig, concepts: list[str]) -> tuple[str, str]:
-    """The demo's (source, target): the configured pair when the model knows both, else its first and last concept."""
+    """The demo's (source, target): the configured pair when the model knows both; the default pair falls back to
+    the model's first and last concept (the tiny corpus has no automobile); a pair the user chose must exist."""
+    defaults = {f.name: f.default for f in dataclasses.fields(DemoConfig)}
+    for field in ("poison_source", "poison_target"):
+        if getattr(cfg, field) != defaults[field]:
+            candidates.check_concept(getattr(cfg, field), concepts, field)
     source = cfg.poison_source if cfg.poison_source in concepts else concepts[0]
     target = cfg.poison_target if cfg.poison_target in concepts and cfg.poison_target != source else \
         next(c for c in reversed(concepts) if c != source)

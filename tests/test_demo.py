@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from curation import web
 from mithridate.cli import main
 
@@ -40,3 +42,13 @@ def test_demo_rejects_bad_values(capsys):
 def test_demo_checks_eval_runs_before_running(capsys):
     assert main(["demo", "--eval_runs=ddim:50,plms:10"]) == 2
     assert "plms:10" in capsys.readouterr().err
+
+
+def test_a_chosen_poison_pair_must_be_among_the_model_concepts():
+    from reports import demo
+
+    concepts = ["cat", "house", "anchor"]
+    assert demo.poison_pair(demo.DemoConfig(), concepts) == ("cat", "anchor")  # the default pair falls back
+    assert demo.poison_pair(demo.DemoConfig(poison_source="house", poison_target="cat"), concepts) == ("house", "cat")
+    with pytest.raises(ValueError, match="poison_source='cats'.*close names: cat"):
+        demo.poison_pair(demo.DemoConfig(poison_source="cats"), concepts)
