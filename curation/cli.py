@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from curation import (aesthetic, art, clip_train, commands, crawler, downloader, embed, export, pairs, selection,
-                      subsets, web)
+from curation import (aesthetic, art, clip_train, commands, crawler, downloader, embed, export, pairs, release,
+                      selection, subsets, web)
 
 COMMANDS = {
     ("art", "build"): (art.ArtConfig, art.PRESETS, art.run,
@@ -33,6 +33,11 @@ COMMANDS = {
                   "combine uid subsets (.npy, DataComp format) by intersect, union or minus"),
     ("export",): (export.ExportConfig, export.PRESETS, export.run,
                   "write the kept rows as train-ready shards (image, caption, uid, artist, licence, scores)"),
+    ("release",): (release.ReleaseConfig, release.RELEASE_PRESETS, release.release,
+                   "publish exported rows as a URL list with the sha256 of the original bytes and a pHash"),
+    ("rebuild",): (release.RebuildConfig, release.REBUILD_PRESETS, release.rebuild,
+                   "download a release again per verification mode (sha256, none, phash) and count what changed, "
+                   "was caught or admitted (split-view poisoning): integrity.json"),
 }
 
 

@@ -3,6 +3,8 @@
 img2dataset's `Downloader` runs per shard, behind a guarded urllib opener (address policy, body cap,
 image content types) and a pixel cap. Rows the opt-out policy excludes are not fetched. Every input row
 comes out with a status, in input order; a shard whose `_stats.json` exists is finished and skipped.
+Given expected hashes, img2dataset verifies the original bytes (`verify_hash_type`): a changed image fails
+with "hash mismatch"; a `gate` may turn more success rows into failures before a shard is written.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -95,7 +98,8 @@ def _header_size(stream) -> tuple[int, int]:
         return 0, 0  # let the real decoder report the error
 
 
-def _img2dataset_downloader(cfg: DownloadConfig, folder: Path):
+def _img2dataset_downloader(cfg: DownloadConfig, folder: Path, verify_sha256: bool = False):
+    """img2dataset's Downloader; with `verify_sha256` the input's `sha256` column is the expected hash."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ["CV_IO_MAX_IMAGE_PIXELS"] = str(cfg.max_pixels)
     from img2dataset.downloader import Downloader
@@ -107,7 +111,8 @@ def _img2dataset_downloader(cfg: DownloadConfig, folder: Path):
     honor = cfg.policy == "honor"
     return Downloader(
         ParquetSampleWriter, _PixelCap(resizer, cfg.max_pixels), cfg.threads, False, False, str(folder),
-        ["uid", "url"], cfg.timeout_s, cfg.shard_size, 5, "sha256", None, "jpg", cfg.retries,
+        ["uid", "url"] + ["sha256"] * verify_sha256, cfg.timeout_s, cfg.shard_size, 5, "sha256",
+        "sha256" if verify_sha256 else None, "jpg", cfg.retries,
         netguard.USER_AGENT_TOKEN, list(AI_DIRECTIVES) if honor else None,
     )
 
@@ -123,15 +128,19 @@ _RESULT = pa.schema([f for f in schema.SHARD_SCHEMA if f.name in (
 
 
 def _fetch(cfg: DownloadConfig, shard_id: int, rows: pa.Table, tmp: Path) -> tuple[pa.Table, dict]:
-    """Download `rows` with img2dataset; returns (uid + result columns, url → X-Robots-Tag values seen)."""
+    """Download `rows` with img2dataset; returns (uid + result columns, url → X-Robots-Tag values seen).
+
+    A `sha256` column in `rows` holds expected hashes: img2dataset verifies the original bytes against it."""
     empty = pa.schema([pa.field("uid", pa.string())] + list(_RESULT)).empty_table()
     if rows.num_rows == 0:
         return empty, {}
     tmp.mkdir(parents=True, exist_ok=True)
-    feather.write_feather(rows.select(["uid", "url"]), tmp / f"{shard_id:05d}.feather", compression="uncompressed")
+    verify = "sha256" in rows.column_names
+    feather.write_feather(rows.select(["uid", "url"] + ["sha256"] * verify), tmp / f"{shard_id:05d}.feather",
+                          compression="uncompressed")
     seen_xrt: dict[str, list[str]] = {}
     with netguard.installed(_opener(cfg, seen_xrt if cfg.policy == "record" else None)):
-        ok, _ = _img2dataset_downloader(cfg, tmp)((shard_id, str(tmp / f"{shard_id:05d}.feather")))
+        ok, _ = _img2dataset_downloader(cfg, tmp, verify)((shard_id, str(tmp / f"{shard_id:05d}.feather")))
     if not ok:
         raise RuntimeError(f"img2dataset failed on shard {shard_id}")
     got = pq.read_table(tmp / f"{shard_id:05d}.parquet", columns=empty.schema.names)
@@ -168,14 +177,20 @@ def _merge(rows: pa.Table, got: pa.Table, seen_xrt: dict, cfg: DownloadConfig) -
     return pa.table({f.name: cols.get(f.name, t.get(f.name)) for f in schema.SHARD_SCHEMA}, schema=schema.SHARD_SCHEMA)
 
 
-def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table) -> dict:
-    """Download one shard and write `<out>/<id>.parquet` then `<out>/<id>_stats.json`; returns the stats."""
+Gate = Callable[[pa.Table], pa.Table]  # a finished shard table → the same rows, some success rows turned failures
+
+
+def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table, gate: Gate | None = None) -> dict:
+    """Download one shard and write `<out>/<id>.parquet` then `<out>/<id>_stats.json`; returns the stats.
+
+    `rows` may carry an expected `sha256` column (see `_fetch`); `gate` is applied before the shard is written."""
     out, t0 = Path(cfg.out), time.time()
     has_signal = pc.greater(pc.list_value_length(rows["signals"]), 0)
     fetch = rows.filter(pc.invert(has_signal)) if cfg.policy == "honor" else rows
     tmp = out / "_tmp" / f"{shard_id:05d}"
     got, seen_xrt = _fetch(cfg, shard_id, fetch, tmp)
     table = _merge(rows, got, seen_xrt, cfg)
+    table = gate(table) if gate is not None else table
     schema.write(table, out / f"{shard_id:05d}.parquet", "shard", {"policy": cfg.policy})
     stats = funnel.shard_stats(table, time.time() - t0)
     (out / f"{shard_id:05d}_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
@@ -183,11 +198,14 @@ def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table) -> dict:
     return stats
 
 
-def _shards(cfg: DownloadConfig) -> list[tuple[int, pa.Table]]:
+def _shards(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = None) -> list[tuple[int, pa.Table]]:
     table = schema.read_folder(cfg.pairs, "pairs")
     dup = table.num_rows - pc.count_distinct(table["uid"]).as_py()
     if dup:
         raise ValueError(f"pairs {cfg.pairs}: {dup} duplicate uids; write pairs with `mithridate pairs`/`crawl`")
+    if expected_sha256 is not None:  # a uid without an expected hash fails verification
+        table = table.append_column("sha256", pa.array([expected_sha256.get(u) for u in table["uid"].to_pylist()],
+                                                       pa.string()))
     return [(k, table.slice(k * cfg.shard_size, cfg.shard_size)) for k in range(-(-table.num_rows // cfg.shard_size))]
 
 
@@ -197,12 +215,15 @@ def _worker_init() -> None:
     import img2dataset.downloader  # noqa: F401
 
 
-def run(cfg: DownloadConfig) -> Path:
-    """Download every pair under the opt-out policy; writes shards, per-shard stats and `<out>/_stats.json`."""
+def run(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = None, gate: Gate | None = None) -> Path:
+    """Download every pair under the opt-out policy; writes shards, per-shard stats and `<out>/_stats.json`.
+
+    `expected_sha256` (uid → hex digest): img2dataset's `verify_hash_type` checks each image's original bytes
+    and fails a changed one with "hash mismatch". `gate` (picklable with processes > 1) post-checks each shard."""
     out = Path(cfg.out)
     options.check_resumable(cfg, out, runtime_fields=("processes", "threads"))
     options.write_config(cfg, out)
-    shards = _shards(cfg)
+    shards = _shards(cfg, expected_sha256)
     todo = [(k, t) for k, t in shards if not (out / f"{k:05d}_stats.json").exists()]
     logger.info("download: %d shards, %d already finished, policy=%s", len(shards), len(shards) - len(todo),
                 cfg.policy)
@@ -210,11 +231,11 @@ def run(cfg: DownloadConfig) -> Path:
     t0 = time.time()
     if cfg.processes == 1 or len(todo) <= 1:
         for k, t in funnel.progress(todo, "download", "shard"):
-            download_shard(cfg, k, t)
+            download_shard(cfg, k, t, gate)
     else:
         ctx = get_context("spawn")
         with ProcessPoolExecutor(cfg.processes, mp_context=ctx, initializer=_worker_init) as pool:
-            futures = [pool.submit(download_shard, cfg, k, t) for k, t in todo]
+            futures = [pool.submit(download_shard, cfg, k, t, gate) for k, t in todo]
             for f in funnel.progress(futures, "download", "shard"):
                 f.result()
     stats = funnel.folder_stats(out, time.time() - t0)

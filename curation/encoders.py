@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from curation import options
+
 logger = logging.getLogger(__name__)
 
 COMPACT = "compact"
@@ -193,12 +195,30 @@ def torch_threads(n: int):
 
 
 def save_atomic(obj, path: str | Path) -> Path:
-    """`torch.save` to a temporary file renamed over `path`, so a reader never sees half a checkpoint."""
+    """`torch.save` to a temporary file renamed over `path`, so a reader never sees half a checkpoint; a full disk
+    is a one-line `options.DiskFull` naming `path` (through a Python file, torch reports it as ENOSPC)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with options.writing(path, tmp):
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+        tmp.replace(path)
     return path
+
+
+def load_torch(path: Path, remedy: str, unreadable: str = "not a readable torch checkpoint"):
+    """`torch.load` (weights only, to the CPU) of a checkpoint we wrote; a truncated or foreign file is a one-line
+    ValueError "<path>: <unreadable> (truncated or not a mithridate checkpoint; …); <remedy>"."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for junk, empty and truncated files
+        lines = str(err).strip().splitlines()
+        detail = type(err).__name__ if isinstance(err, pickle.UnpicklingError) or not lines else (
+            f"{type(err).__name__}: {lines[0].split('. ')[0][:120]}")
+        raise ValueError(f"{path}: {unreadable} (truncated or not a mithridate checkpoint; {detail}); {remedy}") \
+            from None
 
 
 def state_dict_digest(state_dict: dict) -> str:
@@ -248,10 +268,7 @@ def read_checkpoint(path: str | Path) -> dict:
     p = checkpoint_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"compact CLIP checkpoint not found: {p} (train one with `mithridate clip train`)")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as err:  # junk, empty, truncated
-        raise ValueError(f"{p}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+    ckpt = load_torch(p, "delete it and rerun `mithridate clip train` (or give another clip.pt)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{p}: not a compact CLIP checkpoint from `mithridate clip train` (found {keys}); "

@@ -13,6 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation import options
+
 SCHEMA_VERSION = "1"
 
 # status values of a downloaded row (img2dataset's three plus opted_out)
@@ -129,6 +131,31 @@ TRAIN_SCHEMA = pa.schema(
     ]
 )
 
+RELEASE_SCHEMA = pa.schema(  # a published URL list with content hashes (`release`)
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("domain", pa.string()),
+        pa.field("sha256", pa.string(), nullable=False),  # of the original image bytes, as downloaded
+        pa.field("phash", pa.string()),  # 64-bit pHash of the stored image, 16 hex chars (null: did not decode)
+        pa.field("artist", pa.string()),
+        pa.field("licence", pa.string()),
+    ]
+)
+
+WEB_EXPIRY_SCHEMA = pa.schema(  # image URLs of the demo web whose bytes changed after it was built (`DemoWeb.expire`)
+    [
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # expired (other content) or reencoded (same picture)
+        pa.field("item_id", pa.string()),  # art item the URL showed before (null: none)
+        pa.field("replacement", pa.string()),  # art item it shows now, when taken from the corpus
+        pa.field("sha256_before", pa.string(), nullable=False),
+        pa.field("sha256_after", pa.string(), nullable=False),
+    ]
+)
+
 SCHEMAS = {
     "pairs": PAIRS_SCHEMA,
     "shard": SHARD_SCHEMA,
@@ -137,6 +164,8 @@ SCHEMAS = {
     "aesthetic": AESTHETIC_SCHEMA,
     "decisions": DECISIONS_SCHEMA,
     "train": TRAIN_SCHEMA,
+    "release": RELEASE_SCHEMA,
+    "web_expiry": WEB_EXPIRY_SCHEMA,
 }
 
 
@@ -190,9 +219,26 @@ def write(table: pa.Table, path: str | Path, name: str, extra_meta: dict | None 
     table = table.replace_schema_metadata({k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with options.writing(path, tmp):  # a full disk: a one-line DiskFull, no partial file left
+        pq.write_table(table, tmp)
+        tmp.replace(path)
     return path
+
+
+# the stage that writes each schema: what to rerun when a file is corrupt
+WRITTEN_BY = {"pairs": "`crawl` or `pairs`", "shard": "`download`", "art": "`art build --force=true`",
+              "web_manifest": "`web serve`", "aesthetic": "`aesthetic score`", "decisions": "`filter`",
+              "train": "`export`"}
+
+
+def _unreadable(path: Path, name: str, err: Exception) -> ValueError:
+    """The one-line error of a truncated or garbage parquet file: which file, and how to get it back."""
+    detail = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]
+    if name == "shard":
+        todo = f"delete it and {path.with_name(path.stem + '_stats.json')}, then rerun `download` to fetch it again"
+    else:
+        todo = f"delete it, then rerun {WRITTEN_BY.get(name, 'the stage that wrote it')} to write it again"
+    return ValueError(f"{path}: not a readable parquet file ({detail}); it is truncated or corrupt: {todo}")
 
 
 def read(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
@@ -202,8 +248,8 @@ def read(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Ta
         raise FileNotFoundError(f"{name} file not found: {path}")
     try:
         meta = pq.read_schema(path).metadata or {}
-    except (pa.ArrowInvalid, OSError) as err:
-        raise ValueError(f"{path}: not a readable parquet file ({err})") from err
+    except (pa.ArrowException, OSError) as err:
+        raise _unreadable(path, name, err) from None
     got_name = meta.get(b"schema_name", b"").decode()
     got_version = meta.get(b"schema_version", b"").decode()
     if got_name != name or got_version != SCHEMA_VERSION:
@@ -212,8 +258,8 @@ def read(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Ta
         )
     try:
         return pq.read_table(path, columns=columns)
-    except (pa.ArrowInvalid, OSError) as err:  # a readable footer over corrupt data pages
-        raise ValueError(f"{path}: not a readable parquet file ({err})") from err
+    except (pa.ArrowException, OSError) as err:  # a readable footer over corrupt data pages
+        raise _unreadable(path, name, err) from None
 
 
 def read_folder(folder: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:

@@ -5,18 +5,25 @@ some artists (see `PROFILES`), failure modes on the link farm, and a ground-trut
 every `<img>` placed, what it shows, which signals apply and whether its alt text is right. Some of the
 aggregator's re-uploads are degraded copies (blur, heavy JPEG, noise, low-res upscale, watermark; see
 `curation.degrade`) whose kind and severity the manifest records: the quality labels of the demo.
+`DemoWeb.expire` changes what a running site's image URLs serve (a domain bought after it expired, or a benign
+re-encode) and records each changed URL: the ground truth of split-view poisoning (see `curation.release`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import ipaddress
 import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import pyarrow as pa
 
 from curation import art, degrade, options, schema
 from curation import webcontent as wc
@@ -283,6 +290,35 @@ def _odd_pages(p: _Placer, items: list[dict], corpus: Path, pages: list[str]) ->
     p.route("/", Route(wc.page("link farm", links).encode()))
 
 
+EXPIRY_KINDS = ("expired", "reencoded")
+MAX_REENCODE_PIXELS = 4_000_000  # larger images (the link farm's oversized and bomb PNGs) are not re-encoded
+
+
+def reencode(body: bytes, quality: int = 80, scale: float = 0.9) -> bytes | None:
+    """The same picture as other bytes: resized by `scale` and saved as JPEG at `quality` (a change sha256 sees and
+    pHash mostly tolerates); None when `body` does not decode or exceeds MAX_REENCODE_PIXELS."""
+    try:
+        with wc.Image.open(io.BytesIO(body)) as im:
+            if im.width * im.height > MAX_REENCODE_PIXELS:
+                return None
+            im = im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, wc.Image.DecompressionBombError):
+        return None
+    if scale != 1:
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), wc.Image.BICUBIC)
+    return wc.jpeg_bytes(im, quality)
+
+
+def _image_type(body: bytes, default: str) -> str:
+    """Content type of PNG or JPEG bytes; `default` for anything else."""
+    if body.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    return "image/jpeg" if body.startswith(b"\xff\xd8\xff") else default
+
+
+Content = Callable[[str, bytes], bytes | None] | dict[str, bytes]  # (url, bytes served) → new bytes (None: keep)
+
+
 class DemoWeb:
     """The running demo web. Use as a context manager; `seeds` are the sites' home pages."""
 
@@ -297,6 +333,8 @@ class DemoWeb:
         self.artists = sorted(table["artist"].unique())
         self.servers: dict[str, SiteServer] = {}
         self.manifest_path = Path(cfg.out) / "web_manifest.parquet"
+        self.expiry_path = Path(cfg.out) / "web_expiry.parquet"
+        self.expired = schema.WEB_EXPIRY_SCHEMA.empty_table()  # every URL `expire` changed, in order
 
     def _bind(self) -> None:
         base = ipaddress.ip_address(self.cfg.first_host)
@@ -325,6 +363,7 @@ class DemoWeb:
         _linkfarm(p, self.items, names, self.corpus, cfg, [s.origin for s in self.servers.values()])
         rows += p.rows
         self.manifest = schema.to_table(rows, "web_manifest")
+        self.expiry_path.unlink(missing_ok=True)  # a web built afresh has changed nothing yet
         schema.write(self.manifest, self.manifest_path, "web_manifest", {"seeds": self.seeds, "seed": cfg.seed})
         logger.info("demo web: %d sites, %d images placed, built in %.1f s", len(self.servers), len(rows),
                     time.time() - t0)
@@ -337,6 +376,55 @@ class DemoWeb:
     def networks(self) -> tuple[str, ...]:
         """The /32 networks of the sites, for the crawler's and downloader's allow lists."""
         return tuple(sorted({f"{s.host}/32" for s in self.servers.values()}))
+
+    def expire(self, sites: list[str], kind: str = "expired", content: Content | None = None) -> pa.Table:
+        """From now on, the image routes of `sites` serve other bytes (live: servers read routes per request).
+
+        kind "expired" (the domain changed hands): by default each image becomes another concept's image from the
+        corpus (seeded); kind "reencoded": by default `reencode` of the bytes served. `content` overrides either:
+        `content(url, bytes served)` or `content[url]` gives the new bytes (None or missing: unchanged). Returns one
+        row per changed URL (schema web_expiry), also kept in `self.expired` and written to `self.expiry_path`.
+        """
+        if kind not in EXPIRY_KINDS:
+            raise ValueError(f"expire kind={kind!r}: allowed values are {', '.join(EXPIRY_KINDS)}")
+        unknown = sorted(set(sites) - set(self.servers))
+        if unknown:
+            raise ValueError(f"expire sites={unknown}: not sites of this web (built: {', '.join(self.servers)})")
+        shown = dict(zip(self.manifest["url"].to_pylist(), self.manifest["item_id"].to_pylist()))
+        rows = [row for site in sites for row in self._expire_site(site, kind, content, shown)]
+        table = schema.to_table(rows, "web_expiry")
+        self.expired = pa.concat_tables([self.expired, table])
+        schema.write(self.expired, self.expiry_path, "web_expiry")
+        logger.info("demo web: %d image URLs of %s now serve %s content", table.num_rows, ", ".join(sites), kind)
+        return table
+
+    def _expire_site(self, site: str, kind: str, content: Content | None, shown: dict) -> list[dict]:
+        server, rng = self.servers[site], random.Random(f"{self.cfg.seed}/expire/{site}")
+        rows = []
+        for path, route in sorted(server.routes.items()):
+            if route.status != 200 or not route.content_type.startswith("image/"):
+                continue
+            url = server.origin + path
+            body, replacement = self._new_body(kind, content, url, route.body, shown.get(url), rng)
+            if body is None or body == route.body:
+                continue
+            new_type = _image_type(body, route.content_type)
+            server.routes[path] = dataclasses.replace(route, body=body, content_type=new_type)
+            rows.append({"url": url, "site": site, "kind": kind, "item_id": shown.get(url), "replacement": replacement,
+                         "sha256_before": hashlib.sha256(route.body).hexdigest(),
+                         "sha256_after": hashlib.sha256(body).hexdigest()})
+        return rows
+
+    def _new_body(self, kind: str, content: Content | None, url: str, body: bytes, item_id: str | None,
+                  rng: random.Random) -> tuple[bytes | None, str | None]:
+        """(new bytes or None, item_id of the corpus image now served)."""
+        if content is not None:
+            return (content.get(url) if isinstance(content, dict) else content(url, body)), None
+        if kind == "reencoded":
+            return reencode(body), None
+        concept = next((i["concept"] for i in self.items if i["item_id"] == item_id), None)
+        other = rng.choice([i for i in self.items if i["concept"] != concept])
+        return (self.corpus / other["path64"]).read_bytes(), other["item_id"]
 
     def __enter__(self) -> "DemoWeb":
         options.write_config(self.cfg, self.cfg.out)

@@ -8,7 +8,6 @@ the whole autoencoder (config, weights, latent statistics), the schedule, the pr
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Sequence
 
@@ -46,10 +45,7 @@ def read_checkpoint(path: str | Path) -> dict:
     p = checkpoint_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"diffusion checkpoint not found: {p} (train one with `mithridate train`)")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as err:
-        raise ValueError(f"{p}: not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+    ckpt = encoders.load_torch(p, "delete it and rerun `mithridate train` to retrain (or give another model.pt)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format", sorted(ckpt)[:6]) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{p}: not a diffusion checkpoint from `mithridate train` (found {found!r})")

@@ -208,13 +208,25 @@ def save_state(st: State, path: Path) -> None:
     encoders.save_atomic(blob, path)
 
 
+RESTART = "delete it to train from step 0 (or choose another output folder)"
+STATE_KEYS = ("model", "ema", "opt", "gen", "step", "total", "curve", "seconds")
+
+
 def load_state(st: State, path: Path) -> None:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    st.model.load_state_dict(blob["model"])
-    st.ema.load_state_dict(blob["ema"])
-    st.opt.load_state_dict(blob["opt"])
-    st.gen.set_state(blob["gen"])
-    st.step, st.total, st.curve, st.seconds = blob["step"], blob["total"], blob["curve"], blob["seconds"]
+    """Resume from `last.pt`; a truncated or foreign file is a one-line error (never a silent restart)."""
+    blob = encoders.load_torch(path, RESTART, "not a readable training state")
+    missing = [k for k in STATE_KEYS if not isinstance(blob, dict) or k not in blob]
+    if missing:
+        raise ValueError(f"{path}: not a diffusion training state (lacks {missing}); {RESTART}")
+    try:
+        st.model.load_state_dict(blob["model"])
+        st.ema.load_state_dict(blob["ema"])
+        st.opt.load_state_dict(blob["opt"])
+        st.gen.set_state(blob["gen"])
+        st.step, st.total, st.curve, st.seconds = blob["step"], blob["total"], blob["curve"], blob["seconds"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: not a training state of this run's model ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:120] if str(err) else ''}); {RESTART}") from None
     logger.info("resuming %s at step %d of %d", path, st.step, st.total)
 
 

@@ -268,7 +268,8 @@ def load_state(path: Path, model: Autoencoder, opt: torch.optim.Optimizer, cfg: 
     """Restore model and optimizer from `path` (when it exists) and return the step, time and loss history."""
     if not path.is_file():
         return TrainState()
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = encoders.load_torch(path, "delete it to train from step 0 (or choose another output folder)",
+                               "not a loadable training state")
     if not isinstance(ckpt, dict) or ckpt.get("format") != STATE_FORMAT:
         raise ValueError(f"{path}: not a vae training state; delete it or choose another output folder")
     old, new = json.loads(ckpt["config"]), json.loads(_config_json(cfg))
@@ -453,10 +454,8 @@ def read_checkpoint(path: str | Path) -> dict:
         path = path / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"autoencoder checkpoint not found: {path} (run `mithridate vae train` first)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
-        raise ValueError(f"{path}: not a loadable torch checkpoint ({type(err).__name__})") from None
+    ckpt = encoders.load_torch(path, "delete it and rerun `mithridate vae train` (it resumes from last.pt)",
+                               "not a loadable torch checkpoint")
     kind = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
     if kind != FORMAT:
         raise ValueError(f"{path}: not an autoencoder checkpoint (format {kind!r}, expected {FORMAT!r}; "
