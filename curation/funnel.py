@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 # (pattern in the error message, reason); first match wins
 _REASONS = (
+    (r"^hash mismatch", "hash_mismatch"),
+    (r"^phash mismatch", "phash_mismatch"),
     (r"infinite loop|redirect", "redirect_loop"),
     (r"HTTP Error (\d{3})", "http_{0}"),
     (r"timed out|timeout", "timeout"),
@@ -50,20 +52,23 @@ def shard_stats(table: pa.Table, seconds: float) -> dict:
                             table["optout"].to_pylist()):
         if st in ("failed_to_download", "failed_to_resize"):
             reasons[failure_reason(msg)] += 1
-        if st == "opted_out":
+        if st == "opted_out" or opt:  # not fetched, or fetched and recorded (download policy `record`)
             for signal in (opt or "unknown").split(";"):
                 optouts[signal] += 1
+    recorded = sum(1 for st, opt in zip(table["status"].to_pylist(), table["optout"].to_pylist())
+                   if opt and st != "opted_out")
     return {"rows": table.num_rows, "status": dict(status), "failure_reasons": dict(reasons),
-            "optout_signals": dict(optouts), "seconds": round(seconds, 3)}
+            "optout_signals": dict(optouts), "recorded_optouts": recorded, "seconds": round(seconds, 3)}
 
 
 def folder_stats(folder: Path, seconds: float) -> dict:
     """Sum of every `<id>_stats.json` in a download folder, with images/s over `seconds`."""
     total = {"rows": 0, "status": collections.Counter(), "failure_reasons": collections.Counter(),
-             "optout_signals": collections.Counter(), "shards": 0}
+             "optout_signals": collections.Counter(), "recorded_optouts": 0, "shards": 0}
     for f in sorted(Path(folder).glob("[0-9]*_stats.json")):
         s = json.loads(f.read_text())
         total["rows"] += s["rows"]
+        total["recorded_optouts"] += s.get("recorded_optouts", 0)
         total["shards"] += 1
         for key in ("status", "failure_reasons", "optout_signals"):
             total[key].update(s[key])
@@ -89,6 +94,8 @@ def format_funnel(crawl: dict, download: dict) -> str:
     st = download.get("status", {})
     lines += [f"pairs found                  {download.get('rows', 0):>7}",
               f"opted out                    {st.get('opted_out', 0):>7}"]
+    if download.get("recorded_optouts"):
+        lines += [f"opted out, fetched, recorded {download['recorded_optouts']:>7}   (policy record: the filter decides)"]
     lines += [f"  by {k:<25}{v:>7}" for k, v in sorted(download.get("optout_signals", {}).items())]
     failed = st.get("failed_to_download", 0) + st.get("failed_to_resize", 0)
     lines += [f"failed                       {failed:>7}"]

@@ -45,6 +45,8 @@ class WebConfig:
     out: str = options.opt("mithridate-out/web", "folder for config.json and web_manifest.parquet")
     first_host: str = options.opt("127.0.0.10", "loopback address of the first site; sites take the next ones")
     port_base: int = options.opt(0, "port of the first site, +1 per site (0 = ephemeral ports)")
+    ports: tuple[int, ...] = options.opt((), "one port per site, in site order (artists, aggregator, link farm): "
+                                         "serve a web again at the URLs of an earlier run (overrides port_base)")
     images_per_page: int = options.opt(12, "images per gallery page")
     rehost_fraction: float = options.opt(0.15, "fraction of each artist's works re-uploaded on the aggregator")
     degraded_fraction: float = options.opt(
@@ -58,6 +60,8 @@ class WebConfig:
     serve_s: float = options.opt(0.0, "CLI only: seconds to serve before exiting (0 = until Ctrl-C)")
 
     def __post_init__(self):
+        if isinstance(self.ports, list):
+            object.__setattr__(self, "ports", tuple(self.ports))
         options.check_positive(self, "images_per_page", "oversized_px", "bomb_px")
         if not 0 <= self.rehost_fraction <= 1:
             raise ValueError(f"WebConfig.rehost_fraction={self.rehost_fraction!r}: must be within [0, 1]")
@@ -339,8 +343,16 @@ class DemoWeb:
     def _bind(self) -> None:
         base = ipaddress.ip_address(self.cfg.first_host)
         names = [f"artist-{a}" for a in self.artists] + ["aggregator", "linkfarm"]
+        if self.cfg.ports and len(self.cfg.ports) != len(names):
+            raise ValueError(f"WebConfig.ports={list(self.cfg.ports)}: this web has {len(names)} sites "
+                             f"({', '.join(names)}); give one port each")
         for i, name in enumerate(names):
-            self.servers[name] = SiteServer(str(base + i), self.cfg.port_base + i if self.cfg.port_base else 0)
+            port = self.cfg.ports[i] if self.cfg.ports else (self.cfg.port_base + i if self.cfg.port_base else 0)
+            try:
+                self.servers[name] = SiteServer(str(base + i), port)
+            except OSError as e:
+                raise ValueError(f"WebConfig: cannot serve {name} on {base + i}:{port} ({e.strerror}); "
+                                 "another program holds it — stop it or let the web start afresh") from None
 
     def build(self) -> None:
         """Bind the servers and generate every route and the manifest (deterministic under cfg.seed)."""
@@ -371,6 +383,11 @@ class DemoWeb:
     @property
     def seeds(self) -> list[str]:
         return [s.origin + "/" for s in self.servers.values()]
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """The sites' ports in site order (pass as `WebConfig.ports` to serve the same URLs again)."""
+        return tuple(s.port for s in self.servers.values())
 
     @property
     def networks(self) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from curation import commands
-from poisoning import attackability, inject, study, sweep
+from poisoning import attackability, inject, optout, study, sweep
 
 COMMANDS = {
     ("poison", "inject"): (inject.InjectConfig, inject.PRESETS, inject.run,
@@ -19,6 +19,10 @@ COMMANDS = {
     ("poison", "study"): (study.StudyConfig, study.PRESETS, study.run,
                           "train autoencoder design variants × seeds and measure each one's attackability → "
                           "study.parquet, study.json, frontier.png (gap closed vs reconstruction PSNR)"),
+    ("optout", "evaluate"): (optout.OptoutConfig, optout.PRESETS, optout.run,
+                             "does honouring opt-outs remove an artist from the model? datasets under each opt-out "
+                             "policy + retraining without the artist, one model each (same budget and seed), "
+                             "style probe, nearest-work similarity, l2-ratio memorisation → optout.json, optout.png"),
 }
 
 

@@ -191,15 +191,12 @@ def metrics(d: dict) -> dict:
     return out
 
 
-def build(cfg: DatasetReportConfig) -> Path:
-    """Write `<out>/dataset.html` and `<out>/metrics.json`; returns the HTML path."""
-    out = Path(cfg.out)
-    options.write_config(cfg, out)
+def sections(cfg: DatasetReportConfig) -> tuple[list[tuple[str, str]], dict]:
+    """(heading, html) sections of the dataset audit and its flat metrics."""
     d = load(cfg)
-    m = metrics(d)
     reasons = reason_counts(d["rows"])
     dup = {k: v for k, v in reasons.items() if k.startswith("duplicate_")}
-    sections = [
+    out = [
         ("Funnel", H.figure(figures.funnel(funnel_steps(d), "rows at each stage"), "pages → pairs → kept")
          + H.table([{"stage": s, "rows": v} for s, v in funnel_steps(d)])),
         ("Why rows were excluded", H.figure(figures.bars(reasons, "excluded rows by first reason"), "reasons")
@@ -212,13 +209,21 @@ def build(cfg: DatasetReportConfig) -> Path:
         ("Samples", _samples_section(d, cfg.samples)),
     ]
     if d["clip"]:
-        sections.insert(2, ("Encoder (compact CLIP)", H.table([{"metric": k, "value": v} for k, v in
-                                                              sorted(d["clip"].items()) if not isinstance(v, (dict, list))])))
+        out.insert(2, ("Encoder (compact CLIP)", H.table([{"metric": k, "value": v} for k, v in
+                                                         sorted(d["clip"].items()) if not isinstance(v, (dict, list))])))
     gt = ground_truth_metrics(d)
     if gt:
-        sections.append(("Against the demo web's ground truth", H.table(
+        out.append(("Against the demo web's ground truth", H.table(
             [{"metric": k, "value": json.dumps(v) if isinstance(v, dict) else v} for k, v in gt.items()])))
-    page = H.page("Dataset audit", sections, H.note(f"shards: {cfg.shards} · filter: {cfg.filter}"))
+    return out, metrics(d)
+
+
+def build(cfg: DatasetReportConfig) -> Path:
+    """Write `<out>/dataset.html` and `<out>/metrics.json`; returns the HTML path."""
+    out = Path(cfg.out)
+    options.write_config(cfg, out)
+    parts, m = sections(cfg)
+    page = H.page("Dataset audit", parts, H.note(f"shards: {cfg.shards} · filter: {cfg.filter}"))
     (out / "dataset.html").write_text(page, encoding="utf-8")
     (out / "metrics.json").write_text(json.dumps(m, indent=2, sort_keys=True, default=str) + "\n")
     logger.info("dataset report: %s", out / "dataset.html")

@@ -5,7 +5,14 @@ aesthetic head from the web's degraded copies → do-not-train registry of the o
 export → dataset report (part 2); then autoencoder → latent diffusion model on a concept subset of the
 curated shards → evaluation per sampler → generation report (part 3); then a poisoning sweep on one concept
 pair of that model (Nightshade-style vs dirty-label poisons from the art corpus, at a CPU-sized N range,
-continued-training victims beside a control, defences) → poisoning report (part 4).
+continued-training victims beside a control, defences) → poisoning report (part 4); then the opt-out evaluation
+(datasets under each opt-out policy + retraining without the artist, one small model each) and the integrity check
+(release with hashes → some domains change hands → verified and unverified rebuilds) (part 5) → one report,
+`report/index.html`, and `metrics.json`.
+
+The download records opt-outs (policy `record`) so that every opt-out policy can be built from the same crawl;
+the filter honours them. A rerun into the same folder with the same config resumes after the last finished part
+(`_parts/<part>.done`); an interrupted part is redone from its start.
 """
 
 from __future__ import annotations
@@ -21,11 +28,11 @@ from typing import Literal
 
 import numpy as np
 
-from curation import (aesthetic, art, clip_train, crawler, dedup, downloader, embed, export, funnel, options, schema,
-                      selection, web)
+from curation import (aesthetic, art, clip_train, crawler, dedup, downloader, embed, export, funnel, options, release,
+                      schema, selection, web)
 from diffusion import data as diffusion_data, evaluation, training, vae
-from poisoning import attackability, candidates, sweep
-from reports import dataset, generation, poisoning
+from poisoning import attackability, candidates, optout, sweep
+from reports import dataset, generation, poisoning, story
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +46,19 @@ class DemoConfig:
     out: str = options.opt("mithridate-out/demo", "run folder; one sub-folder per stage")
     art_preset: Literal["default", "tiny"] = options.opt("default", "art corpus preset (tiny: 24 concepts)")
     cache_dir: str = options.opt("", "cache folder of the art corpus ('' = the user cache dir)")
-    policy: Literal["honor", "record", "ignore"] = options.opt("honor", "opt-out policy of the download")
+    policy: Literal["honor", "record", "ignore"] = options.opt(
+        "record", "opt-out policy of the download (record: fetch and record, the filter honours; the opt-out "
+        "evaluation needs the opted-out rows)")
     seed: int = options.opt(0, "seed of the demo web")
     threads: int = options.opt(64, "download threads")
     timeout_s: float = options.opt(2.0, "crawl and download socket timeout (the web's slow images take longer)")
     clip_preset: Literal["default", "tiny"] = options.opt("default", "compact CLIP preset (default: ~5 CPU minutes)")
     clip_dir: str = options.opt("", "an existing `clip train` folder to reuse ('' = train one)")
     clip_top_fraction: float = options.opt(0.8, "filter: keep this top fraction by CLIP score")
-    stop_after: Literal["download", "report", "generation", "poisoning"] = options.opt(
-        "poisoning", "last stage: download (part 1), report (part 2), generation (part 3) or poisoning (part 4)")
+    reupload_cos_eps: float = options.opt(0.06, "filter: an embedding match of a re-upload of an opted-out work is "
+                                          "cosine >= 1 - eps (a barely trained CLIP needs a small eps)")
+    stop_after: Literal["download", "report", "generation", "poisoning", "optout", "integrity"] = options.opt(
+        "integrity", "last part: download (1), report (2), generation (3), poisoning (4), optout or integrity (5)")
     diffusion_preset: Literal["cpu", "tiny", "gpu"] = options.opt("cpu", "autoencoder and diffusion presets")
     concepts: tuple[str, ...] = options.opt(
         (), "concepts the diffusion model learns ('' = up to max_concepts of DEMO_CONCEPTS found in the export)")
@@ -56,23 +67,30 @@ class DemoConfig:
     poison_source: str = options.opt("automobile", "poisoning: source concept C (else the model's first concept)")
     poison_target: str = options.opt("elephant", "poisoning: target concept A (else the model's last concept)")
     poison_preset: Literal["demo", "tiny", "default"] = options.opt("demo", "`poison sweep` preset")
+    optout_preset: Literal["demo", "tiny", "default"] = options.opt("demo", "`optout evaluate` preset")
+    expire: tuple[str, ...] = options.opt(("aggregator",), "integrity: sites whose domain changes hands after the "
+                                          "release (they serve other pictures)")
+    reencode: tuple[str, ...] = options.opt(("linkfarm",), "integrity: sites that re-encode their images after the "
+                                            "release (a benign change)")
 
     def __post_init__(self):
-        if isinstance(self.concepts, list) or isinstance(self.eval_runs, list):
-            object.__setattr__(self, "concepts", tuple(self.concepts))
-            object.__setattr__(self, "eval_runs", tuple(self.eval_runs))
+        for name in ("concepts", "eval_runs", "expire", "reencode"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         options.check_positive(self, "threads", "timeout_s", "max_concepts")
         for r in self.eval_runs:  # checked now, not after the minutes of parts 1–2
             evaluation.parse_run(r, 3.0)
         if not 0 < self.clip_top_fraction <= 1:
             raise ValueError(f"DemoConfig.clip_top_fraction={self.clip_top_fraction}: must be within (0, 1]")
-        for name in ("art_preset", "policy", "clip_preset", "stop_after", "diffusion_preset", "poison_preset"):
+        for name in ("art_preset", "policy", "clip_preset", "stop_after", "diffusion_preset", "poison_preset",
+                     "optout_preset"):
             options.check_choice(self, name, options.literal_values(DemoConfig, name))
 
 
 PRESETS = {"default": DemoConfig(),
            "tiny": DemoConfig(art_preset="tiny", threads=16, timeout_s=1.0, clip_preset="tiny", diffusion_preset="tiny",
-                              max_concepts=8, eval_runs=("ddim:5", "euler:4"), poison_preset="tiny")}
+                              max_concepts=8, eval_runs=("ddim:5", "euler:4"), poison_preset="tiny",
+                              optout_preset="tiny", reupload_cos_eps=0.002)}
 
 # familiar concepts, in order of preference, for the diffusion subset (those present in the export are used)
 DEMO_CONCEPTS = (
@@ -124,6 +142,7 @@ def _part1(cfg: DemoConfig, out: Path, corpus: Path) -> tuple[Path, Path]:
         crawler.run(crawl_cfg)
         downloader.run(down_cfg)
         registry = _optout_registry(w, out / "registry.json")
+        (out / "web" / "ports.json").write_text(json.dumps(list(w.ports)) + "\n")  # part 5 serves the same URLs
     crawl_stats = json.loads((out / "crawl" / "_stats.json").read_text())
     down_stats = json.loads((out / "shards" / "_stats.json").read_text())
     text = funnel.format_funnel(crawl_stats, down_stats)
@@ -146,7 +165,8 @@ def _part2(cfg: DemoConfig, out: Path, corpus: Path, manifest: Path, registry: P
                                                             out=str(out / "aesthetic")))
     filt = selection.run(selection.FilterConfig(shards=str(out / "shards"), embeddings=str(emb),
                                                 aesthetic=str(scores), registry=str(registry), out=str(out / "filter"),
-                                                clip_top_fraction=cfg.clip_top_fraction))
+                                                clip_top_fraction=cfg.clip_top_fraction,
+                                                reupload_cos_eps=cfg.reupload_cos_eps))
     train = export.run(export.ExportConfig(shards=str(out / "shards"), filter=str(filt), provenance=str(manifest),
                                            out=str(out / "train")))
     return dataset.build(dataset.DatasetReportConfig(
@@ -241,32 +261,115 @@ def _part4(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
     return page
 
 
-def run(cfg: DemoConfig) -> Path:
-    """Run the demo; returns the run folder (funnel.txt, report/dataset.html, one folder per stage)."""
-    out = Path(cfg.out)
-    for stage in ("web", "crawl", "shards", "embeddings", "aesthetic_head", "aesthetic", "filter", "train", "report",
-                  "vae", "diffusion", "evaluate", "classifier", "poison-sweep"):
-        shutil.rmtree(out / stage, ignore_errors=True)  # the web's ports change from run to run: start afresh
+def optout_artists(artists: list[str]) -> tuple[str, str]:
+    """(X, control): the first artist whose site opts out with noai signals, the first open artist (`web.PROFILES`)."""
+    profile = {a: web.PROFILES[i % len(web.PROFILES)] for i, a in enumerate(artists)}
+    opted = [a for a in artists if profile[a] == "noai"] or [a for a in artists if profile[a] != "open"]
+    open_ = [a for a in artists if profile[a] == "open"]
+    if not opted or not open_:
+        raise ValueError(f"the art corpus's artists {artists}: the opt-out evaluation needs an opted-out and an open "
+                         "artist (at least 2 artists)")
+    return opted[0], open_[0]
+
+
+def _part5_optout(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
+    """Datasets under each opt-out policy + retraining without the artist, one model each → optout.json."""
+    artist, control = optout_artists(sorted(art.load(corpus)["artist"].unique()))
+    return optout.run(dataclasses.replace(
+        optout.PRESETS[cfg.optout_preset], filter=str(out / "filter"), provenance=str(out / "web" /
+        "web_manifest.parquet"), art=str(corpus), vae=str(out / "vae"), clip=str(_clip_dir(cfg, out)),
+        out=str(out / "optout"), artist=artist, control_artist=control))
+
+
+def _part5_integrity(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
+    """Release the curated set (URLs + sha256 + pHash); serve the same web again, some domains changed; rebuild."""
+    rel = release.release(release.ReleaseConfig(export=str(out / "train"), shards=str(out / "shards"),
+                                                out=str(out / "release")))
+    ports = tuple(json.loads((out / "web" / "ports.json").read_text()))
+    web_cfg = web.WebConfig(art_dir=str(corpus), out=str(out / "web-after"), seed=cfg.seed, ports=ports,
+                            slow_delay_s=cfg.timeout_s + 1)
+    with web.DemoWeb(web_cfg) as w:
+        if cfg.expire:
+            w.expire(list(cfg.expire), "expired")
+        if cfg.reencode:
+            w.expire(list(cfg.reencode), "reencoded")
+        return release.rebuild(dataclasses.replace(
+            release.REBUILD_PRESETS["default"], release=str(rel / "release.parquet"), out=str(out / "rebuild"),
+            threads=cfg.threads, timeout_s=cfg.timeout_s, allow_networks=w.networks))
+
+
+def _clip_dir(cfg: DemoConfig, out: Path) -> Path:
+    return Path(cfg.clip_dir) if cfg.clip_dir else out / "clip"
+
+
+PARTS = ("download", "report", "generation", "poisoning", "optout", "integrity")
+FOLDERS = {"download": ("web", "crawl", "shards"),
+           "report": ("clip", "embeddings", "aesthetic_head", "aesthetic", "filter", "train", "report"),
+           "generation": ("vae", "diffusion", "evaluate", "classifier"), "poisoning": ("poison-sweep",),
+           "optout": ("optout",), "integrity": ("release", "web-after", "rebuild")}
+
+
+def _start(cfg: DemoConfig, out: Path) -> set[str]:
+    """Lock the run folder; the finished parts of an earlier run of this config (a new config: start afresh)."""
+    out.mkdir(parents=True, exist_ok=True)
+    options.lock_folder(out)
+    done_dir = out / "_parts"
+    try:
+        options.check_resumable(cfg, out, runtime_fields=("stop_after", "threads"))  # a later stop_after extends a run
+    except ValueError:
+        logger.info("demo: %s holds a run of another config; starting afresh", out)
+        shutil.rmtree(done_dir, ignore_errors=True)
+    done = {p for p in PARTS if (done_dir / f"{p}.done").is_file()}
+    first = next((p for p in PARTS if p not in done), None)
+    redo = PARTS[PARTS.index(first):] if first else ()
+    for part in redo:  # an interrupted part restarts from scratch (the web's ports change from run to run)
+        for stage in FOLDERS[part]:
+            if not (part == "report" and stage == "clip" and cfg.clip_dir):
+                shutil.rmtree(out / stage, ignore_errors=True)
+    if done:
+        logger.info("demo: resuming %s; finished parts kept: %s", out, ", ".join(p for p in PARTS if p in done))
     options.write_config(cfg, out)
+    done_dir.mkdir(parents=True, exist_ok=True)
+    return {p for p in done if p not in redo}
+
+
+def _part(out: Path, done: set[str], name: str, fn, *args):
+    """Run one part unless finished; mark it finished."""
+    if name in done:
+        logger.info("demo: part %r finished earlier, skipped", name)
+        return None
     t0 = time.time()
+    result = fn(*args)
+    (out / "_parts" / f"{name}.done").write_text(f"{time.time() - t0:.1f} s\n")
+    logger.info("demo: part %r finished in %.1f s", name, time.time() - t0)
+    return result
+
+
+def run(cfg: DemoConfig) -> Path:
+    """Run the demo (resuming a finished part of an earlier run); returns the run folder: report/index.html (every
+    part on one page), metrics.json, funnel.txt and one folder per stage."""
+    out = Path(cfg.out)
+    t0 = time.time()
+    done = _start(cfg, out)
     art_cfg = art.PRESETS[cfg.art_preset]
     if cfg.cache_dir:
         art_cfg = dataclasses.replace(art_cfg, cache_dir=cfg.cache_dir)
     corpus = art.run(art_cfg)
-    manifest, registry = _part1(cfg, out, corpus)
-    report = _part2(cfg, out, corpus, manifest, registry) if cfg.stop_after != "download" else None
-    gen = _part3(cfg, out, corpus, Path(cfg.clip_dir) if cfg.clip_dir else out / "clip") \
-        if cfg.stop_after in ("generation", "poisoning") else None
-    poison = _part4(cfg, out, corpus) if cfg.stop_after == "poisoning" else None
+    manifest, registry = out / "web" / "web_manifest.parquet", out / "registry.json"
+    last = PARTS.index(cfg.stop_after)
+    _part(out, done, "download", _part1, cfg, out, corpus)
+    steps = {"report": (_part2, cfg, out, corpus, manifest, registry),
+             "generation": (_part3, cfg, out, corpus, _clip_dir(cfg, out)), "poisoning": (_part4, cfg, out, corpus),
+             "optout": (_part5_optout, cfg, out, corpus), "integrity": (_part5_integrity, cfg, out, corpus)}
+    for name in PARTS[1 : last + 1]:
+        _part(out, done, name, *steps[name])
+    page = story.build(story.StoryConfig(run=str(out))) if last >= 1 else None
     logger.info("art corpus:   %s", corpus)
     logger.info("web manifest: %s", manifest)
     logger.info("shards:       %s", out / "shards")
-    if report is not None:
+    if page is not None:
         logger.info("training set: %s", out / "train")
-        logger.info("report:       %s", report.resolve())
-    if gen is not None:
-        logger.info("generation:   %s", gen.resolve())
-    if poison is not None:
-        logger.info("poisoning:    %s", poison.resolve())
+        logger.info("report:       %s  (every part, one table of contents)", page.resolve())
+        logger.info("metrics:      %s", (out / "metrics.json").resolve())
     logger.info("demo finished in %.1f s; outputs under %s", time.time() - t0, out.resolve())
     return out

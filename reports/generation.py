@@ -100,13 +100,11 @@ def write_showcase(checkpoint: str | Path, concepts: list[str], path: Path, seed
     return grid.save_grid(tiles, path, nrow=5, labels=labels, scale=4)
 
 
-def build(cfg: GenerationReportConfig) -> Path:
-    """Write `<out>/generation.html` and `<out>/generation_metrics.json`; returns the HTML path."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+def sections(cfg: GenerationReportConfig) -> tuple[list[tuple[str, str]], dict]:
+    """(heading, html) sections of the generation report and its metrics."""
     vae_dir, dif_dir, ev_dir = Path(cfg.vae), Path(cfg.diffusion), Path(cfg.evaluate)
     vae, train, ev = _json(vae_dir / "eval.json"), _json(dif_dir / "train.json"), _json(ev_dir / "evaluation.json")
-    sections = [
+    parts = [
         ("Autoencoder", H.table([{"metric": k, "value": v} for k, v in vae.items() if not isinstance(v, (dict, list))])
          + _png(vae_dir / "recon.png", "held-out images (top) and their reconstructions (bottom)")),
         ("Diffusion training", H.table([{"metric": k, "value": v if not isinstance(v, list) else str(v)}
@@ -119,17 +117,26 @@ def build(cfg: GenerationReportConfig) -> Path:
     ]
     if (ev_dir / "classifier_guidance.json").is_file():
         rows = json.loads((ev_dir / "classifier_guidance.json").read_text())
-        sections.append(("Classifier guidance", H.note(
+        parts.append(("Classifier guidance", H.note(
             "Unconditional sampling (classifier-free guidance 0) steered only by a noise-conditional classifier on "
             "the latents toward each concept; the judge's top-1 per classifier scale.") + H.table(rows)))
     if (ev_dir / "showcase.png").is_file():
-        sections.append(("Inpainting and img2img", _png(ev_dir / "showcase.png", "right half regenerated for each "
+        parts.append(("Inpainting and img2img", _png(ev_dir / "showcase.png", "right half regenerated for each "
                                                         "prompt (known half re-noised and pasted at every step); "
                                                         "img2img at strength 0.3 / 0.6")))
-    page = H.page("Generation: the compact latent diffusion model", sections,
+    return parts, metrics(vae, train, ev)
+
+
+def build(cfg: GenerationReportConfig) -> Path:
+    """Write `<out>/generation.html` and `<out>/generation_metrics.json`; returns the HTML path."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    vae_dir, dif_dir, ev_dir = Path(cfg.vae), Path(cfg.diffusion), Path(cfg.evaluate)
+    parts, m = sections(cfg)
+    page = H.page("Generation: the compact latent diffusion model", parts,
                   H.note(f"autoencoder: {vae_dir} · diffusion: {dif_dir} · evaluation: {ev_dir}"))
     (out / "generation.html").write_text(page, encoding="utf-8")
-    (out / "generation_metrics.json").write_text(json.dumps(metrics(vae, train, ev), indent=2, sort_keys=True,
+    (out / "generation_metrics.json").write_text(json.dumps(m, indent=2, sort_keys=True,
                                                             default=float) + "\n")
     logger.info("generation report: %s", out / "generation.html")
     return out / "generation.html"

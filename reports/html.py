@@ -68,3 +68,18 @@ def page(title: str, sections: list[tuple[str, str]], intro: str = "") -> str:
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1>{intro}"
             f'<nav class="toc"><strong>Contents</strong>{toc}</nav>{body}</body></html>\n')
+
+
+def story(title: str, parts: list[tuple[str, str, list[tuple[str, str]]]], intro: str = "") -> str:
+    """One page of several reports: each part (title, intro html, sections) is an h2 with its sections as h3; the
+    table of contents links every part and section."""
+    toc, body = [], []
+    for i, (part, part_intro, sections) in enumerate(parts):
+        toc.append(f'<a href="#p{i}"><strong>{i + 1}. {esc(part)}</strong></a>')
+        body.append(f'<h2 id="p{i}">{i + 1}. {esc(part)}</h2>{part_intro}')
+        for j, (heading, content) in enumerate(sections):
+            toc.append(f'<a href="#p{i}s{j}" style="margin-left:1.5em">{i + 1}.{j + 1} {esc(heading)}</a>')
+            body.append(f'<h3 id="p{i}s{j}">{i + 1}.{j + 1} {esc(heading)}</h3>{content}')
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1>{intro}"
+            f'<nav class="toc"><strong>Contents</strong>{"".join(toc)}</nav>{"".join(body)}</body></html>\n')

@@ -577,23 +577,26 @@ def metrics(sw: Sweep) -> dict:
 # --- build ---------------------------------------------------------------------------------------------------------
 
 
+def sections(cfg: PoisoningReportConfig) -> tuple[list[tuple[str, str]], dict]:
+    """(heading, html) sections of the poisoning report and its metrics."""
+    sw = load(cfg.sweep)
+    att = _attackability_path(cfg, sw)
+    parts = [("Headline", H.note(_headline(sw))), ("Setup", _setup(sw)), ("Attack success", _success(sw)),
+             ("Generations", _generations(sw)), ("Bleed-through", _bleed(sw)), ("Collateral", _collateral(sw)),
+             ("Model implosion", _implosion(sw)), ("Poisons", _poisons(sw)), ("Defences", _defences(sw)),
+             ("Attackability", _attackability(att, cfg.study)), ("How to read this", _how_to_read(sw))]
+    return parts, {**metrics(sw), **_attackability_metrics(att, cfg.study)}
+
+
 def build(cfg: PoisoningReportConfig) -> Path:
     """Write `<out>/poisoning.html` and `<out>/poisoning_metrics.json`; returns the HTML path."""
-    sw = load(cfg.sweep)
+    info = load(cfg.sweep).info
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    src, tgt = sw.info["source"], sw.info["target"]
-    att = _attackability_path(cfg, sw)
-    sections = [("Headline", H.note(_headline(sw))), ("Setup", _setup(sw)), ("Attack success", _success(sw)),
-                ("Generations", _generations(sw)), ("Bleed-through", _bleed(sw)), ("Collateral", _collateral(sw)),
-                ("Model implosion", _implosion(sw)),
-                ("Poisons", _poisons(sw)), ("Defences", _defences(sw)),
-                ("Attackability", _attackability(att, cfg.study)),
-                ("How to read this", _how_to_read(sw))]
-    page = H.page(f"Poisoning: can N poisons make {src!r} produce {tgt!r}?", sections,
-                  H.note(f"sweep: {sw.folder}"))
+    parts, m = sections(cfg)
+    page = H.page(f"Poisoning: can N poisons make {info['source']!r} produce {info['target']!r}?", parts,
+                  H.note(f"sweep: {cfg.sweep}"))
     (out / "poisoning.html").write_text(page, encoding="utf-8")
-    m = {**metrics(sw), **_attackability_metrics(att, cfg.study)}
     (out / "poisoning_metrics.json").write_text(json.dumps(m, indent=2, sort_keys=True, default=float) + "\n")
     logger.info("poisoning report: %s", out / "poisoning.html")
     return out / "poisoning.html"

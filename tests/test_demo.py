@@ -19,7 +19,7 @@ def test_tiny_demo_prints_a_funnel_with_every_planted_category(tmp_path, cache_d
     assert crawl["pages_fetched"] > 0 and crawl["pages_disallowed_by_robots"] > 0
     assert set(down["failure_reasons"]) == PLANTED_REASONS and min(down["failure_reasons"].values()) > 0
     assert set(down["optout_signals"]) == PLANTED_SIGNALS
-    assert down["status"]["success"] > 0 and down["status"]["opted_out"] > 0
+    assert down["status"]["success"] > 0 and down["recorded_optouts"] > 0  # policy record: the filter honours
     assert down["rows"] == crawl["pairs"]
     assert "downloaded" in caplog.text and str(tmp_path) in caplog.text
     assert len(web.FAILURES) == len(PLANTED_REASONS)
@@ -32,6 +32,25 @@ def test_tiny_demo_prints_a_funnel_with_every_planted_category(tmp_path, cache_d
     assert [r["classifier_scale"] for r in sweep] == [0.0, 10.0, 30.0] and "Classifier guidance" in page
     gm = json.loads((tmp_path / "report" / "generation_metrics.json").read_text())
     assert gm["generation/chance"] == ev["runs"][0]["chance"] and "generation/vae_psnr_heldout_db" in gm
+    # part 5: opt-out evaluation (policies vs retraining without the artist) and the integrity check
+    opt = json.loads((tmp_path / "optout" / "optout.json").read_text())
+    ds = opt["datasets"]
+    assert set(ds) == {"honor", "url_only", "ignore", "without_artist"} and ds["without_artist"]["artist_rows"] == 0
+    assert ds["honor"]["artist_rows"] <= ds["url_only"]["artist_rows"] <= ds["ignore"]["artist_rows"]
+    assert ds["ignore"]["artist_rows"] > 0 and 0 < opt["probe"]["heldout_accuracy"] <= 1
+    gold = [r for r in opt["summary"] if r["model"] == "without_artist"]
+    assert len(gold) == 3 and all(r["diff_vs_gold"] == 0 for r in gold)
+    integ = json.loads((tmp_path / "rebuild" / "integrity.json").read_text())["modes"]
+    assert integ["sha256"]["changed"] > 0 and integ["sha256"]["admitted"] == 0
+    assert integ["none"]["admitted"] == integ["none"]["changed"] == integ["sha256"]["changed"]
+    # one page with a table of contents over every part, and metrics.json
+    index = (tmp_path / "report" / "index.html").read_text()
+    for part in ("Dataset", "Model", "Poisoning", "Opt-out", "Integrity"):
+        assert f'">{["Dataset", "Model", "Poisoning", "Opt-out", "Integrity"].index(part) + 1}. {part}' in index
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["integrity/sha256/admitted"] == 0 and "optout/honor/names_artist/diff_vs_gold_ci" in m
+    assert "dataset/funnel/downloaded" in m or any(k.startswith("dataset/funnel/") for k in m)
+    assert "generation/generation/chance" not in m and "generation/chance" in m
 
 
 def test_demo_rejects_bad_values(capsys):
@@ -52,3 +71,26 @@ def test_a_chosen_poison_pair_must_be_among_the_model_concepts():
     assert demo.poison_pair(demo.DemoConfig(poison_source="house", poison_target="cat"), concepts) == ("house", "cat")
     with pytest.raises(ValueError, match="poison_source='cats'.*close names: cat"):
         demo.poison_pair(demo.DemoConfig(poison_source="cats"), concepts)
+
+
+def test_an_interrupted_demo_resumes_after_its_last_finished_part(tmp_path, cache_dir, caplog, monkeypatch):
+    from reports import demo
+
+    args = ["demo", "--preset=tiny", f"--out={tmp_path}", f"--cache_dir={cache_dir}"]
+
+    def broken(*a):
+        raise RuntimeError("killed mid-way")
+
+    monkeypatch.setattr(demo, "_part3", broken)
+    with pytest.raises(RuntimeError, match="killed"):
+        demo.run(demo.DemoConfig(**{**demo.PRESETS["tiny"].__dict__, "out": str(tmp_path),
+                                    "cache_dir": str(cache_dir), "stop_after": "generation"}))
+    shards = sorted((tmp_path / "shards").glob("*.parquet"))
+    stamp = [f.stat().st_mtime_ns for f in shards]
+    assert (tmp_path / "_parts" / "report.done").is_file() and not (tmp_path / "_parts" / "generation.done").exists()
+    monkeypatch.undo()
+    caplog.set_level("INFO")
+    assert main(args + ["--stop_after=generation"]) == 0
+    assert "part 'download' finished earlier, skipped" in caplog.text and "part 'report' finished earlier" in caplog.text
+    assert [f.stat().st_mtime_ns for f in shards] == stamp  # not downloaded again
+    assert (tmp_path / "_parts" / "generation.done").is_file() and (tmp_path / "report" / "index.html").is_file()

@@ -1,0 +1,47 @@
+"""How close do generations come to an artist's works? Nearest-neighbour similarity and the ℓ2-ratio test.
+
+- Nearest-neighbour similarity in a named feature space (compact-CLIP image features): each generation's
+  highest cosine to the artist's works, read against the *train-to-train background* — each work's highest
+  cosine to the artist's other works (leave one out). A generation closer to a work than the works are to each
+  other is a near-copy.
+- Carlini et al. (2023, "Extracting training data from diffusion models") ℓ2-ratio test in pixel space: a
+  generation x̂ is memorised when ℓ2(x̂, x₁) < α · mean ℓ2(x̂, x_i) over its n nearest training images
+  (x₁ the nearest; α = 0.5, n = 50 as in the paper, n capped by the training set size).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ALPHA, NEIGHBOURS = 0.5, 50
+
+
+def nearest_similarity(feats: np.ndarray, works: np.ndarray) -> np.ndarray:
+    """Each row of `feats`' highest cosine to a row of `works` (both L2-normalised)."""
+    if len(works) == 0:
+        raise ValueError("nearest_similarity: no works to compare with")
+    return (feats @ works.T).max(axis=1)
+
+
+def background_similarity(works: np.ndarray) -> np.ndarray:
+    """Each work's highest cosine to the other works (the train-to-train background)."""
+    if len(works) < 2:
+        raise ValueError("background_similarity: needs at least 2 works")
+    sim = works @ works.T
+    np.fill_diagonal(sim, -np.inf)
+    return sim.max(axis=1)
+
+
+def l2_ratio(generated: np.ndarray, train: np.ndarray, n: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+    """(ratio, index of the nearest training image) per generation; uint8 or float images `(N, S, S, 3)`.
+
+    ratio = ℓ2 to the nearest / mean ℓ2 to the `n` nearest; memorised when ratio < `ALPHA`.
+    """
+    if len(train) < 2:
+        raise ValueError("l2_ratio: needs at least 2 training images")
+    g = generated.reshape(len(generated), -1).astype(np.float64) / 255.0
+    t = train.reshape(len(train), -1).astype(np.float64) / 255.0
+    d = np.sqrt(np.maximum((g * g).sum(1)[:, None] + (t * t).sum(1)[None] - 2 * g @ t.T, 0.0))
+    n = min(n, len(train))
+    near = np.sort(d, axis=1)[:, :n]
+    return near[:, 0] / np.maximum(near.mean(axis=1), 1e-12), d.argmin(axis=1)

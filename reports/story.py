@@ -1,0 +1,105 @@
+"""`mithridate report story`: the demo's whole story on one page — dataset, model, poisoning, opt-out and integrity
+parts, each with its headline and sections, a table of contents, and every part's metrics in one `metrics.json` (at the run folder's root).
+
+Reads a demo run folder (the stage sub-folders `mithridate demo` writes); a part whose folder is missing is
+skipped (a demo stopped early with `--stop_after`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from curation import options
+from reports import dataset, generation, html as H, integrity, optout, poisoning
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoryConfig:
+    run: str = options.opt("mithridate-out/demo", "a demo run folder (one sub-folder per stage)")
+    out: str = options.opt("", "output folder of index.html ('' = <run>/report); metrics.json goes to <run>")
+
+
+PRESETS = {"default": StoryConfig()}
+
+
+def _dataset(run: Path) -> tuple | None:
+    if not (run / "train").is_dir():
+        return None
+    cfg = dataset.DatasetReportConfig(crawl=str(run / "crawl"), shards=str(run / "shards"), filter=str(run / "filter"),
+                                      export=str(run / "train"), manifest=str(run / "web" / "web_manifest.parquet"),
+                                      out=str(run / "report"), clip=str(_clip(run)))
+    parts, m = dataset.sections(cfg)
+    steps = dict(dataset.funnel_steps(dataset.load(cfg)))
+    intro = H.note(", ".join(f"{k}: {v}" for k, v in steps.items()))
+    return "Dataset: crawl, download, curation", intro, parts, m
+
+
+def _clip(run: Path) -> Path:
+    cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    return Path(cfg.get("clip_dir") or run / "clip")
+
+
+def _generation(run: Path) -> tuple | None:
+    if not (run / "evaluate" / "evaluation.json").is_file():
+        return None
+    cfg = generation.GenerationReportConfig(vae=str(run / "vae"), diffusion=str(run / "diffusion"),
+                                            evaluate=str(run / "evaluate"), out=str(run / "report"))
+    parts, m = generation.sections(cfg)
+    ev = json.loads((run / "evaluate" / "evaluation.json").read_text())
+    return "Model: autoencoder and latent diffusion", H.note(generation.headline(ev)), parts, m
+
+
+def _poisoning(run: Path) -> tuple | None:
+    if not (run / "poison-sweep" / "results.parquet").is_file():
+        return None
+    att = run / "vae" / "attackability.json"
+    cfg = poisoning.PoisoningReportConfig(sweep=str(run / "poison-sweep"), out=str(run / "report"),
+                                          attackability=str(att) if att.is_file() else "")
+    parts, m = poisoning.sections(cfg)
+    return "Poisoning: Nightshade-style vs dirty-label", H.note(poisoning.headline(run / "poison-sweep")), parts, m
+
+
+def _optout(run: Path) -> tuple | None:
+    if not (run / "optout" / "optout.json").is_file():
+        return None
+    return ("Opt-out: does honouring it remove the artist from the model?",
+            H.note(optout.headline(optout.load(run / "optout"))), optout.sections(run / "optout"),
+            optout.metrics(run / "optout"))
+
+
+def _integrity(run: Path) -> tuple | None:
+    if not (run / "rebuild" / "integrity.json").is_file():
+        return None
+    expiry = run / "web-after" / "web_expiry.parquet"
+    report = integrity.load(run / "rebuild")
+    kinds = integrity.by_kind(run / "rebuild", expiry, report["modes"]) if expiry.is_file() else None
+    return ("Integrity: do hashes stop split-view poisoning?", H.note(integrity.headline(report, kinds)),
+            integrity.sections(run / "rebuild", expiry), integrity.metrics(run / "rebuild", expiry))
+
+
+def build(cfg: StoryConfig) -> Path:
+    """Write `<out>/index.html` (every part, one table of contents) and `<run>/metrics.json`; returns the HTML."""
+    run = Path(cfg.run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"StoryConfig.run={cfg.run!r}: not a folder (run `mithridate demo` first)")
+    out = Path(cfg.out) if cfg.out else run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    names = ("dataset", "generation", "poisoning", "optout", "integrity")
+    found = [(n, p) for n, p in zip(names, (_dataset(run), _generation(run), _poisoning(run), _optout(run),
+                                            _integrity(run))) if p is not None]
+    if not found:
+        raise ValueError(f"StoryConfig.run={cfg.run!r}: no finished stage to report (no train/, evaluate/, …)")
+    page = H.story("mithridate: what is in this dataset, who opted out, how easily can it be poisoned?",
+                   [(title, intro, parts) for _, (title, intro, parts, _) in found], H.note(f"run folder: {run}"))
+    (out / "index.html").write_text(page, encoding="utf-8")
+    metrics = {}
+    for name, (_, _, _, m) in found:
+        metrics.update({k if k.startswith(f"{name}/") else f"{name}/{k}": v for k, v in m.items()})
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float) + "\n")
+    logger.info("report: %s (%d parts), metrics: %s", out / "index.html", len(found), run / "metrics.json")
+    return out / "index.html"
