@@ -48,7 +48,9 @@ class OptoutConfig:
                               "registry, thresholds) is reused for every policy, only `optout` changes")
     provenance: str = options.opt("", "parquet with url → artist, licence (the demo web manifest): the ground truth "
                                   "for the gold dataset and the leak counts")
-    art: str = options.opt("", "art corpus folder: the style probe's training data and the artist's works")
+    art: str = options.opt("", "art corpus folder: the style probe's training data and the artist's works ('' = "
+                           "the corpus of art_preset, built or reused from the cache)")
+    art_preset: str = options.opt("default", "art preset used when art is ''")
     vae: str = options.opt("mithridate-out/vae", "frozen autoencoder shared by every model")
     clip: str = options.opt("mithridate-out/clip", "compact CLIP: frozen text encoder and the feature space")
     out: str = options.opt("mithridate-out/optout", "output folder")
@@ -91,7 +93,7 @@ PRESETS = {
 
 def check_inputs(cfg: OptoutConfig, artists: list[str]) -> None:
     """Clear errors for missing folders and artists that are not in the corpus."""
-    for name in ("filter", "art", "vae", "clip", "provenance"):
+    for name in ("filter", "vae", "clip", "provenance"):
         if not getattr(cfg, name) or not Path(getattr(cfg, name)).exists():
             raise ValueError(f"OptoutConfig.{name}={getattr(cfg, name)!r}: not found (it is needed)")
     if not (Path(cfg.filter) / "config.json").is_file():
@@ -310,7 +312,13 @@ def run(cfg: OptoutConfig) -> Path:
     from curation import art
 
     out = Path(cfg.out)
+    if not cfg.art:
+        if cfg.art_preset not in art.PRESETS:
+            raise ValueError(f"OptoutConfig.art_preset={cfg.art_preset!r}: allowed values are {', '.join(art.PRESETS)}")
+        cfg = dataclasses.replace(cfg, art=str(art.run(art.PRESETS[cfg.art_preset])))
     options.check_resumable(cfg, out)
+    if not Path(cfg.art).is_dir():
+        raise ValueError(f"OptoutConfig.art={cfg.art!r}: not an art corpus folder (`mithridate art build`)")
     check_inputs(cfg, sorted(art.load(cfg.art)["artist"].unique()))
     options.write_config(cfg, out)
     folders = _datasets(cfg)
