@@ -119,6 +119,9 @@ PRESETS = {
     # the demo preset: the feasibility study's recipe; 800 steps take about 3.5 minutes on 2 idle CPU cores, and
     # `minutes` caps a slower or busier machine (the cosine schedule then completes within the cap)
     "default": ClipTrainConfig(),
+    # `mithridate demo`'s: 600 steps (~2.8 minutes; held-out top-1 25.5% vs 29.7% at 800, matched-vs-mismatched
+    # caption AUC 0.920 vs 0.925), so the whole demo fits 15 minutes on 2 cores
+    "demo": ClipTrainConfig(steps=600),
     # seconds, for tests: a narrower model on the tiny corpus
     "tiny": ClipTrainConfig(art_preset="tiny", embed_dim=64, vision_width=16, vision_head_width=16, text_width=64,
                             text_layers=2, text_heads=2, batch_size=64, lr=2e-3, warmup_steps=5, steps=40,

@@ -193,7 +193,7 @@ def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table, gate: Gat
     table = gate(table) if gate is not None else table
     schema.write(table, out / f"{shard_id:05d}.parquet", "shard", {"policy": cfg.policy})
     stats = funnel.shard_stats(table, time.time() - t0)
-    (out / f"{shard_id:05d}_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    options.write_text(out / f"{shard_id:05d}_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(tmp, ignore_errors=True)
     return stats
 

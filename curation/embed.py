@@ -139,7 +139,7 @@ def embed_shard(encoder: encoders.Encoder, shard: Path, out: Path, batch_size: i
                        "in %s_stats.json (first: %s)", shard.name, len(res["failed"]), shard.stem, res["failed"][0])
     stats = {"shard": shard.name, "rows": table.num_rows, "success": len(rows), "embedded": len(res["uid"]),
              "failed": res["failed"], "encoder": encoder.name, "seconds": round(time.perf_counter() - t0, 3)}
-    (out / f"{shard.stem}_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    options.write_text(out / f"{shard.stem}_stats.json", json.dumps(stats, indent=1) + "\n")
     return stats
 
 

@@ -35,13 +35,16 @@ def background_similarity(works: np.ndarray) -> np.ndarray:
 def l2_ratio(generated: np.ndarray, train: np.ndarray, n: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
     """(ratio, index of the nearest training image) per generation; uint8 or float images `(N, S, S, 3)`.
 
-    ratio = ℓ2 to the nearest / mean ℓ2 to the `n` nearest; memorised when ratio < `ALPHA`.
+    ratio = ℓ2 to the nearest / mean ℓ2 to the `n` nearest; memorised when ratio < `ALPHA`. With one training
+    image the ratio is 1 (the test cannot tell a copy from a lone neighbour).
     """
-    if len(train) < 2:
-        raise ValueError("l2_ratio: needs at least 2 training images")
+    if len(train) == 0:
+        raise ValueError("l2_ratio: no training images")
     g = generated.reshape(len(generated), -1).astype(np.float64) / 255.0
     t = train.reshape(len(train), -1).astype(np.float64) / 255.0
     d = np.sqrt(np.maximum((g * g).sum(1)[:, None] + (t * t).sum(1)[None] - 2 * g @ t.T, 0.0))
     n = min(n, len(train))
+    if n == 1:
+        return np.ones(len(g)), d.argmin(axis=1)
     near = np.sort(d, axis=1)[:, :n]
     return near[:, 0] / np.maximum(near.mean(axis=1), 1e-12), d.argmin(axis=1)

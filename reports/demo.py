@@ -37,8 +37,9 @@ from reports import dataset, generation, poisoning, story
 logger = logging.getLogger(__name__)
 
 
-# evaluate's runs less DDIM (as accurate as Euler/DPM-Solver++ at 2.4× their cost): keeps the demo under 15 minutes
-DEMO_RUNS = ("euler:20", "dpmpp_2m:20", "ddpm:100", "euler:20:1")
+# evaluate's runs less DDIM and DDPM (as accurate as Euler/DPM-Solver++ at 2.4× and 5× their cost; see
+# bench/sample.py): keeps the whole demo under 15 minutes on 2 cores. `mithridate evaluate` runs all of them.
+DEMO_RUNS = ("euler:20", "dpmpp_2m:20", "euler:20:1")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class DemoConfig:
     seed: int = options.opt(0, "seed of the demo web")
     threads: int = options.opt(64, "download threads")
     timeout_s: float = options.opt(2.0, "crawl and download socket timeout (the web's slow images take longer)")
-    clip_preset: Literal["default", "tiny"] = options.opt("default", "compact CLIP preset (default: ~5 CPU minutes)")
+    clip_preset: Literal["demo", "default", "tiny"] = options.opt(
+        "demo", "compact CLIP preset (demo: 600 steps, ~3 CPU minutes; default: 800 steps)")
     clip_dir: str = options.opt("", "an existing `clip train` folder to reuse ('' = train one)")
     clip_top_fraction: float = options.opt(0.8, "filter: keep this top fraction by CLIP score")
     reupload_cos_eps: float = options.opt(0.06, "filter: an embedding match of a re-upload of an opted-out work is "
@@ -221,7 +223,7 @@ def _classifier_guidance(cfg: DemoConfig, out: Path, dif: Path, ev: Path) -> Non
     model, info = clf.load_classifier(clf_dir / "classifier.pt")
     pipe = Pipeline.load(dif)
     judge = evaluation.Judge(pipe.text.path, info["concepts"], pipe.device)
-    steps = 5 if cfg.diffusion_preset == "tiny" else 50
+    steps = 5 if cfg.diffusion_preset == "tiny" else 30
     rows = evaluation.classifier_guidance_sweep(pipe, judge, model, steps=steps)
     (ev / "classifier_guidance.json").write_text(json.dumps(rows, indent=2) + "\n")
 
@@ -274,11 +276,14 @@ def optout_artists(artists: list[str]) -> tuple[str, str]:
 
 def _part5_optout(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
     """Datasets under each opt-out policy + retraining without the artist, one model each → optout.json."""
+    from diffusion import pipeline
+
     artist, control = optout_artists(sorted(art.load(corpus)["artist"].unique()))
+    concepts = tuple(pipeline.read_checkpoint(out / "diffusion")["concepts"])  # familiar concepts, rows known
     return optout.run(dataclasses.replace(
         optout.PRESETS[cfg.optout_preset], filter=str(out / "filter"), provenance=str(out / "web" /
         "web_manifest.parquet"), art=str(corpus), vae=str(out / "vae"), clip=str(_clip_dir(cfg, out)),
-        out=str(out / "optout"), artist=artist, control_artist=control))
+        out=str(out / "optout"), artist=artist, control_artist=control, candidates=concepts))
 
 
 def _part5_integrity(cfg: DemoConfig, out: Path, corpus: Path) -> Path:

@@ -15,8 +15,9 @@ def test_l2_ratio_flags_a_copy_of_a_training_image_and_not_a_new_image():
     ratio, nearest = memorisation.l2_ratio(np.concatenate([copy, new]), train)
     assert ratio[0] == pytest.approx(0.0, abs=1e-6) and nearest[0] == 17
     assert ratio[1] > memorisation.ALPHA  # a random image is about as far from all of them
-    with pytest.raises(ValueError, match="at least 2"):
-        memorisation.l2_ratio(copy, train[:1])
+    assert memorisation.l2_ratio(copy, train[17:18])[0][0] == 1.0  # one neighbour: no verdict possible
+    with pytest.raises(ValueError, match="no training images"):
+        memorisation.l2_ratio(copy, train[:0])
 
 
 def test_nearest_similarity_against_the_leave_one_out_background():
