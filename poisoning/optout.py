@@ -71,14 +71,18 @@ class OptoutConfig:
     sample_steps: int = options.opt(20, "sampler steps")
     guidance: float = options.opt(3.0, "classifier-free guidance scale")
     probe_held_out: float = options.opt(0.2, "fraction of the corpus concepts held out to test the style probe")
-    seed: int = options.opt(0, "seed of training, noise, probe split and bootstrap")
+    seeds: tuple[int, ...] = options.opt((0,), "training seeds: one model per dataset and seed (its generations use "
+                                         "the same seed's noise); rates pool the seeds, differences pair them")
+    seed: int = options.opt(0, "seed of the probe split and the bootstrap")
 
     def __post_init__(self):
-        for name in ("policies", "concepts", "candidates"):
+        for name in ("policies", "concepts", "candidates", "seeds"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         options.check_positive(self, "steps", "batch_size", "lr", "per_concept", "sample_steps", "max_concepts")
         options.check_choice(self, "model", options.literal_values(OptoutConfig, "model"))
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"OptoutConfig.seeds={list(self.seeds)}: give one or more distinct seeds")
         for p in self.policies:
             if p not in POLICIES:
                 raise ValueError(f"OptoutConfig.policies: {p!r} is not a policy; allowed: {', '.join(POLICIES)}")
@@ -195,14 +199,14 @@ def compliance(cfg: OptoutConfig, folder: Path) -> dict:
 # --- models --------------------------------------------------------------------------------------------------------
 
 
-def train_model(cfg: OptoutConfig, name: str, train_dir: Path) -> Path:
-    """One model per dataset, the same budget and seed."""
-    out = Path(cfg.out) / "models" / name
+def train_model(cfg: OptoutConfig, name: str, train_dir: Path, seed: int) -> Path:
+    """One model per dataset and seed, the same budget."""
+    out = Path(cfg.out) / "models" / f"{name}-s{seed}"
     if (out / "model.pt").is_file() and (out / "train.json").is_file():
         return out
     tc = dataclasses.replace(training.PRESETS["tiny" if cfg.model == "tiny" else "cpu"], model=cfg.model,
                              data=str(train_dir), vae=cfg.vae, clip=cfg.clip, out=str(out), concepts=cfg.concepts,
-                             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, minutes=0.0,
+                             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, minutes=0.0,
                              sample_every=0, checkpoint_every=max(cfg.steps // 2, 1),
                              warmup_steps=min(training.PRESETS["cpu"].warmup_steps, cfg.steps // 5))
     return training.run(tc)
@@ -216,17 +220,19 @@ def prompts(cfg: OptoutConfig, concepts: list[str]) -> tuple[list[str], list[str
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
 
-def measure(cfg: OptoutConfig, model_dir: Path, probe, encoder, works: dict, concepts: list[str]) -> pd.DataFrame:
-    """Generate on fixed noise and judge each image: style, nearest-work similarity, ℓ2 ratio."""
+def measure(cfg: OptoutConfig, model_dir: Path, probe, encoder, works: dict, concepts: list[str],
+            seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Generate on the seed's noise and judge each image: style, nearest-work similarity, ℓ2 ratio."""
     pipe = Pipeline.load(model_dir)
     texts, kinds, cons = prompts(cfg, concepts)
-    images = pipe.generate(texts, cfg.sampler, cfg.sample_steps, cfg.guidance, seed=cfg.seed)
+    images = pipe.generate(texts, cfg.sampler, cfg.sample_steps, cfg.guidance, seed=seed)
     feats = encoder.encode_images(list(images))
     train = data.load_images(pipe.info["train_config"]["data"], images.shape[1], cfg.concepts)
     ratio, nearest = memorisation.l2_ratio(images, data.to_uint8(train.images))
     pred = probe.predict(feats)
     return pd.DataFrame({
-        "prompt": texts, "kind": kinds, "concept": cons, "style": [probe.artists[i] for i in pred],
+        "seed": seed, "index": np.arange(len(texts)), "prompt": texts, "kind": kinds, "concept": cons,
+        "style": [probe.artists[i] for i in pred],
         "nn_similarity": memorisation.nearest_similarity(feats, works["feats"]), "l2_ratio": ratio,
         "nearest_train_artist": [train.artists[i] for i in nearest],
         "memorised": ratio < memorisation.ALPHA}), images
@@ -243,22 +249,33 @@ def paired_diff(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int = 2000) -> 
     return float(d.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def _copies(cfg: OptoutConfig, g: pd.DataFrame) -> np.ndarray:
+    """Generations the ℓ2-ratio test calls memorised whose nearest training image is one of the artist's works."""
+    return g["memorised"].to_numpy() & (g["nearest_train_artist"] == cfg.artist).to_numpy()
+
+
 def summarise(cfg: OptoutConfig, gens: pd.DataFrame, background: np.ndarray) -> list[dict]:
     """One row per (model, prompt kind): style rates with intervals, difference to gold, closeness, memorisation."""
     rows, cut = [], float(np.quantile(background, 0.95))
     for (name, kind), g in gens.groupby(["model", "kind"], sort=False):
-        gold = gens[(gens["model"] == GOLD) & (gens["kind"] == kind)]
+        g = g.sort_values(["seed", "index"])
+        gold = gens[(gens["model"] == GOLD) & (gens["kind"] == kind)].sort_values(["seed", "index"])
         hit = (g["style"] == cfg.artist).to_numpy()
         p, lo, hi = success.bootstrap_ci(hit, seed=cfg.seed)
         c, clo, chi = success.bootstrap_ci((g["style"] == cfg.control_artist).to_numpy(), seed=cfg.seed)
         d, dlo, dhi = paired_diff(hit, (gold["style"] == cfg.artist).to_numpy(), cfg.seed)
-        mem = g["memorised"].to_numpy() & (g["nearest_train_artist"] == cfg.artist).to_numpy()
-        rows.append({"model": name, "kind": kind, "generations": len(g), "p_artist_style": p,
+        mem = _copies(cfg, g)
+        m, mlo, mhi = success.bootstrap_ci(mem, seed=cfg.seed)
+        md, mdlo, mdhi = paired_diff(mem, _copies(cfg, gold), cfg.seed)
+        rows.append({"model": name, "kind": kind, "generations": len(g), "seeds": int(g["seed"].nunique()),
+                     "p_artist_style": p,
                      "p_artist_style_ci": [lo, hi], "p_control_style": c, "p_control_style_ci": [clo, chi],
                      "diff_vs_gold": d, "diff_vs_gold_ci": [dlo, dhi],
                      "nn_similarity_median": float(g["nn_similarity"].median()),
                      "above_background_p95": float((g["nn_similarity"] > cut).mean()),
-                     "memorised": float(g["memorised"].mean()), "memorised_artist_works": float(mem.mean())})
+                     "memorised": float(g["memorised"].mean()), "memorised_artist_works": m,
+                     "memorised_artist_works_ci": [mlo, mhi], "memorised_artist_works_diff_vs_gold": md,
+                     "memorised_artist_works_diff_vs_gold_ci": [mdlo, mdhi]})
     return rows
 
 
@@ -272,7 +289,9 @@ def headline(result: dict) -> str:
         lines.append(f"  {r['model']:<15} {r['kind']:<14} P({x} style) {r['p_artist_style']:.2f} "
                      f"[{r['p_artist_style_ci'][0]:.2f}, {r['p_artist_style_ci'][1]:.2f}]  vs gold "
                      f"{r['diff_vs_gold']:+.2f} [{r['diff_vs_gold_ci'][0]:+.2f}, {r['diff_vs_gold_ci'][1]:+.2f}]  "
-                     f"({ds['trained_artist_rows']} of its training rows are {x}'s)")
+                     f"({ds['trained_artist_rows']} of its training rows are {x}'s); copies of {x}'s works "
+                     f"{r['memorised_artist_works']:.2f} [{r['memorised_artist_works_ci'][0]:.2f}, "
+                     f"{r['memorised_artist_works_ci'][1]:.2f}]")
     return "\n".join(lines)
 
 
@@ -297,17 +316,18 @@ def _datasets(cfg: OptoutConfig) -> dict[str, Path]:
     return folders
 
 
-def _models(cfg: OptoutConfig, folders: dict[str, Path], comp: dict) -> dict[str, Path]:
-    """Train one model per distinct training set; identical sets share a model (same data, seed, budget)."""
+def _models(cfg: OptoutConfig, folders: dict[str, Path], comp: dict) -> dict[tuple[str, int], Path]:
+    """Train one model per distinct training set and seed; identical sets share a model (same data, seed, budget)."""
     models, seen = {}, {}
-    for name, folder in folders.items():
-        key = tuple(comp[name]["uids"])
-        if key in seen:
-            logger.info("optout: %s trains on exactly the rows of %s: same model", name, seen[key])
-            models[name] = models[seen[key]]
-            continue
-        logger.info("optout: training the %s model (%d rows)", name, comp[name]["trained_rows"])
-        seen[key], models[name] = name, train_model(cfg, name, folder)
+    for seed in cfg.seeds:
+        for name, folder in folders.items():
+            key = (tuple(comp[name]["uids"]), seed)
+            if key in seen:
+                logger.info("optout: %s trains on exactly the rows of %s: same model", name, seen[key])
+                models[name, seed] = models[seen[key], seed]
+                continue
+            logger.info("optout: training the %s model, seed %d (%d rows)", name, seed, comp[name]["trained_rows"])
+            seen[key], models[name, seed] = name, train_model(cfg, name, folder, seed)
     return models
 
 
@@ -333,11 +353,13 @@ def run(cfg: OptoutConfig) -> Path:
     encoder = encoders.load_compact(cfg.clip)
     size = int(vae_mod.read_checkpoint(cfg.vae)["train_config"]["image_size"])
     probe, works, background = _probe(cfg, encoder, size)
-    concepts = list(Pipeline.load(models[GOLD]).info["concepts"])
+    concepts = list(Pipeline.load(models[GOLD, cfg.seeds[0]]).info["concepts"])
     gens, images = [], {}
-    for name, model_dir in models.items():
-        g, images[name] = measure(cfg, model_dir, probe, encoder, works, concepts)
+    for (name, seed), model_dir in models.items():
+        g, imgs = measure(cfg, model_dir, probe, encoder, works, concepts, seed)
         gens.append(g.assign(model=name))
+        if seed == cfg.seeds[0]:
+            images[name] = imgs
     gens = pd.concat(gens, ignore_index=True)
     gens.to_parquet(out / "generations.parquet", index=False)
     result = {"artist": cfg.artist, "control_artist": cfg.control_artist, "concepts": concepts,
@@ -346,7 +368,8 @@ def run(cfg: OptoutConfig) -> Path:
                                            "p95": float(np.quantile(background, 0.95)), "works": len(background)},
               "memorisation_test": {"alpha": memorisation.ALPHA, "neighbours": memorisation.NEIGHBOURS},
               "datasets": {k: {x: v for x, v in c.items() if x != "uids"} for k, c in comp.items()},
-              "models": {k: str(v) for k, v in models.items()}, "summary": summarise(cfg, gens, background)}
+              "seeds": list(cfg.seeds), "models": {f"{k}-s{seed}": str(v) for (k, seed), v in models.items()},
+              "summary": summarise(cfg, gens, background)}
     (out / "optout.json").write_text(json.dumps(result, indent=2) + "\n")
     from poisoning import optout_figure
 

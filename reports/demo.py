@@ -331,11 +331,12 @@ def _start(cfg: DemoConfig, out: Path) -> set[str]:
         for stage in FOLDERS[part]:
             if not (part == "report" and stage == "clip" and cfg.clip_dir):
                 shutil.rmtree(out / stage, ignore_errors=True)
-    if done:
-        logger.info("demo: resuming %s; finished parts kept: %s", out, ", ".join(p for p in PARTS if p in done))
+    kept = [p for p in PARTS if p in done and p not in redo]
+    if kept:
+        logger.info("demo: resuming %s; finished parts kept: %s", out, ", ".join(kept))
     options.write_config(cfg, out)
     done_dir.mkdir(parents=True, exist_ok=True)
-    return {p for p in done if p not in redo}
+    return set(kept)
 
 
 def _part(out: Path, done: set[str], name: str, fn, *args):

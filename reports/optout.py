@@ -42,7 +42,9 @@ def headline(result: dict) -> str:
                      f"{ds['trained_rows']} training rows; prompts naming {x} come out in {x}'s style "
                      f"{r['p_artist_style']:.2f} [{r['p_artist_style_ci'][0]:.2f}, {r['p_artist_style_ci'][1]:.2f}] "
                      f"vs gold {gold['p_artist_style']:.2f}, difference {r['diff_vs_gold']:+.2f} "
-                     f"[{r['diff_vs_gold_ci'][0]:+.2f}, {r['diff_vs_gold_ci'][1]:+.2f}]: {_verdict(r)}.")
+                     f"[{r['diff_vs_gold_ci'][0]:+.2f}, {r['diff_vs_gold_ci'][1]:+.2f}]: {_verdict(r)}; "
+                     f"memorised copies of {x}'s works "
+                     f"{_ci(r.get('memorised_artist_works', 0.0), r.get('memorised_artist_works_ci'))}.")
     return " ".join(parts)
 
 
@@ -74,7 +76,10 @@ def _closeness(result: dict) -> str:
     rows = [{"dataset": NAMES.get(r["model"], r["model"]), "prompt": r["kind"].replace("_", " "),
              "NN similarity (median)": round(r["nn_similarity_median"], 3),
              "above background p95": round(r["above_background_p95"], 3), "memorised (l2 ratio)":
-             round(r["memorised"], 3), f"memorised copies of {result['artist']}": round(r["memorised_artist_works"], 3)}
+             round(r["memorised"], 3), f"memorised copies of {result['artist']}'s works": _ci(
+                 r.get("memorised_artist_works", 0.0), r.get("memorised_artist_works_ci")),
+             "copies vs gold": _ci(r.get("memorised_artist_works_diff_vs_gold", 0.0),
+                                   r.get("memorised_artist_works_diff_vs_gold_ci"), "+")}
             for r in result["summary"] if r["kind"] == "names_artist"]
     return H.note(
         f"Nearest-neighbour cosine to {result['artist']}'s {bg['works']} works in {result['feature_space']}'s image "
@@ -82,6 +87,10 @@ def _closeness(result: dict) -> str:
         f"Memorised (Carlini et al. 2023): l2 to the nearest training image < {result['memorisation_test']['alpha']} "
         f"× mean l2 to the {result['memorisation_test']['neighbours']} nearest (capped by the training set).") + \
         H.table(rows)
+
+
+def _ci(value: float, ci, sign: str = "") -> str:
+    return f"{value:{sign}.2f}" + (f" [{ci[0]:{sign}.2f}, {ci[1]:{sign}.2f}]" if ci else "")
 
 
 def _png(path: Path, caption: str) -> str:
@@ -96,6 +105,8 @@ def sections(folder: str | Path) -> list[tuple[str, str]]:
     setup = H.table([{"item": "opted-out artist X", "value": r["artist"]},
                      {"item": "control artist (did not opt out)", "value": r["control_artist"]},
                      {"item": "concepts the models learn", "value": ", ".join(r["concepts"])},
+                     {"item": "models", "value": f"one per dataset and training seed (seeds {r.get('seeds', [0])}); "
+                      "rates pool the seeds, differences to gold pair the same seed, prompt and noise"},
                      {"item": "style probe", "value": f"{', '.join(p['artists'])} on {p['feature_space']} features; "
                       f"held-out concepts ({p['heldout_images']} images): {100 * p['heldout_accuracy']:.1f}% on "
                       f"reconstructions, {100 * p['heldout_accuracy_originals']:.1f}% on originals, chance "
@@ -117,5 +128,7 @@ def metrics(folder: str | Path) -> dict:
         key = f"optout/{s['model']}/{s['kind']}"
         out.update({f"{key}/p_artist_style": s["p_artist_style"], f"{key}/p_artist_style_ci": s["p_artist_style_ci"],
                     f"{key}/diff_vs_gold": s["diff_vs_gold"], f"{key}/diff_vs_gold_ci": s["diff_vs_gold_ci"],
-                    f"{key}/memorised": s["memorised"]})
+                    f"{key}/memorised": s["memorised"],
+                    f"{key}/copies_of_artist": s.get("memorised_artist_works"),
+                    f"{key}/copies_of_artist_ci": s.get("memorised_artist_works_ci")})
     return out

@@ -94,8 +94,10 @@ def build(cfg: StoryConfig) -> Path:
                                             _integrity(run))) if p is not None]
     if not found:
         raise ValueError(f"StoryConfig.run={cfg.run!r}: no finished stage to report (no train/, evaluate/, …)")
+    glance = "".join(f"<p><strong>{H.esc(title)}</strong></p>{intro}" for _, (title, intro, _, _) in found)
     page = H.story("mithridate: what is in this dataset, who opted out, how easily can it be poisoned?",
-                   [(title, intro, parts) for _, (title, intro, parts, _) in found], H.note(f"run folder: {run}"))
+                   [(title, intro, parts) for _, (title, intro, parts, _) in found],
+                   f"<p>run folder: {H.esc(run)}</p><h2>At a glance</h2>{glance}")
     (out / "index.html").write_text(page, encoding="utf-8")
     metrics = {}
     for name, (_, _, _, m) in found:
