@@ -313,6 +313,10 @@ def _datasets(cfg: OptoutConfig) -> dict[str, Path]:
     folders = {p: build_dataset(cfg, p, base) for p in cfg.policies}
     honoured = folders.get("honor") or build_dataset(cfg, "honor", base)
     folders[GOLD] = build_gold(cfg, honoured, base)
+    for name, folder in folders.items():
+        if json.loads((folder / "_stats.json").read_text())["rows"] == 0:
+            raise ValueError(f"optout: the {name!r} dataset kept no rows ({folder}); nothing to train on — check the "
+                             f"exclusion reasons of the filter run {cfg.filter} or loosen it")
     return folders
 
 
