@@ -70,6 +70,8 @@ class DemoConfig:
     poison_target: str = options.opt("elephant", "poisoning: target concept A (else the model's last concept)")
     poison_preset: Literal["demo", "tiny", "default"] = options.opt("demo", "`poison sweep` preset")
     optout_preset: Literal["demo", "tiny", "default"] = options.opt("demo", "`optout evaluate` preset")
+    study: str = options.opt("", "a `poison study` folder to show in the poisoning report (autoencoder design "
+                             "frontier, robust autoencoder; '' = none: the study takes ~45 CPU minutes)")
     expire: tuple[str, ...] = options.opt(("aggregator",), "integrity: sites whose domain changes hands after the "
                                           "release (they serve other pictures)")
     reencode: tuple[str, ...] = options.opt(("linkfarm",), "integrity: sites that re-encode their images after the "
@@ -82,6 +84,8 @@ class DemoConfig:
         options.check_positive(self, "threads", "timeout_s", "max_concepts")
         for r in self.eval_runs:  # checked now, not after the minutes of parts 1–2
             evaluation.parse_run(r, 3.0)
+        if self.study and not (Path(self.study) / "study.json").is_file():
+            raise ValueError(f"DemoConfig.study={self.study!r}: no study.json there (run `mithridate poison study`)")
         if not 0 < self.clip_top_fraction <= 1:
             raise ValueError(f"DemoConfig.clip_top_fraction={self.clip_top_fraction}: must be within (0, 1]")
         for name in ("art_preset", "policy", "clip_preset", "stop_after", "diffusion_preset", "poison_preset",
@@ -90,6 +94,10 @@ class DemoConfig:
 
 
 PRESETS = {"default": DemoConfig(),
+           # scaled up for a GPU (bigger CLIP run, 64 px autoencoder and UNet, longer opt-out models); written for
+           # CUDA with bf16 autocast, not yet run on one
+           "gpu": DemoConfig(clip_preset="default", diffusion_preset="gpu", optout_preset="default",
+                             eval_runs=("ddim:50", "euler:20", "dpmpp_2m:20", "ddpm:100", "euler:20:1")),
            "tiny": DemoConfig(art_preset="tiny", threads=16, timeout_s=1.0, clip_preset="tiny", diffusion_preset="tiny",
                               max_concepts=8, eval_runs=("ddim:5", "euler:4"), poison_preset="tiny",
                               optout_preset="tiny", reupload_cos_eps=0.002)}
@@ -257,7 +265,7 @@ def _part4(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
     att = attackability.run(dataclasses.replace(
         attackability.PRESETS["tiny" if cfg.poison_preset == "tiny" else "demo"], vae=str(out / "vae"),
         data=str(corpus), pairs=(f"{source}:{target}",)))
-    page = poisoning.build(poisoning.PoisoningReportConfig(sweep=str(sw), out=str(out / "report"),
+    page = poisoning.build(poisoning.PoisoningReportConfig(sweep=str(sw), out=str(out / "report"), study=cfg.study,
                                                            attackability=str(att)))
     logger.info("%s", poisoning.headline(sw))
     return page

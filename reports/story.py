@@ -58,8 +58,9 @@ def _poisoning(run: Path) -> tuple | None:
     if not (run / "poison-sweep" / "results.parquet").is_file():
         return None
     att = run / "vae" / "attackability.json"
+    study = json.loads((run / "config.json").read_text()).get("study", "") if (run / "config.json").is_file() else ""
     cfg = poisoning.PoisoningReportConfig(sweep=str(run / "poison-sweep"), out=str(run / "report"),
-                                          attackability=str(att) if att.is_file() else "")
+                                          attackability=str(att) if att.is_file() else "", study=study or "")
     parts, m = poisoning.sections(cfg)
     return "Poisoning: Nightshade-style vs dirty-label", H.note(poisoning.headline(run / "poison-sweep")), parts, m
 

@@ -95,3 +95,8 @@ def test_an_interrupted_demo_resumes_after_its_last_finished_part(tmp_path, cach
     assert "part 'download' finished earlier, skipped" in caplog.text and "part 'report' finished earlier" in caplog.text
     assert [f.stat().st_mtime_ns for f in shards] == stamp  # not downloaded again
     assert (tmp_path / "_parts" / "generation.done").is_file() and (tmp_path / "report" / "index.html").is_file()
+
+
+def test_demo_refuses_a_study_folder_without_study_json(tmp_path, capsys):
+    assert main(["demo", f"--study={tmp_path}"]) == 2
+    assert "study.json" in capsys.readouterr().err
