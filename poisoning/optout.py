@@ -172,7 +172,7 @@ def choose_concepts(cfg: OptoutConfig, folders: dict[str, Path], names: list[str
         chosen = [names[i] for i in np.argsort(-mine, kind="stable")[:half] if mine[i] > 0]
         chosen += [names[i] for i in np.argsort(-gold, kind="stable")[:half] if gold[i] > 0 and names[i] not in chosen]
     if not chosen:
-        raise ValueError(f"OptoutConfig.concepts: no caption names a corpus concept in the datasets; name the concepts")
+        raise ValueError("OptoutConfig.concepts: no caption names a corpus concept in the datasets; name the concepts")
     logger.info("optout: %d concepts: %s", len(chosen), ", ".join(chosen))
     return tuple(chosen)
 

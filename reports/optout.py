@@ -121,7 +121,7 @@ def sections(folder: str | Path) -> list[tuple[str, str]]:
 
 def metrics(folder: str | Path) -> dict:
     r = load(folder)
-    out = {f"optout/probe_heldout_accuracy": r["probe"]["heldout_accuracy"]}
+    out = {"optout/probe_heldout_accuracy": r["probe"]["heldout_accuracy"]}
     for k, v in r["datasets"].items():
         out[f"optout/{k}/artist_rows_kept"] = v["artist_rows"]
     for s in r["summary"]:
