@@ -50,6 +50,9 @@ def test_tiny_demo_prints_a_funnel_with_every_planted_category(tmp_path, cache_d
         assert f'">{["Dataset", "Model", "Poisoning", "Opt-out", "Integrity"].index(part) + 1}. {part}' in index
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["integrity/sha256/admitted"] == 0 and "optout/honor/names_artist/diff_vs_gold_ci" in m
+    # ground truth of the expiry log: replaced pictures get in only without verification
+    assert m["integrity/none/expired_admitted"] == m["integrity/none/expired_changed"] > 0
+    assert m["integrity/sha256/expired_admitted"] == m["integrity/phash/expired_admitted"] == 0
     assert "dataset/funnel/downloaded" in m or any(k.startswith("dataset/funnel/") for k in m)
     assert "generation/generation/chance" not in m and "generation/chance" in m
 
