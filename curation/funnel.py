@@ -47,7 +47,7 @@ def failure_reason(message: str | None) -> str:
 def shard_stats(table: pa.Table, seconds: float) -> dict:
     """Counts of one downloaded shard: rows, status, failure reasons, opt-out signals."""
     status = collections.Counter(table["status"].to_pylist())
-    reasons, optouts = collections.Counter(), collections.Counter()
+    reasons, optouts, recorded = collections.Counter(), collections.Counter(), 0
     for st, msg, opt in zip(table["status"].to_pylist(), table["error_message"].to_pylist(),
                             table["optout"].to_pylist()):
         if st in ("failed_to_download", "failed_to_resize"):
@@ -55,8 +55,7 @@ def shard_stats(table: pa.Table, seconds: float) -> dict:
         if st == "opted_out" or opt:  # not fetched, or fetched and recorded (download policy `record`)
             for signal in (opt or "unknown").split(";"):
                 optouts[signal] += 1
-    recorded = sum(1 for st, opt in zip(table["status"].to_pylist(), table["optout"].to_pylist())
-                   if opt and st != "opted_out")
+            recorded += st != "opted_out"
     return {"rows": table.num_rows, "status": dict(status), "failure_reasons": dict(reasons),
             "optout_signals": dict(optouts), "recorded_optouts": recorded, "seconds": round(seconds, 3)}
 

@@ -201,6 +201,12 @@ def _acquire(folder: Path, lock: Path) -> int:
     return fd
 
 
+def from_dict(cls: type, saved: dict[str, Any]) -> Any:
+    """The inverse of `to_dict`: a `cls` from a saved config (fields `cls` lacks are dropped, lists become tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
+
+
 def write_config(cfg: Any, folder: str | Path, name: str = "config.json") -> Path:
     """Lock `folder` (see `lock_folder`) and write the resolved config to `<folder>/config.json` (the first act of
     every stage)."""

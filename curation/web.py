@@ -62,6 +62,8 @@ class WebConfig:
     def __post_init__(self):
         if isinstance(self.ports, list):
             object.__setattr__(self, "ports", tuple(self.ports))
+        if any(not 0 < p < 65536 for p in self.ports):
+            raise ValueError(f"WebConfig.ports={list(self.ports)}: each port must be within 1..65535")
         options.check_positive(self, "images_per_page", "oversized_px", "bomb_px")
         if not 0 <= self.rehost_fraction <= 1:
             raise ValueError(f"WebConfig.rehost_fraction={self.rehost_fraction!r}: must be within [0, 1]")

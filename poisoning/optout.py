@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from curation import encoders, export, options, schema, selection, subsets
-from diffusion import data, training, vae as vae_mod
+from diffusion import data, samplers, training, vae as vae_mod
 from diffusion.pipeline import Pipeline
 from poisoning import memorisation, style, success
 
@@ -81,6 +81,9 @@ class OptoutConfig:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         options.check_positive(self, "steps", "batch_size", "lr", "per_concept", "sample_steps", "max_concepts")
         options.check_choice(self, "model", options.literal_values(OptoutConfig, "model"))
+        if self.sampler not in samplers.SAMPLERS:
+            raise ValueError(f"OptoutConfig.sampler={self.sampler!r}: allowed values are "
+                             f"{', '.join(samplers.SAMPLERS)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"OptoutConfig.seeds={list(self.seeds)}: give one or more distinct seeds")
         for p in self.policies:
@@ -118,10 +121,7 @@ def check_inputs(cfg: OptoutConfig, artists: list[str]) -> None:
 
 def base_filter(cfg: OptoutConfig) -> selection.FilterConfig:
     """The filter config every policy shares (from the given filter run's config.json)."""
-    raw = json.loads((Path(cfg.filter) / "config.json").read_text())
-    fields = {f.name for f in dataclasses.fields(selection.FilterConfig)}
-    return selection.FilterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()
-                                     if k in fields})
+    return options.from_dict(selection.FilterConfig, json.loads((Path(cfg.filter) / "config.json").read_text()))
 
 
 def build_dataset(cfg: OptoutConfig, policy: str, base: selection.FilterConfig) -> Path:
@@ -155,13 +155,12 @@ def train_rows(folder: Path) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True).fillna({"caption": "", "artist": ""})
 
 
-def choose_concepts(cfg: OptoutConfig, folders: dict[str, Path], names: list[str]) -> tuple[str, ...]:
+def choose_concepts(cfg: OptoutConfig, tables: dict[str, pd.DataFrame], names: list[str]) -> tuple[str, ...]:
     """The configured concepts, else up to `max_concepts` corpus concepts with rows of the artist in the widest
     dataset (the one that kept most of them) *and* rows in the gold dataset (so every model has rows to learn),
     most rows first; when no concept has both, half from each side."""
     if cfg.concepts:
         return cfg.concepts
-    tables = {k: train_rows(f) for k, f in folders.items()}
     wide = max(tables.values(), key=lambda t: ((t["artist"] == cfg.artist).sum(), len(t)))
     mine = _counts(wide[wide["artist"] == cfg.artist], names)
     gold = _counts(tables[GOLD], names)
@@ -182,9 +181,9 @@ def _counts(rows: pd.DataFrame, names: list[str]) -> np.ndarray:
     return np.bincount(label[label >= 0], minlength=len(names))
 
 
-def compliance(cfg: OptoutConfig, folder: Path) -> dict:
-    """Rows each dataset kept: all, of the artist, naming the artist; and the same within the trained concepts."""
-    rows = train_rows(folder)
+def compliance(cfg: OptoutConfig, rows: pd.DataFrame) -> dict:
+    """Rows a dataset (`train_rows`) kept: all, of the artist, naming the artist; the same within the trained
+    concepts."""
     names = rows["caption"].str.contains(cfg.artist, case=False, regex=False)
     inside = data.match_concepts(rows["caption"].tolist(), list(cfg.concepts)) >= 0 if cfg.concepts else \
         np.ones(len(rows), bool)
@@ -350,9 +349,10 @@ def run(cfg: OptoutConfig) -> Path:
     check_inputs(cfg, sorted(art.load(cfg.art)["artist"].unique()))
     options.write_config(cfg, out)
     folders = _datasets(cfg)
+    tables = {name: train_rows(f) for name, f in folders.items()}
     names = list(cfg.candidates) or sorted(set(art.load(cfg.art)["concept"]))
-    cfg = dataclasses.replace(cfg, concepts=choose_concepts(cfg, folders, names))
-    comp = {name: compliance(cfg, f) for name, f in folders.items()}
+    cfg = dataclasses.replace(cfg, concepts=choose_concepts(cfg, tables, names))
+    comp = {name: compliance(cfg, rows) for name, rows in tables.items()}
     models = _models(cfg, folders, comp)
     encoder = encoders.load_compact(cfg.clip)
     size = int(vae_mod.read_checkpoint(cfg.vae)["train_config"]["image_size"])

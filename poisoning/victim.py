@@ -32,10 +32,7 @@ def config(checkpoint: str | Path, data: str | Path, out: str | Path, how: Victi
            seed: int) -> training.TrainConfig:
     """The `TrainConfig` of a victim of the clean model at `checkpoint`, trained on `data`."""
     ckpt = pipeline.read_checkpoint(checkpoint)
-    base = dict(ckpt["train_config"])
-    fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
-    base = {k: (tuple(v) if isinstance(v, list) else v) for k, v in base.items() if k in fields and k != "_config"}
-    cfg = training.TrainConfig(**base)
+    cfg = options.from_dict(training.TrainConfig, ckpt["train_config"])
     return dataclasses.replace(
         cfg, data=str(data), out=str(out), init="" if how.from_scratch else str(checkpoint),
         steps=how.steps if not how.from_scratch else max(how.steps, cfg.steps), lr=how.lr if not how.from_scratch

@@ -81,7 +81,11 @@ class DemoConfig:
         for name in ("concepts", "eval_runs", "expire", "reencode"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
-        options.check_positive(self, "threads", "timeout_s", "max_concepts")
+        options.check_positive(self, "threads", "timeout_s", "max_concepts", "reupload_cos_eps")
+        for name in ("expire", "reencode"):
+            bad = [s for s in getattr(self, name) if s not in ("aggregator", "linkfarm") and not s.startswith("artist-")]
+            if bad:
+                raise ValueError(f"DemoConfig.{name}={bad}: sites are aggregator, linkfarm or artist-<artist>")
         for r in self.eval_runs:  # checked now, not after the minutes of parts 1–2
             evaluation.parse_run(r, 3.0)
         if self.study and not (Path(self.study) / "study.json").is_file():

@@ -65,6 +65,11 @@ def page(title: str, sections: list[tuple[str, str]], intro: str = "") -> str:
     """The whole page: title, table of contents, then each (heading, html) section with an anchor."""
     toc = "".join(f'<a href="#s{i}">{i + 1}. {esc(h)}</a>' for i, (h, _) in enumerate(sections))
     body = "".join(f'<h2 id="s{i}">{i + 1}. {esc(h)}</h2>{content}' for i, (h, content) in enumerate(sections))
+    return _document(title, intro, toc, body)
+
+
+def _document(title: str, intro: str, toc: str, body: str) -> str:
+    """The HTML document around a page's intro, table-of-contents links and body."""
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1>{intro}"
             f'<nav class="toc"><strong>Contents</strong>{toc}</nav>{body}</body></html>\n')
@@ -80,6 +85,4 @@ def story(title: str, parts: list[tuple[str, str, list[tuple[str, str]]]], intro
         for j, (heading, content) in enumerate(sections):
             toc.append(f'<a href="#p{i}s{j}" style="margin-left:1.5em">{i + 1}.{j + 1} {esc(heading)}</a>')
             body.append(f'<h3 id="p{i}s{j}">{i + 1}.{j + 1} {esc(heading)}</h3>{content}')
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{esc(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1>{intro}"
-            f'<nav class="toc"><strong>Contents</strong>{"".join(toc)}</nav>{"".join(body)}</body></html>\n')
+    return _document(title, intro, "".join(toc), "".join(body))

@@ -16,11 +16,14 @@ MODE_NAMES = {"sha256": "sha256 verified (img2dataset verify_hash)", "none": "no
               "phash": "pHash tolerance"}
 
 
-def load(folder: str | Path) -> dict:
+def load(folder: str | Path, expiry: str | Path = "") -> tuple[dict, dict | None]:
+    """(integrity.json of a `rebuild` folder, `by_kind` against the web's expiry log — None without one)."""
     path = Path(folder) / "integrity.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (run `mithridate rebuild` first)")
-    return json.loads(path.read_text())
+    report = json.loads(path.read_text())
+    kinds = by_kind(folder, expiry, report["modes"]) if expiry and Path(expiry).is_file() else None
+    return report, kinds
 
 
 def by_kind(folder: str | Path, expiry: str | Path, modes) -> dict[str, dict[str, dict]]:
@@ -58,10 +61,8 @@ def headline(report: dict, kinds: dict | None) -> str:
     return " ".join(parts)
 
 
-def sections(folder: str | Path, expiry: str | Path = "") -> list[tuple[str, str]]:
-    """(heading, html) sections of the integrity check."""
-    report = load(folder)
-    kinds = by_kind(folder, expiry, report["modes"]) if expiry and Path(expiry).is_file() else None
+def sections(report: dict, kinds: dict | None) -> list[tuple[str, str]]:
+    """(heading, html) sections of the integrity check (`load`'s two results)."""
     rows = [{"mode": MODE_NAMES.get(m, m), **{k: r[k] for k in ("urls", "fetched", "changed", "caught", "admitted",
                                                                  "unchanged_kept", "unchanged_dropped", "failed")}}
             for m, r in report["modes"].items()]
@@ -79,12 +80,11 @@ def sections(folder: str | Path, expiry: str | Path = "") -> list[tuple[str, str
     return out
 
 
-def metrics(folder: str | Path, expiry: str | Path = "") -> dict:
-    report = load(folder)
+def metrics(report: dict, kinds: dict | None) -> dict:
     out = {f"integrity/{m}/{k}": r[k] for m, r in report["modes"].items()
            for k in ("urls", "changed", "caught", "admitted", "unchanged_kept", "failed")}
-    if expiry and Path(expiry).is_file():
-        for m, ks in by_kind(folder, expiry, report["modes"]).items():
+    if kinds:
+        for m, ks in kinds.items():
             out.update({f"integrity/{m}/{k}_admitted": v["admitted"] for k, v in ks.items()})
             out.update({f"integrity/{m}/{k}_changed": v["changed"] for k, v in ks.items()})
     return out

@@ -34,7 +34,7 @@ def _dataset(run: Path) -> tuple | None:
                                       export=str(run / "train"), manifest=str(run / "web" / "web_manifest.parquet"),
                                       out=str(run / "report"), clip=str(_clip(run)))
     parts, m = dataset.sections(cfg)
-    steps = dict(dataset.funnel_steps(dataset.load(cfg)))
+    steps = {k[len("funnel/"):].replace("_", " "): v for k, v in m.items() if k.startswith("funnel/")}
     intro = H.note(", ".join(f"{k}: {v}" for k, v in steps.items()))
     return "Dataset: crawl, download, curation", intro, parts, m
 
@@ -76,11 +76,9 @@ def _optout(run: Path) -> tuple | None:
 def _integrity(run: Path) -> tuple | None:
     if not (run / "rebuild" / "integrity.json").is_file():
         return None
-    expiry = run / "web-after" / "web_expiry.parquet"
-    report = integrity.load(run / "rebuild")
-    kinds = integrity.by_kind(run / "rebuild", expiry, report["modes"]) if expiry.is_file() else None
+    report, kinds = integrity.load(run / "rebuild", run / "web-after" / "web_expiry.parquet")
     return ("Integrity: do hashes stop split-view poisoning?", H.note(integrity.headline(report, kinds)),
-            integrity.sections(run / "rebuild", expiry), integrity.metrics(run / "rebuild", expiry))
+            integrity.sections(report, kinds), integrity.metrics(report, kinds))
 
 
 def build(cfg: StoryConfig) -> Path:

@@ -103,3 +103,8 @@ def test_an_interrupted_demo_resumes_after_its_last_finished_part(tmp_path, cach
 def test_demo_refuses_a_study_folder_without_study_json(tmp_path, capsys):
     assert main(["demo", f"--study={tmp_path}"]) == 2
     assert "study.json" in capsys.readouterr().err
+
+
+def test_demo_checks_the_integrity_sites_before_running(capsys):
+    assert main(["demo", "--expire=aggregater"]) == 2
+    assert "expire=['aggregater']" in capsys.readouterr().err

@@ -73,7 +73,7 @@ def test_failure_routes_behave(tiny_web):
 
 @pytest.mark.parametrize("field,value", [("first_host", "10.0.0.1"), ("first_host", "nope"),
                                          ("images_per_page", 0), ("rehost_fraction", 1.5),
-                                         ("degraded_fraction", -0.1)])
+                                         ("degraded_fraction", -0.1), ("ports", (80, 70000))])
 def test_bad_config_is_a_clear_error(field, value):
     with pytest.raises(ValueError, match=field):
         web.WebConfig(**{field: value})

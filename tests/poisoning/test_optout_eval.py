@@ -49,6 +49,10 @@ def test_config_errors_name_the_field(tmp_path):
         optout.OptoutConfig(policies=("honor", "everything"))
     with pytest.raises(ValueError, match="probe_held_out"):
         optout.OptoutConfig(probe_held_out=1.0)
+    with pytest.raises(ValueError, match="sampler='plms'"):
+        optout.OptoutConfig(sampler="plms")
+    with pytest.raises(ValueError, match="seeds"):
+        optout.OptoutConfig(seeds=(1, 1))
     cfg = optout.OptoutConfig(filter=str(tmp_path), art=".", vae=".", clip=".", provenance=".", artist="openmoji",
                               control_artist="nobody")
     with pytest.raises(ValueError, match="filter=.*no config.json"):
