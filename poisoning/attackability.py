@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from curation import options  # noqa: E402
 from diffusion import vae as vae_mod  # noqa: E402
-from poisoning import candidates, nightshade, pool as attack_pool, quality, success  # noqa: E402
+from poisoning import candidates, intervals, nightshade, pool as attack_pool, quality  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def _mean_ci(values: list[float]) -> list[float]:
     v = v[np.isfinite(v)]
     if v.size == 0:
         return [float("nan")] * 3
-    mean, lo, hi = success.bootstrap_ci(v)  # percentile bootstrap of the mean (works for non-binary values)
+    mean, lo, hi = intervals.mean_interval(v)  # percentile bootstrap of the mean (non-binary values)
     return [mean, lo, hi]
 
 

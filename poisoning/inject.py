@@ -18,6 +18,9 @@ Attacks:
   resolution: a JPEG re-encoding would already be a purification defence.
 - "benign": the same N candidate images of C, unperturbed — not an attack but its control: it separates the
   effect of the perturbation from that of adding N more (possibly differently drawn) images of C.
+- "anchor": the positive control — every poison is the anchor image itself (what a Nightshade poison would be if
+  it closed the whole latent gap), with the candidates' captions. If this does not move P(A), the measurement
+  cannot see a clean-label attack at all.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from poisoning import candidates, defences, nightshade as ns, perceptual, pool a
 logger = logging.getLogger(__name__)
 
 POISON_SHARD = "90000.parquet"
-ATTACKS = ("dirty_label", "nightshade", "benign")
+ATTACKS = ("dirty_label", "nightshade", "benign", "anchor")
 ANCHORS = ("data", "generated")
 
 
@@ -59,8 +62,9 @@ class InjectConfig:
     target: str = options.opt("elephant", "target concept A that prompts for C should produce")
     pool: str = options.opt("", "attacker's images: training shards or an art corpus folder ('' = data)")
     n: int = options.opt(8, "number of poisons")
-    attack: Literal["dirty_label", "nightshade", "benign"] = options.opt(
-        "nightshade", "attack (benign: the candidates unperturbed, the control of nightshade)")
+    attack: Literal["dirty_label", "nightshade", "benign", "anchor"] = options.opt(
+        "nightshade", "attack (benign: the candidates unperturbed, the control of nightshade; anchor: the anchor "
+        "image itself as every poison, the positive control)")
     budget: Literal["linf", "ssim", "lpips"] = options.opt(
         "linf", "nightshade budget: L∞ (released code), an SSIM floor (stands in for LPIPS), or the paper's LPIPS "
         "(needs lpips_backbone)")
@@ -194,13 +198,17 @@ def run(cfg: InjectConfig) -> Path:
     chosen = select_sources(cfg, pool, text, known)
     src = chosen.index
     tgt = np.flatnonzero(candidates.naming(pool.captions, cfg.target, known))
-    if len(tgt) == 0 and cfg.attack != "benign" and not (cfg.attack == "nightshade" and cfg.anchor == "generated"):
+    if len(tgt) == 0 and cfg.attack != "benign" and not (cfg.attack in ("nightshade", "anchor") and cfg.anchor == "generated"):
         raise ValueError(f"target={cfg.target!r}: no pool image names it (pool={cfg.pool or cfg.data!r})")
     stats, setting = [{} for _ in src], "white_box"
     if cfg.attack == "dirty_label":
         origin, pixels, captions = dirty_label(pool, src, tgt, cfg.seed)
     elif cfg.attack == "benign":
         origin, pixels, captions = src, data.to_uint8(pool.images[src]), [pool.captions[i] for i in src]
+    elif cfg.attack == "anchor":
+        anchor = choose_anchor(pool, tgt, cfg)
+        origin, captions = src, [pool.captions[i] for i in src]
+        pixels = np.repeat(data.to_uint8(anchor[None]), len(src), axis=0)
     else:
         ae, setting = attack_encoder(cfg, ckpt)
         anchor = choose_anchor(pool, tgt, cfg)

@@ -1,5 +1,8 @@
 """Judging a victim: generations on fixed noise, labelled by a zero-shot judge, turned into rates with intervals.
 
+Rates of one model carry exact (Clopper–Pearson) intervals: 0 of 64 generations is [0, 0.056], never [0, 0].
+The judge (`poisoning.judge`) only needs `predict(images)` and `features(images)`.
+
 Prompt groups (`role`): "source" (C), "near"/"far" (bleed-through: the concepts nearest to and farthest from C
 in the text encoder's pooled space), "others" (collateral: every concept but C and A → accuracy and KID against
 the real images) and "implosion" (each pair of a many-concept attack → P(its own target)).
@@ -12,9 +15,8 @@ import math
 import numpy as np
 
 from diffusion import metrics
-from diffusion.evaluation import Judge
 from diffusion.pipeline import Pipeline
-from poisoning import success
+from poisoning import intervals
 
 
 
@@ -33,10 +35,12 @@ def bleed_concepts(pipe: Pipeline, concepts: list[str], source: str, target: str
     return {"near": near, "far": far}
 
 
-def rate_row(pred: np.ndarray, prompt: int, target: int, seed: int) -> dict:
+def rate_row(pred: np.ndarray, prompt: int, target: int) -> dict:
+    """Counts and exact (Clopper–Pearson) 95% intervals of P(judge says the prompt) and P(judge says the target)
+    among one model's generations."""
     hit_prompt, hit_target = pred == prompt, pred == target
-    p, lo, hi = success.bootstrap_ci(hit_prompt, seed=seed)
-    t, tlo, thi = success.bootstrap_ci(hit_target, seed=seed)
+    p, lo, hi = intervals.exact(int(hit_prompt.sum()), pred.size)
+    t, tlo, thi = intervals.exact(int(hit_target.sum()), pred.size)
     return {"generations": int(pred.size), "hits_prompt": int(hit_prompt.sum()), "hits_target": int(hit_target.sum()),
             "p_prompt": p, "p_prompt_low": lo, "p_prompt_high": hi, "p_not_prompt": 1 - p,
             "p_not_prompt_low": 1 - hi, "p_not_prompt_high": 1 - lo, "p_target": t, "p_target_low": tlo,
@@ -46,16 +50,16 @@ def rate_row(pred: np.ndarray, prompt: int, target: int, seed: int) -> dict:
 class Measurer:
     """Generates with a victim on fixed noise and judges the images (`cfg`: a `SweepConfig`)."""
 
-    def __init__(self, cfg, concepts: list[str], judge: Judge, real_feats: np.ndarray,
+    def __init__(self, cfg, concepts: list[str], judge, real_feats: np.ndarray,
                  real_labels: np.ndarray, groups: dict):
         self.cfg, self.concepts, self.judge = cfg, concepts, judge
         self.real_feats, self.real_labels, self.groups = real_feats, real_labels, groups
         self.source, self.target = concepts.index(cfg.source), concepts.index(cfg.target)
 
     def _predict(self, pipe: Pipeline, prompts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        images = pipe.generate(prompts, self.cfg.sampler, self.cfg.sample_steps, self.cfg.guidance, seed=0)
-        feats = self.judge.features(images)
-        return np.argmax(feats @ self.judge.text_emb.T, axis=1), feats, images
+        texts = [self.cfg.prompt.format(p) for p in prompts]
+        images = pipe.generate(texts, self.cfg.sampler, self.cfg.sample_steps, self.cfg.guidance, seed=0)
+        return self.judge.predict(images), self.judge.features(images), images
 
     def measure(self, pipe: Pipeline, detailed: bool, pairs: tuple = ()) -> tuple[list[dict], np.ndarray]:
         """Rows (one per prompt group) and the source generations."""
@@ -64,14 +68,14 @@ class Measurer:
         cfg, rows = self.cfg, []
         pred, _, images = self._predict(pipe, [cfg.source] * cfg.generations)
         rows.append({"role": "source", "concept": cfg.source, "similarity": 1.0,
-                     **rate_row(pred, self.source, self.target, 0)})
+                     **rate_row(pred, self.source, self.target)})
         if not detailed:
             return rows, images
         for role in ("near", "far"):
             for concept, sim in self.groups[role]:
                 pred, _, _ = self._predict(pipe, [concept] * cfg.bleed_generations)
                 rows.append({"role": role, "concept": concept, "similarity": sim,
-                             **rate_row(pred, self.concepts.index(concept), self.target, 0)})
+                             **rate_row(pred, self.concepts.index(concept), self.target)})
         rows += self.collateral(pipe)
         return rows, images
 
@@ -82,7 +86,7 @@ class Measurer:
             pred, _, images = self._predict(pipe, [source] * self.cfg.bleed_generations)
             shown = images if shown is None else shown
             rows.append({"role": "implosion", "concept": source, "target_concept": target, "similarity": math.nan,
-                         **rate_row(pred, self.concepts.index(source), self.concepts.index(target), 0)})
+                         **rate_row(pred, self.concepts.index(source), self.concepts.index(target))})
         return rows + self.collateral(pipe), shown
 
     def collateral(self, pipe: Pipeline) -> list[dict]:
@@ -93,7 +97,7 @@ class Measurer:
             prompts = [c for c in others for _ in range(cfg.collateral_per_concept)]
             labels = np.array([self.concepts.index(c) for c in prompts])
             pred, feats, _ = self._predict(pipe, prompts)
-            rates = rate_row((pred == labels).astype(int), 1, -1, 0)  # p_prompt = concept accuracy
+            rates = rate_row((pred == labels).astype(int), 1, -1)  # p_prompt = concept accuracy
             rates.update({k: math.nan for k in ("p_target", "p_target_low", "p_target_high")}, hits_target=0)
             row = {"role": "others", "concept": f"{len(others)} other concepts", "similarity": math.nan, **rates}
             real = self.real_feats[np.isin(self.real_labels, labels)]

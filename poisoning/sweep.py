@@ -24,6 +24,7 @@ Outputs: `results.parquet` (one row per victim × prompt group), `asr.png`, `gen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -34,12 +35,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from curation import encoders, options, schema
 from diffusion import data, grid, pipeline
-from diffusion.evaluation import Judge
 from diffusion.pipeline import Pipeline
-from poisoning import candidates, defences, figure, folders, inject, measure, nightshade as ns, success, victim
+from poisoning import (candidates, defences, doses, figure, folders, inject, intervals, measure, nightshade as ns,
+                       victim)
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +58,21 @@ class SweepConfig:
     out: str = options.opt("mithridate-out/poison-sweep", "output folder")
     source: str = options.opt("automobile", "source concept C whose prompt the attack hijacks")
     target: str = options.opt("elephant", "target concept A")
-    ns: tuple[int, ...] = options.opt((1, 2, 4, 8), "numbers of poisons N (the control is N = 0)")
+    ns: tuple[int, ...] = options.opt((1, 2, 4, 8), "numbers of poisons N (the control is N = 0); ignored when "
+                                      "fractions are given")
+    fractions: tuple[float, ...] = options.opt((), "poison doses as fractions of the clean images of C, e.g. "
+                                               "0.005,0.01,0.02,0.05,0.1,0.2 (N = max(1, round(f·clean))); '' = ns")
     attacks: tuple[str, ...] = options.opt(("nightshade", "dirty_label"), "attacks to sweep")
+    positive_control: bool = options.opt(True, "also poison with the anchor image itself at every dose (the limit "
+                                         "of a clean-label attack): if it cannot move P(A), nothing can be seen")
     benign: bool = options.opt(True, "also train a victim on the N_max candidates unperturbed (the control that "
                                "separates nightshade's perturbation from merely adding images of C)")
+    eps_sweep: tuple[float, ...] = options.opt((), "nightshade budgets in 1/255 pixel units swept at eps_dose, e.g. "
+                                               "4,8,16,32,64,255 ('' = none)")
+    eps_dose: float = options.opt(0.0, "dose of the ε sweep: a fraction of the clean C images (0 = the largest dose)")
+    prompt: str = options.opt("{}", "prompt naming a concept ({} = its name), e.g. 'a {}' or 'an emoji by {}'")
+    min_source_rate: float = options.opt(0.3, "precondition: the control's P(C) lower bound must reach this")
+    min_judge_accuracy: float = options.opt(0.5, "precondition: the judge's held-out accuracy on real C and A images")
     seeds: tuple[int, ...] = options.opt((0,), "seeds (poison choice, crafting and victim training)")
     steps: int = options.opt(150, "victim training steps")
     lr: float = options.opt(3e-4, "victim peak learning rate")
@@ -75,8 +88,10 @@ class SweepConfig:
     craft_steps: int = options.opt(500, "nightshade optimisation steps")
     anchor: Literal["data", "generated"] = options.opt("data", "anchor: a pool image or the clean model's sample")
     vae: str = options.opt("", "craft against this autoencoder instead of the victim's (a transfer attack)")
-    judge: str = options.opt("", "compact CLIP judging generations ('' = the model's own text CLIP; one trained "
-                             "with another seed is the fairer judge)")
+    judge: str = options.opt("", "who labels generations: '' = an independent pixel classifier trained here on the "
+                             "clean rows (one artist held out); a `poison pair` judge/ folder; a compact CLIP folder; "
+                             "'own' = the victim's own text CLIP (not independent: labelled so)")
+    judge_steps: int = options.opt(600, "training steps of the independent judge when judge is ''")
     generations: int = options.opt(64, "generations of the source prompt per victim")
     bleed: int = options.opt(2, "nearest and farthest concepts to C measured for bleed-through (0 = none)")
     bleed_generations: int = options.opt(32, "generations per bleed-through concept")
@@ -90,7 +105,7 @@ class SweepConfig:
     guidance: float = options.opt(3.0, "classifier-free guidance scale")
 
     def __post_init__(self):
-        for name in ("ns", "attacks", "seeds", "purify"):
+        for name in ("ns", "attacks", "seeds", "purify", "fractions", "eps_sweep"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         options.check_positive(self, "steps", "lr", "batch_size", "craft_steps", "generations", "sample_steps")
@@ -102,6 +117,21 @@ class SweepConfig:
                              "(the benign control is the `benign` field)")
         if not self.seeds:
             raise ValueError("SweepConfig.seeds=(): expected at least one seed")
+        for f in self.fractions:
+            if isinstance(f, bool) or not 0 < f <= 1:
+                raise ValueError(f"SweepConfig.fractions={self.fractions!r}: expected fractions within (0, 1]")
+        for e in self.eps_sweep:
+            if not 0 < e <= 255:
+                raise ValueError(f"SweepConfig.eps_sweep={self.eps_sweep!r}: expected budgets within (0, 255] "
+                                 "(1/255 pixel units)")
+        if not 0 <= self.eps_dose <= 1:
+            raise ValueError(f"SweepConfig.eps_dose={self.eps_dose!r}: must be within [0, 1] (0 = the largest dose)")
+        if "{}" not in self.prompt:
+            raise ValueError(f"SweepConfig.prompt={self.prompt!r}: needs {{}} where the concept's name goes")
+        for name in ("min_source_rate", "min_judge_accuracy"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"SweepConfig.{name}={getattr(self, name)!r}: must be within [0, 1]")
+        options.check_positive(self, "judge_steps")
         for p in self.purify:
             if p not in defences.PURIFICATIONS:
                 raise ValueError(f"SweepConfig.purify={self.purify!r}: expected some of "
@@ -142,7 +172,7 @@ PRESETS = {
     "demo": SweepConfig(ns=(1, 4), steps=60, collateral_per_concept=2, bleed=1),
     # seconds, for tests: the tiny model, few generations
     "tiny": SweepConfig(ns=(1, 2), steps=4, batch_size=16, craft_steps=10, generations=8, bleed=1,
-                        bleed_generations=4, collateral_per_concept=1, sampler="ddim", sample_steps=4),
+                        bleed_generations=4, collateral_per_concept=1, sampler="ddim", sample_steps=4, judge_steps=40),
 }
 
 
@@ -156,21 +186,25 @@ class Victim:
     purification: str  # "none" or a defences.PURIFICATIONS method
     data: Path
     pairs: tuple = ()  # implosion victims: every (source, target) pair poisoned at once
+    eps: float = float("nan")  # nightshade's L∞ budget of these poisons (NaN: no perturbation crafted)
+    eps_sweep: bool = False  # an extra victim of the ε sweep (not on the dose curve)
 
 
 # --- the sweep -----------------------------------------------------------------------------------------------------
 
 
-def _victims(cfg: SweepConfig, out: Path, image_size: int) -> list[Victim]:
+def _victims(cfg: SweepConfig, out: Path, image_size: int, n_eps: int) -> list[Victim]:
     """Every victim of the sweep, with its data folder built (poisons crafted once per attack and seed)."""
     vs = []
     for seed in cfg.seeds:
         vs.append(Victim(f"control-s{seed}", "none", 0, seed, "none", Path(cfg.data)))
-        for attack in cfg.attacks:
+        for attack in dose_attacks(cfg):
             poisons = craft(cfg, attack, seed, out)
+            eps = cfg.eps if attack == "nightshade" else float("nan")
             for n in sorted(set(cfg.ns)):
                 folder = folders.with_poisons(cfg.data, poisons, n, out / "data" / f"{attack}-n{n}-s{seed}")
-                vs.append(Victim(f"{attack}-n{n}-s{seed}", attack, n, seed, "none", folder))
+                vs.append(Victim(f"{attack}-n{n}-s{seed}", attack, n, seed, "none", folder, eps=eps))
+        vs += eps_victims(cfg, out, seed, n_eps)
         if cfg.benign:
             folder = folders.with_poisons(cfg.data, craft(cfg, "benign", seed, out), cfg.n_max,
                                           out / "data" / f"benign-n{cfg.n_max}-s{seed}")
@@ -179,6 +213,31 @@ def _victims(cfg: SweepConfig, out: Path, image_size: int) -> list[Victim]:
             vs += implosion_victims(cfg, out, image_size, seed)
         for method in cfg.purify:
             vs += purified_victims(cfg, out, image_size, seed, method)
+    return vs
+
+
+def dose_attacks(cfg: SweepConfig) -> list[str]:
+    """The attacks swept over every dose: the configured ones, then the positive control."""
+    return list(cfg.attacks) + (["anchor"] if cfg.positive_control and "anchor" not in cfg.attacks else [])
+
+
+def eps_n(cfg: SweepConfig, clean_c: int) -> int:
+    """N of the ε sweep: `eps_dose` of the clean C images (0: the largest dose)."""
+    return cfg.n_max if not cfg.eps_dose else max(1, int(round(cfg.eps_dose * clean_c)))
+
+
+def eps_victims(cfg: SweepConfig, out: Path, seed: int, n: int) -> list[Victim]:
+    """Nightshade victims at the ε-sweep dose `n`, one per budget (the sweep's own ε at that dose is already a
+    victim of the dose curve)."""
+    vs = []
+    for e in cfg.eps_sweep:
+        eps = min(e / 255, 1.0)
+        if abs(eps - cfg.eps) < 1e-9 and n in cfg.ns and "nightshade" in cfg.attacks:
+            continue
+        poisons = craft(cfg, "nightshade", seed, out, eps=eps, n=n)
+        name = f"nightshade-e{e:g}-n{n}-s{seed}"
+        folder = folders.with_poisons(cfg.data, poisons, n, out / "data" / name)
+        vs.append(Victim(name, "nightshade", n, seed, "none", folder, eps=eps, eps_sweep=True))
     return vs
 
 
@@ -232,14 +291,17 @@ def implosion_victims(cfg: SweepConfig, out: Path, image_size: int, seed: int) -
 
 
 def craft(cfg: SweepConfig, attack: str, seed: int, out: Path, source: str = "", target: str = "",
-          n: int = 0) -> Path:
+          n: int = 0, eps: float = 0.0) -> Path:
     """The N_max poisons of one attack and seed (`poison inject`; reused when already written); another
-    `source`/`target`/`n` for the implosion pairs."""
+    `source`/`target`/`n` for the implosion pairs, another `eps` for the ε sweep."""
     source, target, n = source or cfg.source, target or cfg.target, n or cfg.n_max
-    folder = out / "poisons" / (f"{attack}-s{seed}" if source == cfg.source else f"{attack}-{source}-s{seed}")
+    name = f"{attack}-s{seed}" if source == cfg.source else f"{attack}-{source}-s{seed}"
+    if eps and abs(eps - cfg.eps) > 1e-9:
+        name = f"{attack}-e{round(255 * eps, 3):g}-s{seed}"
+    folder = out / "poisons" / name
     icfg = inject.InjectConfig(data=cfg.data, checkpoint=cfg.checkpoint, out=str(folder), source=source,
                                target=target, pool=cfg.pool, n=n, attack=attack, budget=cfg.budget,
-                               eps=cfg.eps, ssim_floor=cfg.ssim_floor, lpips_limit=cfg.lpips_limit,
+                               eps=eps or cfg.eps, ssim_floor=cfg.ssim_floor, lpips_limit=cfg.lpips_limit,
                                lpips_backbone=cfg.lpips_backbone, steps=cfg.craft_steps, anchor=cfg.anchor,
                                vae=cfg.vae, seed=seed)
     options.check_resumable(icfg, folder)
@@ -248,7 +310,7 @@ def craft(cfg: SweepConfig, attack: str, seed: int, out: Path, source: str = "",
     return inject.run(icfg)
 
 
-def _real(judge: Judge, concepts: list[str], clean: data.ImageSet) -> tuple[np.ndarray, np.ndarray]:
+def _real(judge, concepts: list[str], clean: data.ImageSet) -> tuple[np.ndarray, np.ndarray]:
     """Judge features and concept labels of the clean rows naming one of `concepts`."""
     labels = data.match_concepts(clean.captions, concepts)
     images = clean.subset(np.flatnonzero(labels >= 0))
@@ -265,35 +327,67 @@ def _check(cfg: SweepConfig, ckpt: dict) -> list[str]:
     return concepts
 
 
+def _formats(folder: str | Path) -> list[str]:
+    """The stored format of every clean row ("png", "jpeg" or "other"), in `data.load_images` order."""
+    out = []
+    for f in data.shard_files(folder):
+        for b in schema.read(f, "train", columns=["jpg"]).column("jpg").to_pylist():
+            out.append("png" if b[:4] == b"\x89PNG" else "jpeg" if b[:2] == b"\xff\xd8" else "other")
+    return out
+
+
+def _poison_u8(out: Path, attack: str, seed: int, image_size: int) -> tuple[np.ndarray, list[str]]:
+    p = data.load_shard(out / "poisons" / f"{attack}-s{seed}" / inject.POISON_SHARD, image_size)
+    return data.to_uint8(p.images), p.captions
+
+
+def _detector(cfg: SweepConfig, out: Path, ae, clean_u8: np.ndarray, formats: list[str], image_size: int) -> dict:
+    """The detector on each attack's poisons beside its benign control — the same candidates unperturbed, from the
+    same source as the poisons — overall and against the clean rows of each stored format."""
+    seed = cfg.seeds[0]
+    clean = defences.consistency_scores(ae, clean_u8)
+    benign = defences.consistency_scores(ae, _poison_u8(out, "benign", seed, image_size)[0])
+    fmt = np.array(formats if len(formats) == len(clean) else ["unknown"] * len(clean))
+    res = {"kind": "latent consistency under JPEG", "attacks": {}, "benign": {}, "formats": {}}
+    splits = [("all", np.ones(len(clean), bool))] + [(f, fmt == f) for f in sorted(set(fmt)) if (fmt == f).sum() >= 2]
+    for name, keep in splits:
+        res["formats"][name] = int(keep.sum())
+        res["benign"][name] = defences.detector(clean[keep], benign, cfg.fpr)
+    for attack in dose_attacks(cfg):
+        scores = defences.consistency_scores(ae, _poison_u8(out, attack, seed, image_size)[0])
+        per = {name: defences.detector(clean[keep], scores, cfg.fpr) for name, keep in splits}
+        for name, r in per.items():
+            r["auc_margin_over_benign"] = r["auc"] - res["benign"][name]["auc"]
+            r["recall_margin_over_benign"] = r["recall"] - res["benign"][name]["recall"]
+        res["attacks"][attack] = {**per["all"], "by_format": per}
+    return res
+
+
 def _defences(cfg: SweepConfig, out: Path, ckpt: dict, clean: data.ImageSet) -> dict:
     """CLIP filter and detector results on the N_max poisons of the first seed."""
     ae = pipeline.build_vae(ckpt["vae"])
     text_clip = encoders.load_compact(ckpt["text"]["path"], "cpu")
     image_size = int(ckpt["image_size"])
     clean_u8 = data.to_uint8(clean.images)
-    threshold, source = _clip_threshold(cfg, clean)
-    clean_consistency = defences.consistency_scores(ae, clean_u8)
+    threshold, source = _clip_threshold(cfg, clean, text_clip)
+    craft(cfg, "benign", cfg.seeds[0], out)  # the detector's benign control, also when no benign victim is trained
     clean_c = np.flatnonzero(candidates.naming(clean.captions, cfg.source, ckpt["concepts"]))
     res = {"clip_filter": {"threshold": threshold, "threshold_from": source, "attacks": {}},
-           "detector": {"kind": "latent consistency under JPEG", "attacks": {}},
+           "detector": _detector(cfg, out, ae, clean_u8, _formats(cfg.data), image_size),
            "clean_source_clip_scores": defences.clip_filter(text_clip, clean_u8[clean_c],
                                                             [clean.captions[i] for i in clean_c],
                                                             threshold)["scores"].tolist()}
-    for attack in cfg.attacks:
-        folder = out / "poisons" / f"{attack}-s{cfg.seeds[0]}"
-        p = data.load_shard(folder / inject.POISON_SHARD, image_size)
-        u8 = data.to_uint8(p.images)
-        f = defences.clip_filter(text_clip, u8, p.captions, threshold)
-        rate = success.bootstrap_ci(f["passed"])
+    for attack in dose_attacks(cfg):
+        u8, captions = _poison_u8(out, attack, cfg.seeds[0], image_size)
+        f = defences.clip_filter(text_clip, u8, captions, threshold)
+        rate = intervals.exact(int(f["passed"].sum()), len(u8))
         res["clip_filter"]["attacks"][attack] = {
             "poisons": len(u8), "pass_rate": rate[0], "pass_rate_ci": list(rate[1:]),
             "mean_score": float(np.mean(f["scores"])), "scores": f["scores"].tolist()}
-        res["detector"]["attacks"][attack] = defences.detector(clean_consistency,
-                                                               defences.consistency_scores(ae, u8), cfg.fpr)
     return res
 
 
-def _clip_threshold(cfg: SweepConfig, clean: data.ImageSet) -> tuple[float, str]:
+def _clip_threshold(cfg: SweepConfig, clean: data.ImageSet, text_clip) -> tuple[float, str]:
     if cfg.filter:
         stats = json.loads((Path(cfg.filter) / "_stats.json").read_text())
         cut = stats.get("clip_threshold_effective")
@@ -303,14 +397,83 @@ def _clip_threshold(cfg: SweepConfig, clean: data.ImageSet) -> tuple[float, str]
     scores = [s for f in data.shard_files(cfg.data)
               for s in schema.read(f, "train", columns=["clip_score"]).column("clip_score").to_pylist()
               if s is not None]
-    if not scores:
-        raise ValueError(f"data={cfg.data!r}: no clip_score in the shards and no filter folder; pass --filter")
-    return float(min(scores)), "lowest CLIP score among the clean rows"
+    if scores:
+        return float(min(scores)), "lowest CLIP score among the clean rows"
+    scores = defences.clip_scores(text_clip, data.to_uint8(clean.images), clean.captions)
+    return float(np.min(scores)), "lowest CLIP score among the clean rows (computed here: the shards have none)"
 
 
 def _grid(rows: list[tuple[str, np.ndarray]], path: Path, k: int = 8) -> None:
     images = np.concatenate([im[:k] for _, im in rows])
     grid.save_grid(images, path, nrow=k, scale=3, row_labels=[name for name, _ in rows])
+
+
+def resolve_doses(cfg: SweepConfig, clean_c: int) -> tuple[SweepConfig, dict[int, float]]:
+    """The config with `ns` resolved from `fractions` (when given), and the dose fraction of every N."""
+    if cfg.fractions:
+        pairs = doses.doses(cfg.fractions, clean_c)
+        return dataclasses.replace(cfg, ns=tuple(n for _, n in pairs)), {n: f for f, n in pairs}
+    return cfg, {n: n / clean_c if clean_c else float("nan") for n in cfg.ns}
+
+
+def build_judge(cfg: SweepConfig, concepts: list[str], clean: data.ImageSet, text_path: str, out: Path):
+    """The judge of every generation (see the `judge` field), calibrated on real images."""
+    from poisoning import judge as judges
+
+    if cfg.judge == "own":
+        j = judges.ClipJudge(text_path, concepts, "cpu", label=judges.VICTIM_LABEL)
+    elif cfg.judge and (Path(cfg.judge) / "judge.json").is_file():
+        j = judges.load(cfg.judge)
+    elif cfg.judge:
+        own = Path(cfg.judge).resolve() == Path(text_path).resolve()
+        j = judges.ClipJudge(cfg.judge, concepts, "cpu", label=judges.VICTIM_LABEL if own else "another compact CLIP")
+    else:
+        j = _trained_judge(cfg, concepts, clean, out / "judge")
+    for field in ("source", "target"):
+        if getattr(cfg, field) not in j.concepts:
+            raise ValueError(f"SweepConfig.judge={cfg.judge!r}: the judge does not know {field} "
+                             f"{getattr(cfg, field)!r} (it knows {', '.join(j.concepts)})")
+    if j.kind == "clip":
+        labels = data.match_concepts(clean.captions, j.concepts)
+        j.calibrate(data.to_uint8(clean.images[labels >= 0]), labels[labels >= 0])
+    return j
+
+
+def _trained_judge(cfg: SweepConfig, concepts: list[str], clean: data.ImageSet, folder: Path):
+    """An independent pixel classifier over the model's concepts, trained on the clean rows with one whole
+    artist (style) held out when there are several, else a share of the rows."""
+    from curation.encoders import torch_threads
+    from poisoning import judge as judges
+
+    if (folder / "judge.json").is_file():
+        return judges.load(folder)
+    labels = data.match_concepts(clean.captions, concepts)
+    rows = np.flatnonzero(labels >= 0)
+    artists = [clean.artists[i] or "" for i in rows]
+    groups = artists if len(set(artists)) > 1 else [clean.uids[i] for i in rows]
+    with torch_threads(1):
+        j = judges.train(data.to_uint8(clean.images[rows]), labels[rows], list(concepts), groups,
+                         steps=cfg.judge_steps, seed=cfg.seeds[0])
+    judges.save(j, folder)
+    return j
+
+
+def _gap(out: Path, v: Victim) -> float:
+    """Mean gap closed of the nightshade poisons a victim trained on (NaN for other victims)."""
+    if v.attack != "nightshade" or v.purification != "none" or v.pairs:
+        return float("nan")
+    name = f"nightshade-s{v.seed}" if not v.eps_sweep else f"nightshade-e{round(255 * v.eps, 3):g}-s{v.seed}"
+    p = out / "poisons" / name / "poisons.parquet"
+    if not p.is_file():
+        return float("nan")
+    g = pd.read_parquet(p, columns=["gap_closed"]).gap_closed.head(v.n)
+    return float(g.mean())
+
+
+def _setting(out: Path, v: Victim) -> str:
+    if v.attack == "none":
+        return "none"
+    return json.loads((out / "poisons" / f"{v.attack}-s{v.seed}" / "manifest.json").read_text())["setting"]
 
 
 def run(cfg: SweepConfig) -> Path:
@@ -322,40 +485,64 @@ def run(cfg: SweepConfig) -> Path:
     ckpt = pipeline.read_checkpoint(cfg.checkpoint)
     concepts = _check(cfg, ckpt)
     size = int(ckpt["image_size"])
-    clean_pipe = Pipeline.load(cfg.checkpoint)
-    judge = Judge(cfg.judge or clean_pipe.text.path, concepts, clean_pipe.device)
-    groups = measure.bleed_concepts(clean_pipe, concepts, cfg.source, cfg.target, cfg.bleed)
     clean = data.load_images(cfg.data, size)
-    real_feats, real_labels = _real(judge, concepts, clean)
-    measurer = measure.Measurer(cfg, concepts, judge, real_feats, real_labels, groups)
-    victims = _victims(cfg, out, size)
     clean_c = int(candidates.naming(clean.captions, cfg.source, concepts).sum())
+    cfg, fraction = resolve_doses(cfg, clean_c)
+    clean_pipe = Pipeline.load(cfg.checkpoint)
+    judge = build_judge(cfg, concepts, clean, clean_pipe.text.path, out)
+    logger.info("judge: %s; held-out accuracy on real images %.2f (chance %.2f)", judge.name,
+                judge.info()["heldout_accuracy"], judge.info()["chance"])
+    groups = measure.bleed_concepts(clean_pipe, [c for c in concepts if c in judge.concepts], cfg.source,
+                                    cfg.target, cfg.bleed)
+    real_feats, real_labels = _real(judge, judge.concepts, clean)
+    measurer = measure.Measurer(cfg, judge.concepts, judge, real_feats, real_labels, groups)
+    victims = _victims(cfg, out, size, eps_n(cfg, clean_c))
     results, shown = [], []
-    for i, v in enumerate(victims):
+    for i, v in enumerate(tqdm(victims, desc="victims", unit="victim", disable=None)):
         logger.info("victim %d/%d: %s", i + 1, len(victims), v.name)
         folder = victim.train(cfg.checkpoint, v.data, out / "victims" / v.name, cfg.training(), v.seed)
-        detailed = v.purification == "none" and v.n in (0, cfg.n_max) and v.attack != "benign"
+        detailed = v.purification == "none" and v.n in (0, cfg.n_max) and v.attack not in ("benign", "anchor") \
+            and not v.eps_sweep
         rows, images = measurer.measure(Pipeline.load(folder), detailed, v.pairs)
-        setting = json.loads((out / "poisons" / f"{v.attack}-s{v.seed}" / "manifest.json").read_text())["setting"] \
-            if v.attack != "none" else "none"
         for r in rows:
             results.append({"victim": v.name, "attack": v.attack, "n": v.n, "poison_ratio": v.n / max(clean_c, 1),
-                            "seed": v.seed, "purification": v.purification, "setting": setting,
-                            "implosion": max(len(v.pairs) - 1, 0), "target_concept": cfg.target, **r})
-        if v.seed == cfg.seeds[0] and not v.pairs:
+                            "fraction": fraction.get(v.n, v.n / max(clean_c, 1)) if v.n else 0.0,
+                            "eps": v.eps, "eps_sweep": v.eps_sweep, "gap_closed": _gap(out, v),
+                            "seed": v.seed, "purification": v.purification, "setting": _setting(out, v),
+                            "implosion": max(len(v.pairs) - 1, 0), "target_concept": cfg.target,
+                            "judge": judge.name, **r})
+        if v.seed == cfg.seeds[0] and not v.pairs and not v.eps_sweep:
             shown.append((v.name, images))
     table = pd.DataFrame(results)
     table.to_parquet(out / "results.parquet", index=False)
     _grid(shown, out / "generations.png")
     figure.asr_vs_n(table, out / "asr.png", cfg.source, cfg.target)
+    figure.dose_response(table, out / "doses.png", cfg.source, cfg.target)
+    if cfg.eps_sweep:
+        figure.eps_curve(doses.eps_curve(table), out / "eps.png", cfg.target)
     defence = _defences(cfg, out, ckpt, clean)
     (out / "defences.json").write_text(json.dumps(defence, indent=2) + "\n")
     summary = setup(cfg, ckpt, concepts, groups, clean, out)
+    summary.update(analysis(cfg, table, judge.info()))
     summary["seconds"] = round(time.time() - t0, 1)
     (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for line in headline(table, cfg):
+    for line in headline(summary):
         logger.info("%s", line)
     return out
+
+
+def analysis(cfg: SweepConfig, table: pd.DataFrame, judge_info: dict) -> dict:
+    """Preconditions, the positive control, the dose curves and verdicts per attack, the ε curve."""
+    pre = doses.preconditions(table, judge_info, cfg.source, cfg.target, cfg.min_source_rate,
+                              cfg.min_judge_accuracy)
+    sens = doses.sensitivity(table)
+    attacks = dose_attacks(cfg)
+    return {"judge": judge_info["name"], "judge_info": judge_info, "preconditions": pre, "positive_control": sens,
+            "control": {"p_target": doses.rate(doses.control(table)).as_dict(),
+                        "p_source": doses.rate(doses.control(table), "hits_prompt").as_dict()},
+            "doses": {a: doses.dose_curve(table, a) for a in attacks},
+            "verdicts": {a: doses.verdict(table, a, pre, sens) for a in attacks},
+            "eps_curve": doses.eps_curve(table)}
 
 
 def setup(cfg: SweepConfig, ckpt: dict, concepts: list[str], groups: dict, clean: data.ImageSet, out: Path) -> dict:
@@ -371,18 +558,19 @@ def setup(cfg: SweepConfig, ckpt: dict, concepts: list[str], groups: dict, clean
             "clean_target_samples": int(candidates.naming(clean.captions, cfg.target, concepts).sum()),
             "pool_candidates": {a: m["pool_candidates"] for a, m in manifests.items()},
             "setting": {a: m["setting"] for a, m in manifests.items()}, "bleed": groups, "poison_quality": quality,
-            "judge": cfg.judge or ckpt["text"]["path"], "budget": cfg.budget,
+            "budget": cfg.budget, "prompt": cfg.prompt,
             "budget_label": ns.budget_label(cfg.budget, cfg.eps, cfg.ssim_floor, cfg.lpips_limit)}
 
 
-def headline(table: pd.DataFrame, cfg: SweepConfig) -> list[str]:
-    """One line per (attack, N) at the source prompt, seeds pooled."""
-    src = table[(table.role == "source") & (table.purification == "none")]
-    lines = []
-    for (attack, n), g in src.groupby(["attack", "n"], sort=True):
-        p, lo, hi = figure.pooled(g, "hits_target")
-        q, qlo, qhi = figure.pooled(g, "hits_prompt")
-        name = "control" if attack == "none" else f"{attack} N={n}"
-        lines.append(f"{name:<18} P({cfg.target}) {p:.2f} [{lo:.2f}, {hi:.2f}]   P({cfg.source}) {q:.2f} "
-                     f"[{qlo:.2f}, {qhi:.2f}]   ({int(g.generations.sum())} generations)")
+def headline(summary: dict) -> list[str]:
+    """The sweep's conclusions: preconditions, the positive control, then one verdict per attack."""
+    src, tgt = summary["source"], summary["target"]
+    lines = [f"{src} → {tgt}; judge: {summary['judge']}; control P({src}) "
+             f"{doses.as_rate(summary['control']['p_source']).text()}, P({tgt}) "
+             f"{doses.as_rate(summary['control']['p_target']).text()}"]
+    pre = summary["preconditions"]
+    if not pre["ok"]:
+        lines.append("PRECONDITIONS FAILED — " + "; ".join(pre["why"]))
+    for attack, v in summary["verdicts"].items():
+        lines.append(f"{attack}: {v['text']}")
     return lines

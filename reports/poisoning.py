@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from curation import options
+from poisoning import doses
 from poisoning.figure import pooled
 from reports import html as H
 
@@ -48,6 +49,8 @@ class PoisoningReportConfig:
     attackability: str = options.opt("", "`poison attackability` output (attackability.json; '' = the one beside "
                                       "the victim's autoencoder, if any)")
     study: str = options.opt("", "`poison study` folder (study.json, frontier.png) to include ('' = none)")
+    more: tuple[str, ...] = options.opt((), "further `poison sweep` folders (other concept pairs), each reported in "
+                                        "its own sections after the first")
 
 
 PRESETS = {"default": PoisoningReportConfig(), "tiny": PoisoningReportConfig()}
@@ -75,8 +78,12 @@ class Sweep:
 
     @property
     def attacks(self) -> list[str]:
-        """The swept attacks (not the control, not benign), in the config's order."""
-        return [a for a in self.cfg["attacks"] if a in set(self.table.attack)]
+        """The swept attacks (not the control, not benign), in the config's order, then the positive control."""
+        return [a for a in list(self.cfg["attacks"]) + [doses.POSITIVE] if a in set(self.table.attack)]
+
+    @property
+    def pair(self) -> str:
+        return f"{self.info['source']} → {self.info['target']}"
 
     def poisons(self, attack: str) -> Path:
         return self.folder / "poisons" / f"{attack}-s{self.cfg['seeds'][0]}"
@@ -103,6 +110,8 @@ def load(folder: str | Path) -> Sweep:
 def _rows(sw: Sweep, role: str, attack: str, n: int | None = None, purification: str = "none") -> pd.DataFrame:
     t = sw.table
     keep = (t.role == role) & (t.attack == attack) & (t.purification == purification)
+    if "eps_sweep" in t:
+        keep &= ~t.eps_sweep.astype(bool)
     return t[keep & (t.n == n)] if n is not None else t[keep]
 
 
@@ -129,7 +138,8 @@ def _overlap(a: tuple | None, b: tuple | None) -> bool:
 
 def _name(sw: Sweep, attack: str) -> str:
     """An attack's display name; transfer runs (crafted against another autoencoder) say so."""
-    name = {"none": "control", "benign": "benign"}.get(attack, attack.replace("_", "-"))
+    name = {"none": "control", "benign": "benign", doses.POSITIVE: "positive control (anchor image as poison)"}.get(
+        attack, attack.replace("_", "-"))
     return name + (" (transfer)" if sw.info.get("setting", {}).get(attack) == "transfer" else "")
 
 
@@ -143,7 +153,7 @@ def _label(sw: Sweep, attack: str, n: int) -> str:
 
 def _groups(sw: Sweep) -> list[tuple[str, int, pd.DataFrame]]:
     """(attack, N, source rows) without purification: control first, then each attack by N, then benign."""
-    t = sw.table[(sw.table.role == "source") & (sw.table.purification == "none")]
+    t = doses.source_rows(sw.table)
     order = ["none"] + sw.attacks + ["benign"]
     return [(a, int(n), g) for a in order for n, g in t[t.attack == a].groupby("n", sort=True)]
 
@@ -203,7 +213,30 @@ def _clip_sentence(sw: Sweep) -> str:
     return f"The CLIP-score filter (threshold {f['threshold']:.3f}) passes " + " and ".join(cells) + "."
 
 
+def _verdicts(sw: Sweep) -> str:
+    """Preconditions first; then per attack the smallest dose that clears the control (or none, or why not)."""
+    i = sw.info
+    pre, sens = i["preconditions"], i["positive_control"]
+    if not pre["ok"]:
+        return (f"This sweep cannot measure an attack on {i['source']!r}: " + "; ".join(pre["why"]) + ". No attack "
+                "verdict is given (this is not 'no measurable effect').")
+    parts = []
+    if sens.get("measured"):
+        vs = sens["vs_control"]
+        parts.append(f"Positive control (the anchor image itself as every poison, N={sens['n']}): P({i['target']!r}) "
+                     f"{doses.as_rate(sens['p_target']).text()}, {vs['difference']:+.2f} [{vs['low']:+.2f}, "
+                     f"{vs['high']:+.2f}] vs the control — "
+                     + ("the measurement can see an attack." if sens["ok"] else
+                        "it does NOT clear the control: the measurement cannot see an attack here."))
+    for attack, v in i["verdicts"].items():
+        if attack != doses.POSITIVE:
+            parts.append(f"{_name(sw, attack)[:1].upper() + _name(sw, attack)[1:]}: {v['text']}.")
+    return " ".join(parts)
+
+
 def _headline(sw: Sweep) -> str:
+    if "verdicts" in sw.info:
+        return " ".join([_per_n(sw), _verdicts(sw), _clip_sentence(sw)])
     return " ".join([_per_n(sw)] + [_overlaps(sw, a) for a in sw.attacks] + [_clip_sentence(sw)])
 
 
@@ -245,7 +278,8 @@ def _setup(sw: Sweep) -> str:
             ("nightshade budget", i["budget_label"]), ("craft steps", c["craft_steps"]),
             ("anchor", c.get("anchor", "?")), ("attack setting", _setting(sw)),
             ("benign victim (candidates unperturbed)", {True: "yes", False: "no"}.get(c.get("benign"), "not recorded")),
-            ("judge", i["judge"] + ("" if c.get("judge") else " (the model's own text CLIP)")),
+            ("judge", i["judge"]), ("prompt", c.get("prompt", "{}").format(i["source"])),
+            ("dose fractions", ", ".join(f"{100 * f:.3g}%" for f in c.get("fractions") or []) or "— (N given)"),
             ("sampler", f"{c['sampler']}, {c['sample_steps']} steps, guidance {c['guidance']:g}"),
             ("generations per victim", f"{c['generations']} of the prompt C; {c['bleed_generations']} per "
                                        f"bleed-through concept; {c['collateral_per_concept']} per other concept"),
@@ -262,6 +296,75 @@ def _success(sw: Sweep) -> str:
             for a, n, g in _groups(sw)]
     return (_png(sw.folder / "asr.png", f"P(judge says {tgt!r}) and P(judge says {src!r}) for the prompt {src!r} "
                  "against N (0 = control), seeds pooled, 95% bootstrap intervals") + H.table(rows))
+
+
+def _preconditions(sw: Sweep) -> str:
+    pre = sw.info.get("preconditions")
+    if pre is None:
+        return H.note("not recorded (a sweep written before preconditions were checked)")
+    rows = []
+    for c in pre["checks"]:
+        v = c["value"]
+        shown = doses.as_rate(v).text() if isinstance(v, dict) else "—" if v is None else f"{v:.2f}"
+        rows.append({"check": c["check"], "measured": shown, "floor": c["floor"], "ok": "yes" if c["ok"] else "NO"})
+    verdict = "All preconditions hold: the attacks below can be measured." if pre["ok"] else \
+        "The experiment cannot measure an attack on this concept: " + "; ".join(pre["why"]) + "."
+    j = sw.info.get("judge_info", {})
+    judge = (f"Judge: {j.get('name', sw.info.get('judge'))}; held-out accuracy on real images "
+             f"{j.get('heldout_accuracy', float('nan')):.2f} (chance {j.get('chance', float('nan')):.2f}; "
+             f"{j.get('split', 'split not recorded')}).")
+    return H.note(verdict) + H.table(rows) + H.note(judge)
+
+
+def _dose_table(sw: Sweep) -> str:
+    tgt, src = sw.info["target"], sw.info["source"]
+    rows = []
+    for attack, curve in sw.info["doses"].items():
+        for d in curve:
+            vs = d.get("vs_control", {})
+            rows.append({"attack": _name(sw, attack), "dose": f"{100 * d['fraction']:.3g}%", "N": d["n"],
+                         f"P({tgt}) (per seed)": doses.as_rate(d["p_target"]).text(),
+                         "vs control": f"{vs.get('difference', float('nan')):+.2f} [{vs.get('low', float('nan')):+.2f}, "
+                                       f"{vs.get('high', float('nan')):+.2f}]",
+                         "clears": "yes" if vs.get("clears") else "no",
+                         f"P({src})": doses.as_rate(d["p_source"]).text()})
+    return H.table(rows)
+
+
+def _doses(sw: Sweep) -> str:
+    if "doses" not in sw.info:
+        return H.note("not recorded (a sweep written before dose analysis)")
+    c = sw.info["control"]
+    intro = (f"Poisons as a share of the {sw.info['clean_source_samples']} clean {sw.info['source']!r} images; the "
+             f"control (no poisons, same seeds and steps) gives P({sw.info['target']!r}) "
+             f"{doses.as_rate(c['p_target']).text()}. Intervals: seeds resampled, then generations (never narrower "
+             "than the exact interval of the pooled counts); 'vs control' pairs each victim with the control of its "
+             "own seed.")
+    return (H.note(intro) + _png(sw.folder / "doses.png", "P(target) against the dose, per attack; the grey band "
+            "is the control; one small dot per training seed") + _dose_table(sw))
+
+
+def _eps(sw: Sweep) -> str:
+    curve = sw.info.get("eps_curve") or []
+    if not curve:
+        return H.note("no ε sweep in this run (`--eps_sweep=4,8,16,32,64,255`)")
+    tgt = sw.info["target"]
+    rows = [{"ε": f"{c['eps_255']:g}/255", "N": c["n"], "gap closed (measured)": f"{c['gap_closed']:.3f}",
+             f"P({tgt})": doses.as_rate(c["p_target"]).text(),
+             "vs control": f"{c['vs_control']['difference']:+.2f} [{c['vs_control']['low']:+.2f}, "
+                           f"{c['vs_control']['high']:+.2f}]", "clears": "yes" if c["vs_control"]["clears"] else "no"}
+            for c in curve]
+    top = curve[-1]
+    if not any(c["vs_control"]["clears"] for c in curve):
+        note = (f"Even ε = {top['eps_255']:g}/255 (gap closed {top['gap_closed']:.2f}) does not move P({tgt!r}) above "
+                "the control. If the positive control does, the 'smooth autoencoder' explanation is incomplete: "
+                "a poison must close more than the gap measured here, or the pipeline undoes it.")
+    else:
+        first = next(c for c in curve if c["vs_control"]["clears"])
+        note = (f"P({tgt!r}) first clears the control at ε = {first['eps_255']:g}/255, where the poisons close "
+                f"{first['gap_closed']:.2f} of the latent gap: the pipeline needs about that much.")
+    return _png(sw.folder / "eps.png", "P(target) against the latent gap closed by the ε sweep's poisons") + \
+        H.table(rows) + H.note(note)
 
 
 def _generations(sw: Sweep) -> str:
@@ -482,11 +585,25 @@ def _clip_table(sw: Sweep) -> str:
 
 def _detector_table(sw: Sweep) -> str:
     d = sw.defences["detector"]
-    rows = [{"poisons": _name(sw, a), "target FPR": r["fpr_target"], "achieved FPR": r["fpr"],
-             "threshold": r["threshold"], "recall": r["recall"], "precision": r["precision"], "AUC": r["auc"],
-             "clean images": r["clean"], "poison images": r["poisons"]} for a, r in d["attacks"].items()]
-    return H.note(f"Detector: {d['kind']}; flags an image whose score exceeds the clean images' (1 − FPR) "
-                  "quantile.") + H.table(rows)
+    if "benign" not in d:
+        rows = [{"poisons": _name(sw, a), "target FPR": r["fpr_target"], "achieved FPR": r["fpr"],
+                 "recall": r["recall"], "precision": r["precision"], "AUC": r["auc"], "clean images": r["clean"],
+                 "poison images": r["poisons"]} for a, r in d["attacks"].items()]
+        return H.note(f"Detector: {d['kind']} (no benign control recorded).") + H.table(rows)
+    rows = []
+    for fmt in d["formats"]:
+        b = d["benign"][fmt]
+        rows.append({"clean rows": f"{fmt} ({d['formats'][fmt]})", "flagged images": "benign (unperturbed, same "
+                     "source as the poisons)", "recall": b["recall"], "AUC": b["auc"], "margin over benign (AUC)": "—"})
+        for a, r in d["attacks"].items():
+            f = r["by_format"][fmt]
+            rows.append({"clean rows": f"{fmt} ({d['formats'][fmt]})", "flagged images": _name(sw, a),
+                         "recall": f["recall"], "AUC": f["auc"],
+                         "margin over benign (AUC)": f"{f['auc_margin_over_benign']:+.2f}"})
+    return H.note(f"Detector: {d['kind']}; flags an image whose score exceeds the clean images' (1 − FPR) quantile "
+                  f"(FPR {sw.cfg['fpr']:g}). Beside each attack, the benign control: the same candidate images "
+                  "unperturbed. What the detector sees in the benign row is where the images came from, not the "
+                  "attack; the headline is the margin over it, per format of the clean rows.") + H.table(rows)
 
 
 def _purify_table(sw: Sweep) -> str:
@@ -510,14 +627,15 @@ def _defences(sw: Sweep) -> str:
 
 
 def _how_to_read(sw: Sweep) -> str:
-    k = len(sw.info["concepts"])
+    k = len(sw.info.get("judge_info", {}).get("concepts") or sw.info["concepts"])
     return H.note(
-        f"The judge ({sw.info['judge']}) labels each generation with the nearest of the model's {k} concept names; "
-        f"chance is 1/{k} = {1 / k:.3f}. Intervals are bootstrap 95% over the generations of a group (seeds pooled). "
-        "Every victim samples from the same noise, so two rows differ only by their weights — but a victim is one "
-        "training run: with a single seed, differences between neighbouring N are noisy, and non-overlapping "
-        "intervals say the generations differ, not that the training would reproduce it. P(C) falling without "
-        "P(A) rising means the prompt drifted to some other concept, not that it was hijacked.")
+        f"The judge ({sw.info['judge']}) labels each generation with one of {k} concepts; chance is 1/{k} = "
+        f"{1 / k:.3f}. A rate of one model carries an exact (Clopper–Pearson) 95% interval; a rate over seeds, a "
+        "two-stage bootstrap (seeds, then generations) widened to the exact interval of the pooled counts, with the "
+        "per-seed rates beside it. Every victim samples from the same noise as its control, so 'vs control' pairs "
+        "them by seed. A verdict is only given when the preconditions hold (the control draws C; the judge knows C "
+        "and A on held-out real images) and the positive control shows that an attack can be seen. P(C) falling "
+        "without P(A) rising means the prompt drifted to some other concept, not that it was hijacked.")
 
 
 # --- metrics -------------------------------------------------------------------------------------------------------
@@ -555,6 +673,41 @@ def _defence_metrics(sw: Sweep) -> dict:
     return m
 
 
+def _dose_metrics(sw: Sweep) -> dict:
+    """Preconditions, the positive control, per attack and dose P(target) over seeds with per-seed values, verdicts."""
+    i = sw.info
+    if "doses" not in i:
+        return {}
+    m = {"poisoning/preconditions_ok": i["preconditions"]["ok"],
+         "poisoning/positive_control_ok": i["positive_control"].get("ok"),
+         "poisoning/judge/heldout_accuracy": i.get("judge_info", {}).get("heldout_accuracy")}
+    for attack, curve in i["doses"].items():
+        for d in curve:
+            key = f"poisoning/doses/{attack}/f{100 * d['fraction']:.3g}"
+            r = d["p_target"]
+            m.update({f"{key}/n": d["n"], f"{key}/p_target": r["rate"], f"{key}/p_target_low": r["low"],
+                      f"{key}/p_target_high": r["high"], f"{key}/p_target_per_seed": [x["rate"] for x in r["seeds"]]})
+            if "vs_control" in d:
+                m.update({f"{key}/vs_control": d["vs_control"]["difference"],
+                          f"{key}/vs_control_low": d["vs_control"]["low"],
+                          f"{key}/vs_control_high": d["vs_control"]["high"]})
+    for attack, v in i["verdicts"].items():
+        m[f"poisoning/verdict/{attack}"] = v["status"]
+        if v["status"] == "clears":
+            m[f"poisoning/verdict/{attack}/fraction"] = v["fraction"]
+    for c in i.get("eps_curve") or []:
+        key = f"poisoning/eps/{c['eps_255']:g}"
+        m.update({f"{key}/gap_closed": c["gap_closed"], f"{key}/p_target": c["p_target"]["rate"],
+                  f"{key}/p_target_low": c["p_target"]["low"], f"{key}/p_target_high": c["p_target"]["high"]})
+    d = sw.defences["detector"]
+    for a, r in d["attacks"].items():
+        if "auc_margin_over_benign" in r:
+            m[f"poisoning/detector/{a}/auc_margin_over_benign"] = r["auc_margin_over_benign"]
+    if "benign" in d:
+        m["poisoning/detector/benign/auc"] = d["benign"]["all"]["auc"]
+    return m
+
+
 def _detail_metrics(sw: Sweep) -> dict:
     """Purification at N_max, bleed-through and collateral of the control and the N_max victims."""
     m = {}
@@ -583,6 +736,7 @@ def metrics(sw: Sweep) -> dict:
         if a != "none":
             m[f"{key}/poison_ratio"] = float(g.poison_ratio.iloc[0])
     m.update(_defence_metrics(sw))
+    m.update(_dose_metrics(sw))
     m.update(_detail_metrics(sw))
     m.update(_implosion_metrics(sw))
     m.update({f"poisoning/quality/{a}/{k}": v for a, q in sw.info.get("poison_quality", {}).items()
@@ -593,15 +747,38 @@ def metrics(sw: Sweep) -> dict:
 # --- build ---------------------------------------------------------------------------------------------------------
 
 
+def _sweep_sections(sw: Sweep) -> list[tuple[str, str]]:
+    return [("Headline", H.note(_headline(sw))), ("Preconditions", _preconditions(sw)), ("Setup", _setup(sw)),
+            ("Dose response", _doses(sw)), ("ε sweep", _eps(sw)), ("Attack success", _success(sw)),
+            ("Generations", _generations(sw)), ("Bleed-through", _bleed(sw)), ("Collateral", _collateral(sw)),
+            ("Model implosion", _implosion(sw)), ("Poisons", _poisons(sw)), ("Defences", _defences(sw))]
+
+
 def sections(cfg: PoisoningReportConfig) -> tuple[list[tuple[str, str]], dict]:
-    """(heading, html) sections of the poisoning report and its metrics."""
+    """(heading, html) sections of the poisoning report and its metrics; with `more`, every sweep's sections are
+    headed by its concept pair and its metrics namespaced `poisoning/<source>-<target>/…`."""
     sw = load(cfg.sweep)
     att = _attackability_path(cfg, sw)
-    parts = [("Headline", H.note(_headline(sw))), ("Setup", _setup(sw)), ("Attack success", _success(sw)),
-             ("Generations", _generations(sw)), ("Bleed-through", _bleed(sw)), ("Collateral", _collateral(sw)),
-             ("Model implosion", _implosion(sw)), ("Poisons", _poisons(sw)), ("Defences", _defences(sw)),
-             ("Attackability", _attackability(att, cfg.study)), ("How to read this", _how_to_read(sw))]
-    return parts, {**metrics(sw), **_attackability_metrics(att, cfg.study)}
+    sweeps = [sw] + [load(f) for f in cfg.more]
+    parts, m = [], {}
+    for k, one in enumerate(sweeps):
+        prefix = f"{one.pair}: " if len(sweeps) > 1 else ""
+        parts += [(prefix + title, html) for title, html in _sweep_sections(one)]
+        mine = metrics(one)
+        if k:
+            tag = f"{one.info['source']}-{one.info['target']}".replace(" ", "_")
+            mine = {key.replace("poisoning/", f"poisoning/{tag}/", 1): v for key, v in mine.items()}
+        m.update(mine)
+    parts += [("Attackability", _attackability(att, cfg.study)), ("How to read this", _how_to_read(sw))]
+    return parts, {**m, **_attackability_metrics(att, cfg.study)}
+
+
+def headline_all(folders) -> str:
+    """The headlines of several sweeps, one per concept pair."""
+    sweeps = [load(f) for f in folders]
+    if len(sweeps) == 1:
+        return _headline(sweeps[0])
+    return " ".join(f"[{sw.pair}] {_headline(sw)}" for sw in sweeps)
 
 
 def build(cfg: PoisoningReportConfig) -> Path:

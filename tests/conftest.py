@@ -154,7 +154,8 @@ def tiny_clean_model(tiny_train, tiny_clip_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_sweep(tiny_train, tiny_clean_model, tmp_path_factory):
-    """`poison sweep --preset=tiny` of cat → house on the clean model, with one implosion pair."""
+    """`poison sweep --preset=tiny` of cat → house on the clean model, with one implosion pair and a two-budget
+    ε sweep."""
     import dataclasses
 
     from curation.encoders import torch_threads
@@ -163,7 +164,7 @@ def tiny_sweep(tiny_train, tiny_clean_model, tmp_path_factory):
     with torch_threads(1):
         cfg = dataclasses.replace(sweep.PRESETS["tiny"], data=str(tiny_train), checkpoint=str(tiny_clean_model),
                                   out=str(tmp_path_factory.mktemp("sweep")), source="cat", target="house",
-                                  implosion=1)
+                                  implosion=1, eps_sweep=(8, 255))
         return sweep.run(cfg)
 
 

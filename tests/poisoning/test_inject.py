@@ -58,13 +58,12 @@ def test_bad_requests_name_the_field(tiny_train, clean_model, tmp_path, capsys):
 
 
 def test_attack_success_is_measured_on_a_real_pipeline(clean_model):
-    from diffusion.evaluation import Judge
     from diffusion.pipeline import Pipeline
-    from poisoning import success
+    from poisoning import judge as judges, success
 
     pipe = Pipeline.load(clean_model, "cpu")
     concepts = ["cat", "house", "anchor"]
-    judge = Judge(pipe.text.path, concepts, "cpu")
+    judge = judges.ClipJudge(pipe.text.path, concepts, "cpu", label=judges.VICTIM_LABEL)
     a = success.measure(pipe, judge, concepts, "cat", "house", n=6, steps=4, seed=1)
     b = success.measure(pipe, judge, concepts, "cat", "house", n=6, steps=4, seed=1)
     assert a["images"].shape == (6, 32, 32, 3) and 0 <= a["p_target"] <= a["p_not_source"] <= 1

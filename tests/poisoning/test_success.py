@@ -1,4 +1,4 @@
-"""Attack-success rates with bootstrap intervals."""
+"""Attack-success rates of one model with exact intervals."""
 
 import numpy as np
 import pytest
@@ -6,14 +6,12 @@ import pytest
 from poisoning import success
 
 
-def test_bootstrap_interval_brackets_the_share_and_narrows_with_n():
-    small = success.bootstrap_ci(np.array([1, 0, 1, 0, 0, 0, 0, 0]))
-    large = success.bootstrap_ci(np.tile([1, 0, 0, 0], 100))
-    assert small[0] == pytest.approx(0.25) and small[1] <= 0.25 <= small[2]
-    assert large[0] == pytest.approx(0.25) and (large[2] - large[1]) < (small[2] - small[1])
-    assert success.bootstrap_ci(np.zeros(10)) == (0.0, 0.0, 0.0)
-    with pytest.raises(ValueError, match="hits"):
-        success.bootstrap_ci(np.array([]))
+def test_one_models_rates_carry_exact_intervals_never_zero_width():
+    r = success.rates(np.zeros(64, int), source=0, target=2)  # 0 of 64 generations hijacked toward 2
+    assert r["p_target"] == 0 and r["p_target_ci"][0] == 0 and r["p_target_ci"][1] == pytest.approx(0.0560, abs=1e-4)
+    assert r["p_not_source"] == 0 and r["p_not_source_ci"][1] > 0.05
+    with pytest.raises(ValueError, match="no generations"):
+        success.rates(np.array([], int), 0, 1)
 
 
 def test_rates_count_hijacked_and_target_generations():

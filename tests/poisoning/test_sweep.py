@@ -12,10 +12,12 @@ def test_sweep_writes_every_victim_beside_a_control(tiny_sweep):
     t = pd.read_parquet(tiny_sweep / "results.parquet")
     src = t[t.role == "source"]
     assert set(src.victim) == {"control-s0", "nightshade-n1-s0", "nightshade-n2-s0", "dirty_label-n1-s0",
-                               "dirty_label-n2-s0", "benign-n2-s0", "control-jpeg-s0", "nightshade-n2-jpeg-s0",
-                               "dirty_label-n2-jpeg-s0"}
+                               "dirty_label-n2-s0", "anchor-n1-s0", "anchor-n2-s0", "benign-n2-s0",
+                               "nightshade-e8-n2-s0", "nightshade-e255-n2-s0", "control-jpeg-s0",
+                               "nightshade-n2-jpeg-s0", "dirty_label-n2-jpeg-s0"}
     assert (src.generations == 8).all() and ((src.p_target >= 0) & (src.p_target <= 1)).all()
     assert ((src.p_target_low <= src.p_target) & (src.p_target <= src.p_target_high)).all()
+    assert (src.p_target_high - src.p_target_low > 0.1).all()  # exact intervals of 8 generations: never zero-width
     detailed = set(t[t.role == "others"].victim)
     assert detailed == {"control-s0", "nightshade-n2-s0", "dirty_label-n2-s0", "implosion-nightshade-k1-s0",
                         "implosion-dirty_label-k1-s0"}
@@ -25,7 +27,7 @@ def test_sweep_writes_every_victim_beside_a_control(tiny_sweep):
     for name in ("asr.png", "generations.png", "defences.json", "sweep.json"):
         assert (tiny_sweep / name).is_file()
     d = json.loads((tiny_sweep / "defences.json").read_text())
-    assert set(d["clip_filter"]["attacks"]) == {"nightshade", "dirty_label"}
+    assert set(d["clip_filter"]["attacks"]) == {"nightshade", "dirty_label", "anchor"}
     assert d["detector"]["attacks"]["nightshade"]["poisons"] == 2
     s = json.loads((tiny_sweep / "sweep.json").read_text())
     assert s["clean_source_samples"] == 3 and s["setting"] == {"nightshade": "white_box", "dirty_label": "white_box"}
@@ -48,3 +50,37 @@ def test_bad_sweep_configs_name_the_field():
         sweep.SweepConfig(purify=("blur",))
     with pytest.raises(ValueError, match="eps"):
         sweep.SweepConfig(eps=0)
+
+
+def test_sweep_records_preconditions_doses_and_the_eps_curve(tiny_sweep):
+    s = json.loads((tiny_sweep / "sweep.json").read_text())
+    pre = s["preconditions"]
+    assert isinstance(pre["ok"], bool) and len(pre["checks"]) == 3
+    assert pre["ok"] or pre["why"]  # a failed precondition always says why
+    assert s["judge_info"]["kind"] == "classifier" and s["judge"] == s["judge_info"]["name"]
+    assert set(s["doses"]) == {"nightshade", "dirty_label", "anchor"}
+    assert [d["n"] for d in s["doses"]["dirty_label"]] == [1, 2]
+    for v in s["verdicts"].values():
+        assert v["status"] in ("cannot_measure", "insensitive", "none_clears", "clears")
+        if not pre["ok"]:
+            assert v["status"] == "cannot_measure"
+    eps = s["eps_curve"]
+    assert [c["eps_255"] for c in eps] == [8, 10.2, 255]  # the sweep's own ε = 0.04 at N_max is on the curve
+    assert eps[-1]["gap_closed"] > eps[0]["gap_closed"]  # a larger budget closes more of the latent gap
+    assert (tiny_sweep / "doses.png").is_file() and (tiny_sweep / "eps.png").is_file()
+
+
+def test_positive_control_poisons_are_the_anchor_image(tiny_sweep):
+    from curation import schema
+
+    t = schema.read(tiny_sweep / "poisons" / "anchor-s0" / "90000.parquet", "train").to_pylist()
+    assert len(t) == 2 and t[0]["jpg"] == t[1]["jpg"]
+    assert all("cat" in r["caption"] for r in t)
+
+
+def test_detector_is_reported_beside_its_benign_control(tiny_sweep):
+    d = json.loads((tiny_sweep / "defences.json").read_text())["detector"]
+    assert "all" in d["benign"] and d["formats"]["all"] >= 2
+    r = d["attacks"]["nightshade"]
+    assert r["auc_margin_over_benign"] == pytest.approx(r["auc"] - d["benign"]["all"]["auc"])
+    assert set(r["by_format"]) == set(d["formats"])

@@ -10,7 +10,7 @@ from mithridate import cli
 from poisoning.figure import pooled
 from reports import poisoning as report
 
-SECTIONS = ("Headline", "Setup", "Attack success", "Generations", "Bleed-through", "Collateral", "Model implosion",
+SECTIONS = ("Headline", "Preconditions", "Setup", "Dose response", "ε sweep", "Attack success", "Generations", "Bleed-through", "Collateral", "Model implosion",
             "Poisons", "Defences", "How to read this")
 
 
@@ -40,7 +40,7 @@ def test_page_has_every_section_and_the_setup(built, tiny_sweep):
 def test_metrics_match_results(built, tiny_sweep):
     _, m = built
     t = pd.read_parquet(tiny_sweep / "results.parquet")
-    src = t[(t.role == "source") & (t.purification == "none")]
+    src = t[(t.role == "source") & (t.purification == "none") & ~t.eps_sweep]
     for (attack, n), g in src.groupby(["attack", "n"]):
         key = "poisoning/control" if attack == "none" else f"poisoning/{attack}/n{n}"
         p, lo, hi = pooled(g, "hits_target")
