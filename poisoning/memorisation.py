@@ -5,8 +5,13 @@
   cosine to the artist's other works (leave one out). A generation closer to a work than the works are to each
   other is a near-copy.
 - Carlini et al. (2023, "Extracting training data from diffusion models") ℓ2-ratio test in pixel space: a
-  generation x̂ is memorised when ℓ2(x̂, x₁) < α · mean ℓ2(x̂, x_i) over its n nearest training images
-  (x₁ the nearest; α = 0.5, n = 50 as in the paper, n capped by the training set size).
+  generation x̂ is memorised when ℓ2(x̂, x₁) < α · mean ℓ2(x̂, x_i) over its n nearest reference images
+  (x₁ the nearest; α = 0.5, n = 50 as in the paper, n capped by the reference set size). The reference is the
+  model's own training set (`l2_ratio`), or — for "is this a copy of the artist's work?" — a fixed reference set
+  that does not depend on what the model trained on (`copies`): every work of the artist plus the other artists'
+  works of the same concepts. A copy is a generation whose nearest reference image is the artist's and whose
+  ratio is below α, so a model that never saw the artist can still score one (it drew a concept very like the
+  artist's version of it).
 """
 
 from __future__ import annotations
@@ -48,3 +53,20 @@ def l2_ratio(generated: np.ndarray, train: np.ndarray, n: int = NEIGHBOURS) -> t
         return np.ones(len(g)), d.argmin(axis=1)
     near = np.sort(d, axis=1)[:, :n]
     return near[:, 0] / np.maximum(near.mean(axis=1), 1e-12), d.argmin(axis=1)
+
+
+def copies(generated: np.ndarray, reference: np.ndarray, reference_artists: list[str], artist: str,
+           n: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(copy, ratio, nearest index) per generation against a fixed `reference` set (uint8 `(M, S, S, 3)`).
+
+    copy: the ℓ2-ratio test says memorised (ratio < `ALPHA`) and the nearest reference image is `artist`'s.
+    """
+    if len(reference_artists) != len(reference):
+        raise ValueError(f"reference_artists: {len(reference_artists)} names for {len(reference)} reference images")
+    if artist not in reference_artists:
+        raise ValueError(f"artist={artist!r}: none of the reference images is theirs")
+    if generated.shape[1:] != reference.shape[1:]:
+        raise ValueError(f"reference: images {reference.shape[1:]} but generations {generated.shape[1:]}")
+    ratio, nearest = l2_ratio(generated, reference, n)
+    theirs = np.array(reference_artists)[nearest] == artist
+    return (ratio < ALPHA) & theirs, ratio, nearest

@@ -63,8 +63,8 @@ class SweepConfig:
     fractions: tuple[float, ...] = options.opt((), "poison doses as fractions of the clean images of C, e.g. "
                                                "0.005,0.01,0.02,0.05,0.1,0.2 (N = max(1, round(f·clean))); '' = ns")
     attacks: tuple[str, ...] = options.opt(("nightshade", "dirty_label"), "attacks to sweep")
-    positive_control: bool = options.opt(True, "also poison with the anchor image itself at every dose (the limit "
-                                         "of a clean-label attack): if it cannot move P(A), nothing can be seen")
+    positive_control: bool = options.opt(True, "also poison with the anchor image itself at the largest dose (the "
+                                         "limit of a clean-label attack): if it cannot move P(A), nothing can be seen")
     benign: bool = options.opt(True, "also train a victim on the N_max candidates unperturbed (the control that "
                                "separates nightshade's perturbation from merely adding images of C)")
     eps_sweep: tuple[float, ...] = options.opt((), "nightshade budgets in 1/255 pixel units swept at eps_dose, e.g. "
@@ -168,8 +168,16 @@ class SweepConfig:
 
 PRESETS = {
     "default": SweepConfig(),
-    # `mithridate demo` on 2 CPU cores (~3 minutes): N ∈ {1, 4}, short continued training, fewer collateral images
-    "demo": SweepConfig(ns=(1, 4), steps=60, collateral_per_concept=2, bleed=1),
+    # the README's dose study on a `poison pair` (~40 CPU-minutes per seed and pair on 2 cores): six doses, the
+    # positive and benign controls at 20%, the ε sweep at 20%; victims continue the clean model long enough to learn
+    # from a poison (800 steps of 32 at its peak learning rate: ~40 passes over a 621-row pair)
+    "doses": SweepConfig(fractions=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2), seeds=(0, 1, 2), steps=800, lr=2e-3,
+                         warmup_steps=20, batch_size=32, eps_sweep=(4, 8, 16, 32, 64, 255), purify=(), bleed=1,
+                         collateral_per_concept=4),
+    # `mithridate demo` on 2 CPU cores (~4 minutes a pair): one seed, two doses, the controls, one ε beside the
+    # invisible one; the README's multi-seed `doses` preset is the study
+    "demo": SweepConfig(fractions=(0.05, 0.2), steps=600, lr=2e-3, warmup_steps=20, batch_size=32, eps_sweep=(255,),
+                        purify=(), bleed=1, collateral_per_concept=2),
     # seconds, for tests: the tiny model, few generations
     "tiny": SweepConfig(ns=(1, 2), steps=4, batch_size=16, craft_steps=10, generations=8, bleed=1,
                         bleed_generations=4, collateral_per_concept=1, sampler="ddim", sample_steps=4, judge_steps=40),
@@ -201,7 +209,7 @@ def _victims(cfg: SweepConfig, out: Path, image_size: int, n_eps: int) -> list[V
         for attack in dose_attacks(cfg):
             poisons = craft(cfg, attack, seed, out)
             eps = cfg.eps if attack == "nightshade" else float("nan")
-            for n in sorted(set(cfg.ns)):
+            for n in sorted(set(cfg.ns)) if attack in cfg.attacks else [cfg.n_max]:
                 folder = folders.with_poisons(cfg.data, poisons, n, out / "data" / f"{attack}-n{n}-s{seed}")
                 vs.append(Victim(f"{attack}-n{n}-s{seed}", attack, n, seed, "none", folder, eps=eps))
         vs += eps_victims(cfg, out, seed, n_eps)
@@ -450,7 +458,12 @@ def _trained_judge(cfg: SweepConfig, concepts: list[str], clean: data.ImageSet, 
     labels = data.match_concepts(clean.captions, concepts)
     rows = np.flatnonzero(labels >= 0)
     artists = [clean.artists[i] or "" for i in rows]
-    groups = artists if len(set(artists)) > 1 else [clean.uids[i] for i in rows]
+    per_class = {}
+    for label, artist in zip(labels[rows], artists):
+        per_class.setdefault(label, set()).add(artist)
+    # hold out whole artists when every concept has several; else (a curated set may keep one artist per concept)
+    # hold out rows
+    groups = artists if min(len(a) for a in per_class.values()) > 1 else [clean.uids[i] for i in rows]
     with torch_threads(1):
         j = judges.train(data.to_uint8(clean.images[rows]), labels[rows], list(concepts), groups,
                          steps=cfg.judge_steps, seed=cfg.seeds[0])

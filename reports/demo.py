@@ -31,7 +31,7 @@ import numpy as np
 from curation import (aesthetic, art, clip_train, crawler, dedup, downloader, embed, export, funnel, options, release,
                       schema, selection, web)
 from diffusion import data as diffusion_data, evaluation, training, vae
-from poisoning import attackability, candidates, optout, sweep
+from poisoning import attackability, candidates, optout, pairs, sweep
 from reports import dataset, generation, poisoning, story
 
 logger = logging.getLogger(__name__)
@@ -66,9 +66,17 @@ class DemoConfig:
         (), "concepts the diffusion model learns ('' = up to max_concepts of DEMO_CONCEPTS found in the export)")
     max_concepts: int = options.opt(40, "concepts in the diffusion subset when concepts is ''")
     eval_runs: tuple[str, ...] = options.opt(DEMO_RUNS, "evaluate: sampler:steps[:guidance] settings")
-    poison_source: str = options.opt("automobile", "poisoning: source concept C (else the model's first concept)")
-    poison_target: str = options.opt("elephant", "poisoning: target concept A (else the model's last concept)")
-    poison_preset: Literal["demo", "tiny", "default"] = options.opt("demo", "`poison sweep` preset")
+    poison_source: str = options.opt("automobile", "attackability: source concept of the autoencoder's "
+                                     "attackability curve (else the model's first concept)")
+    poison_target: str = options.opt("elephant", "attackability: target concept (else the model's last concept)")
+    poison_pairs: tuple[str, ...] = options.opt(("vehicle-animal",), "poisoning: `poison pair` concept pairs with "
+                                                "many clean images, each swept at realistic doses (vehicle-animal, "
+                                                "style)")
+    poison_preset: Literal["demo", "tiny", "default", "doses"] = options.opt("demo", "`poison sweep` preset (demo: "
+                                                                             "one seed, a short dose list)")
+    pair_steps: int = options.opt(1500, "training steps of each pair's clean model (tiny UNet)")
+    sweeps: tuple[str, ...] = options.opt((), "finished multi-seed `poison sweep` folders to report instead of the "
+                                          "demo's own one-seed sweeps (the README's dose commands)")
     optout_preset: Literal["demo", "tiny", "default"] = options.opt("demo", "`optout evaluate` preset")
     study: str = options.opt("", "a `poison study` folder to show in the poisoning report (autoencoder design "
                              "frontier, robust autoencoder; '' = none: the study takes ~45 CPU minutes)")
@@ -78,7 +86,7 @@ class DemoConfig:
                                             "release (a benign change)")
 
     def __post_init__(self):
-        for name in ("concepts", "eval_runs", "expire", "reencode"):
+        for name in ("concepts", "eval_runs", "expire", "reencode", "poison_pairs", "sweeps"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         options.check_positive(self, "threads", "timeout_s", "max_concepts", "reupload_cos_eps")
@@ -88,6 +96,14 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name}={bad}: sites are aggregator, linkfarm or artist-<artist>")
         for r in self.eval_runs:  # checked now, not after the minutes of parts 1–2
             evaluation.parse_run(r, 3.0)
+        for p in self.poison_pairs:
+            if p not in pairs.PAIRS:
+                raise ValueError(f"DemoConfig.poison_pairs={list(self.poison_pairs)}: allowed pairs are "
+                                 f"{', '.join(pairs.PAIRS)}")
+        for f in self.sweeps:
+            if not (Path(f) / "sweep.json").is_file():
+                raise ValueError(f"DemoConfig.sweeps: {f!r} has no sweep.json (run `mithridate poison sweep`)")
+        options.check_positive(self, "pair_steps")
         if self.study and not (Path(self.study) / "study.json").is_file():
             raise ValueError(f"DemoConfig.study={self.study!r}: no study.json there (run `mithridate poison study`)")
         if not 0 < self.clip_top_fraction <= 1:
@@ -104,6 +120,7 @@ PRESETS = {"default": DemoConfig(),
                              eval_runs=("ddim:50", "euler:20", "dpmpp_2m:20", "ddpm:100", "euler:20:1")),
            "tiny": DemoConfig(art_preset="tiny", threads=16, timeout_s=1.0, clip_preset="tiny", diffusion_preset="tiny",
                               max_concepts=8, eval_runs=("ddim:5", "euler:4"), poison_preset="tiny",
+                              poison_pairs=("style",), pair_steps=20,
                               optout_preset="tiny", reupload_cos_eps=0.002)}
 
 # familiar concepts, in order of preference, for the diffusion subset (those present in the export are used)
@@ -256,22 +273,47 @@ def poison_pair(cfg: DemoConfig, concepts: list[str]) -> tuple[str, str]:
     return source, target
 
 
+def pair_sweep(cfg: DemoConfig, out: Path, corpus: Path, name: str) -> Path:
+    """One concept pair at realistic doses: `poison pair` → its clean model (tiny UNet, `pair_steps`) → `poison sweep`
+    (the `poison_preset`, poisons from the pair's own images, its independent judge)."""
+    from diffusion import training
+
+    folder = out / f"pair-{name}"
+    tiny = cfg.poison_preset == "tiny"
+    p = pairs.run(dataclasses.replace(pairs.PRESETS["tiny" if tiny else "default"], pair=name, art=str(corpus),
+                                      out=str(folder), max_concepts=40 if tiny else pairs.PRESETS["style"].max_concepts
+                                      if name == "style" else 0))
+    info = json.loads((p / "pair.json").read_text())
+    clean = training.run(dataclasses.replace(
+        training.PRESETS["tiny"], data=str(p / "train"), vae=str(out / "vae"), clip=str(_clip_dir(cfg, out)),
+        concepts=tuple(info["concepts"]), steps=cfg.pair_steps, batch_size=32, lr=2e-3, minutes=0.0,
+        warmup_steps=min(50, cfg.pair_steps // 5), sample_every=0, checkpoint_every=max(cfg.pair_steps // 2, 1),
+        out=str(folder / "clean")))
+    return sweep.run(dataclasses.replace(
+        sweep.PRESETS[cfg.poison_preset], data=str(p / "train"), checkpoint=str(clean), pool=str(p / "train"),
+        judge=str(p / "judge"), prompt=info["prompt"], filter=str(out / "filter"), out=str(folder / "sweep"),
+        source=info["source"], target=info["target"]))
+
+
 def _part4(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
-    """Poisoning sweep on the part-3 model, poisons drawn from the art corpus, and the attackability of its
-    autoencoder → poisoning report."""
+    """Each concept pair swept at realistic doses (or the given multi-seed sweeps), the attackability of the
+    demo's autoencoder → poisoning report."""
     from diffusion import pipeline
 
+    sweeps = [Path(f) for f in cfg.sweeps] or [pair_sweep(cfg, out, corpus, name) for name in cfg.poison_pairs]
     concepts = list(pipeline.read_checkpoint(out / "diffusion")["concepts"])
     source, target = poison_pair(cfg, concepts)
-    sw = sweep.run(dataclasses.replace(sweep.PRESETS[cfg.poison_preset], data=str(out / "train"),
-                                       checkpoint=str(out / "diffusion"), pool=str(corpus), filter=str(out / "filter"),
-                                       out=str(out / "poison-sweep"), source=source, target=target))
     att = attackability.run(dataclasses.replace(
         attackability.PRESETS["tiny" if cfg.poison_preset == "tiny" else "demo"], vae=str(out / "vae"),
         data=str(corpus), pairs=(f"{source}:{target}",)))
-    page = poisoning.build(poisoning.PoisoningReportConfig(sweep=str(sw), out=str(out / "report"), study=cfg.study,
-                                                           attackability=str(att)))
-    logger.info("%s", poisoning.headline(sw))
+    (out / "poison-sweeps.json").write_text(json.dumps([str(s) for s in sweeps]) + "\n")
+    page = poisoning.build(poisoning.PoisoningReportConfig(
+        sweep=str(sweeps[0]), more=tuple(str(s) for s in sweeps[1:]), out=str(out / "report"), study=cfg.study,
+        attackability=str(att)))
+    logger.info("%s", poisoning.headline_all(sweeps))
+    if not cfg.sweeps:
+        logger.info("poisoning: one seed and a short dose list (the demo's time budget); the README's multi-seed "
+                    "commands give the seed-level numbers (`--sweeps=` shows them here)")
     return page
 
 
@@ -322,7 +364,8 @@ def _clip_dir(cfg: DemoConfig, out: Path) -> Path:
 PARTS = ("download", "report", "generation", "poisoning", "optout", "integrity")
 FOLDERS = {"download": ("web", "crawl", "shards"),
            "report": ("clip", "embeddings", "aesthetic_head", "aesthetic", "filter", "train", "report"),
-           "generation": ("vae", "diffusion", "evaluate", "classifier"), "poisoning": ("poison-sweep",),
+           "generation": ("vae", "diffusion", "evaluate", "classifier"),
+           "poisoning": ("poison-sweep", "pair-vehicle-animal", "pair-style"),
            "optout": ("optout",), "integrity": ("release", "web-after", "rebuild")}
 
 

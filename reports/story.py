@@ -54,15 +54,25 @@ def _generation(run: Path) -> tuple | None:
     return "Model: autoencoder and latent diffusion", H.note(generation.headline(ev)), parts, m
 
 
+def _sweeps(run: Path) -> list[Path]:
+    """The run's poisoning sweeps: those the demo listed in poison-sweeps.json, else the one sweep folder."""
+    listed = run / "poison-sweeps.json"
+    found = [Path(f) for f in json.loads(listed.read_text())] if listed.is_file() else [run / "poison-sweep"]
+    return [f for f in found if (f / "results.parquet").is_file()]
+
+
 def _poisoning(run: Path) -> tuple | None:
-    if not (run / "poison-sweep" / "results.parquet").is_file():
+    sweeps = _sweeps(run)
+    if not sweeps:
         return None
     att = run / "vae" / "attackability.json"
     study = json.loads((run / "config.json").read_text()).get("study", "") if (run / "config.json").is_file() else ""
-    cfg = poisoning.PoisoningReportConfig(sweep=str(run / "poison-sweep"), out=str(run / "report"),
-                                          attackability=str(att) if att.is_file() else "", study=study or "")
+    cfg = poisoning.PoisoningReportConfig(sweep=str(sweeps[0]), more=tuple(str(s) for s in sweeps[1:]),
+                                          out=str(run / "report"), attackability=str(att) if att.is_file() else "",
+                                          study=study or "")
     parts, m = poisoning.sections(cfg)
-    return "Poisoning: Nightshade-style vs dirty-label", H.note(poisoning.headline(run / "poison-sweep")), parts, m
+    return ("Poisoning: realistic doses, Nightshade-style vs dirty-label, beside controls",
+            H.note(poisoning.headline_all(sweeps)), parts, m)
 
 
 def _optout(run: Path) -> tuple | None:

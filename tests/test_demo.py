@@ -44,12 +44,17 @@ def test_tiny_demo_prints_a_funnel_with_every_planted_category(tmp_path, cache_d
     integ = json.loads((tmp_path / "rebuild" / "integrity.json").read_text())["modes"]
     assert integ["sha256"]["changed"] > 0 and integ["sha256"]["admitted"] == 0
     assert integ["none"]["admitted"] == integ["none"]["changed"] == integ["sha256"]["changed"]
+    # part 4: a concept pair with many clean images (style, on the tiny corpus) poisoned beside its controls
+    s = json.loads((tmp_path / "pair-style" / "sweep" / "sweep.json").read_text())
+    assert (s["source"], s["target"]) == ("twemoji", "notomono") and s["judge_info"]["kind"] == "classifier"
+    assert set(s["doses"]) == {"nightshade", "dirty_label", "anchor"} and len(s["preconditions"]["checks"]) == 3
     # one page with a table of contents over every part, and metrics.json
     index = (tmp_path / "report" / "index.html").read_text()
     for part in ("Dataset", "Model", "Poisoning", "Opt-out", "Integrity"):
         assert f'">{["Dataset", "Model", "Poisoning", "Opt-out", "Integrity"].index(part) + 1}. {part}' in index
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["integrity/sha256/admitted"] == 0 and "optout/honor/names_artist/diff_vs_gold_ci" in m
+    assert isinstance(m["poisoning/preconditions_ok"], bool) and "Preconditions</h3>" in index
     # ground truth of the expiry log: replaced pictures get in only without verification
     assert m["integrity/none/expired_admitted"] == m["integrity/none/expired_changed"] > 0
     assert m["integrity/sha256/expired_admitted"] == m["integrity/phash/expired_admitted"] == 0

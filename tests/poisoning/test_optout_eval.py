@@ -1,5 +1,6 @@
-"""Opt-out evaluation pieces: memorisation tests, the style probe's split, paired differences, config checks.
-(The whole evaluation runs in the tiny demo, tests/test_demo.py.)"""
+"""Opt-out evaluation pieces: memorisation tests, the style probe's split, config checks. (The copy test, probe
+validation, precondition and report: test_optout_validity.py; the whole evaluation runs in the tiny demo,
+tests/test_demo.py.)"""
 
 import numpy as np
 import pytest
@@ -36,14 +37,6 @@ def test_style_probe_holds_out_whole_concepts_deterministically():
     assert (style.concept_split(concepts, 0.2, seed=1) == test).all()
 
 
-def test_paired_difference_and_its_interval():
-    a = np.r_[np.ones(30), np.zeros(10)]
-    d, lo, hi = optout.paired_diff(a, a, seed=0)
-    assert (d, lo, hi) == (0.0, 0.0, 0.0)
-    d, lo, hi = optout.paired_diff(a, np.zeros(40), seed=0)
-    assert d == pytest.approx(0.75) and lo < 0.75 < hi and lo > 0.5
-
-
 def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError, match="policies: 'everything'"):
         optout.OptoutConfig(policies=("honor", "everything"))
@@ -53,6 +46,8 @@ def test_config_errors_name_the_field(tmp_path):
         optout.OptoutConfig(sampler="plms")
     with pytest.raises(ValueError, match="seeds"):
         optout.OptoutConfig(seeds=(1, 1))
+    with pytest.raises(ValueError, match=r"min_gold_accuracy=0: must be within \(0, 1\]"):
+        optout.OptoutConfig(min_gold_accuracy=0)
     cfg = optout.OptoutConfig(filter=str(tmp_path), art=".", vae=".", clip=".", provenance=".", artist="openmoji",
                               control_artist="nobody")
     with pytest.raises(ValueError, match="filter=.*no config.json"):
