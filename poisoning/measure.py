@@ -101,6 +101,6 @@ class Measurer:
             rates.update({k: math.nan for k in ("p_target", "p_target_low", "p_target_high")}, hits_target=0)
             row = {"role": "others", "concept": f"{len(others)} other concepts", "similarity": math.nan, **rates}
             real = self.real_feats[np.isin(self.real_labels, labels)]
-            row["kid"] = metrics.kid(real, feats)[0] if len(real) >= 2 else math.nan
+            row["kid"] = metrics.kid(real, feats)[0] if len(real) >= 2 and len(feats) >= 2 else math.nan
             rows.append(row)
         return rows

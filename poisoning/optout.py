@@ -499,6 +499,10 @@ def _models(cfg: OptoutConfig, folders: dict[str, Path], comp: dict) -> dict[tup
     models, seen = {}, {}
     for seed in cfg.seeds:
         for name, folder in folders.items():
+            if name.endswith(MINUS) and comp[name]["trained_rows"] == 0:
+                logger.warning("optout: %s has no row in the trained concepts: no model, so that policy is compared "
+                               "with the single gold only", name)
+                continue
             key = (tuple(comp[name]["uids"]), seed)
             if key in seen:
                 logger.info("optout: %s trains on exactly the rows of %s: same model", name, seen[key])
