@@ -99,3 +99,20 @@ def test_attackability_and_study_sections(tiny_sweep, tiny_train, tmp_path):
     assert m[f"poisoning/attackability/eps{points[0]['eps_255']:g}/gap_closed"] == pytest.approx(
         points[0]["gap_closed"][0])
     assert "poisoning/study/32px-f4/recon_psnr_db" in m
+
+
+def test_several_pairs_get_their_own_sections_and_metrics(tiny_sweep, tmp_path):
+    cfg = report.PoisoningReportConfig(sweep=str(tiny_sweep), more=(str(tiny_sweep),), out=str(tmp_path))
+    parts, m = report.sections(cfg)
+    titles = [t for t, _ in parts]
+    assert titles.count("cat → house: Dose response") == 2 and titles.count("cat → house: Preconditions") == 2
+    assert m["poisoning/cat-house/preconditions_ok"] == m["poisoning/preconditions_ok"]
+    assert report.headline_all([tiny_sweep, tiny_sweep]).count("[cat → house]") == 2
+
+
+def test_no_rate_in_the_page_has_a_zero_width_interval(built):
+    import re
+
+    html = built[0].read_text(encoding="utf-8")
+    pairs = re.findall(r"(\d\.\d\d) \[(\d\.\d\d), (\d\.\d\d)\]", html.replace("\u00a0", " "))
+    assert pairs and not [p for p in pairs if p[1] == p[2]]
