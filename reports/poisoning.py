@@ -160,7 +160,7 @@ def _groups(sw: Sweep) -> list[tuple[str, int, pd.DataFrame]]:
 
 def _share(sw: Sweep, n: int) -> str:
     k = sw.info["clean_source_samples"]
-    return f"{100 * n / k:.0f}%" if k else "no clean images of the source"
+    return f"{100 * n / k:.2g}%" if k else "no clean images of the source"
 
 
 # --- headline ------------------------------------------------------------------------------------------------------
@@ -174,7 +174,8 @@ def _per_n(sw: Sweep) -> str:
                  for a in sw.attacks + ["benign"] if len(_rows(sw, "source", a, n))]
         parts.append(f"at N={n}: " + ", ".join(cells))
     control = _ci(_rate(_rows(sw, "source", "none", 0), "hits_target"))
-    return (f"For the prompt {src!r}, P(judge says {tgt!r}) with 95% intervals is {control} for the control; "
+    prompt = sw.cfg.get("prompt", "{}").format(src)
+    return (f"For the prompt {prompt!r}, P(judge says {tgt!r}) with 95% intervals is {control} for the control; "
             + "; ".join(parts) + f" (N={sw.n_max} is {_share(sw, sw.n_max)} of the {k} clean {src!r} images).")
 
 
@@ -312,8 +313,16 @@ def _preconditions(sw: Sweep) -> str:
     j = sw.info.get("judge_info", {})
     judge = (f"Judge: {j.get('name', sw.info.get('judge'))}; held-out accuracy on real images "
              f"{j.get('heldout_accuracy', float('nan')):.2f} (chance {j.get('chance', float('nan')):.2f}; "
-             f"{j.get('split', 'split not recorded')}).")
+             f"{_split(j.get('split'))}).")
     return H.note(verdict) + H.table(rows) + H.note(judge)
+
+
+def _split(split) -> str:
+    """The judge's held-out split in words."""
+    if not isinstance(split, dict):
+        return split or "split not recorded"
+    return (f"{len(split.get('heldout_groups', []))} whole {split.get('by', 'group')}s held out, "
+            f"{split.get('train_groups', '?')} trained on ({split.get('train_images', '?')} images)")
 
 
 def _dose_table(sw: Sweep) -> str:
