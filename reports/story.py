@@ -22,6 +22,15 @@ logger = logging.getLogger(__name__)
 class StoryConfig:
     run: str = options.opt("mithridate-out/demo", "a demo run folder (one sub-folder per stage)")
     out: str = options.opt("", "output folder of index.html ('' = <run>/report); metrics.json goes to <run>")
+    sweeps: tuple[str, ...] = options.opt((), "`poison sweep` folders to show in the poisoning part instead of the "
+                                          "run's own (e.g. the README's multi-seed dose sweeps)")
+
+    def __post_init__(self):
+        if isinstance(self.sweeps, list):
+            object.__setattr__(self, "sweeps", tuple(self.sweeps))
+        for f in self.sweeps:
+            if not (Path(f) / "results.parquet").is_file():
+                raise ValueError(f"StoryConfig.sweeps: {f!r} has no results.parquet (run `mithridate poison sweep`)")
 
 
 PRESETS = {"default": StoryConfig()}
@@ -54,15 +63,17 @@ def _generation(run: Path) -> tuple | None:
     return "Model: autoencoder and latent diffusion", H.note(generation.headline(ev)), parts, m
 
 
-def _sweeps(run: Path) -> list[Path]:
-    """The run's poisoning sweeps: those the demo listed in poison-sweeps.json, else the one sweep folder."""
+def _sweeps(run: Path, given: tuple = ()) -> list[Path]:
+    """The poisoning sweeps: those given, else those the demo listed in poison-sweeps.json, else the one folder."""
+    if given:
+        return [Path(f) for f in given]
     listed = run / "poison-sweeps.json"
     found = [Path(f) for f in json.loads(listed.read_text())] if listed.is_file() else [run / "poison-sweep"]
     return [f for f in found if (f / "results.parquet").is_file()]
 
 
-def _poisoning(run: Path) -> tuple | None:
-    sweeps = _sweeps(run)
+def _poisoning(run: Path, given: tuple = ()) -> tuple | None:
+    sweeps = _sweeps(run, given)
     if not sweeps:
         return None
     att = run / "vae" / "attackability.json"
@@ -99,7 +110,7 @@ def build(cfg: StoryConfig) -> Path:
     out = Path(cfg.out) if cfg.out else run / "report"
     out.mkdir(parents=True, exist_ok=True)
     names = ("dataset", "generation", "poisoning", "optout", "integrity")
-    found = [(n, p) for n, p in zip(names, (_dataset(run), _generation(run), _poisoning(run), _optout(run),
+    found = [(n, p) for n, p in zip(names, (_dataset(run), _generation(run), _poisoning(run, cfg.sweeps), _optout(run),
                                             _integrity(run))) if p is not None]
     if not found:
         raise ValueError(f"StoryConfig.run={cfg.run!r}: no finished stage to report (no train/, evaluate/, …)")

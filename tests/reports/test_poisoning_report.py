@@ -116,3 +116,11 @@ def test_no_rate_in_the_page_has_a_zero_width_interval(built):
     html = built[0].read_text(encoding="utf-8")
     pairs = re.findall(r"(\d\.\d\d) \[(\d\.\d\d), (\d\.\d\d)\]", html.replace("\u00a0", " "))
     assert pairs and not [p for p in pairs if p[1] == p[2]]
+
+
+def test_story_takes_other_sweeps_and_refuses_a_folder_without_results(tiny_sweep, tmp_path):
+    from reports import story
+
+    with pytest.raises(ValueError, match="sweeps.*results.parquet"):
+        story.StoryConfig(run=str(tmp_path), sweeps=(str(tmp_path / "nowhere"),))
+    assert story._sweeps(tmp_path, (str(tiny_sweep),)) == [tiny_sweep]
