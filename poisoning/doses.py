@@ -151,17 +151,12 @@ def verdict(table: pd.DataFrame, attack: str, pre: dict, sens: dict) -> dict:
     first = cleared[0]
     return {"attack": attack, "status": "clears", "fraction": first["fraction"], "n": first["n"],
             "text": f"P(target) clears the control from {_pct(first['fraction'])} (N={first['n']}) of the clean "
-                    f"images of the concept: {intervals.Rate(**_rate_args(first['p_target'])).text()}"}
-
-
-def _rate_args(d: dict) -> dict:
-    return {"value": d["rate"], "low": d["low"], "high": d["high"], "hits": d["hits"],
-            "generations": d["generations"], "seeds": d["seeds"]}
+                    f"images of the concept: {as_rate(first['p_target']).text()}"}
 
 
 def as_rate(d: dict) -> intervals.Rate:
     """A `Rate.as_dict()` back to a `Rate`."""
-    return intervals.Rate(**_rate_args(d))
+    return intervals.Rate(d["rate"], d["low"], d["high"], d["hits"], d["generations"], d["seeds"])
 
 
 def _pct(f: float) -> str:

@@ -64,11 +64,7 @@ def asr_vs_n(table: pd.DataFrame, path: str | Path, source: str, target: str) ->
     axes[0].legend(loc="best")
     fig.suptitle(f"prompt {source!r}: generations judged (95% seed-level intervals)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _save(fig, path: str | Path) -> Path:

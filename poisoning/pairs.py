@@ -113,8 +113,8 @@ def rows(cfg: PairConfig, corpus: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["label", "concept", "artist"]).reset_index(drop=True)
 
 
-def write_shards(df: pd.DataFrame, corpus_dir: Path, out: Path) -> int:
-    """TRAIN-schema shards of the pair's rows (64 px PNG bytes from the corpus)."""
+def write_shards(df: pd.DataFrame, corpus_dir: Path, out: Path) -> list[bytes]:
+    """TRAIN-schema shards of the pair's rows; returns each row's image bytes (64 px PNG from the corpus)."""
     out.mkdir(parents=True, exist_ok=True)
     table = [{"uid": schema.make_uid(f"art://{r.item_id}", r.caption), "jpg": (corpus_dir / r.path64).read_bytes(),
               "caption": r.caption, "url": f"art://{r.item_id}", "domain": "art-corpus", "artist": r.artist,
@@ -122,16 +122,16 @@ def write_shards(df: pd.DataFrame, corpus_dir: Path, out: Path) -> int:
     for i in range(0, len(table), SHARD_ROWS):
         schema.write(pa.Table.from_pylist(table[i:i + SHARD_ROWS], schema=schema.TRAIN_SCHEMA),
                      out / f"{i // SHARD_ROWS:05d}.parquet", "train")
-    return len(table)
+    return [r["jpg"] for r in table]
 
 
-def train_judge(cfg: PairConfig, df: pd.DataFrame, corpus_dir: Path, out: Path) -> dict:
+def train_judge(cfg: PairConfig, df: pd.DataFrame, pngs: list[bytes], out: Path) -> dict:
     """The independent judge: a pixel classifier over the pair's labels, whole corpus concepts held out."""
     from curation.encoders import torch_threads
     from poisoning import judge
 
     labels = sorted(df["label"].unique())
-    images = np.stack([data.decode((corpus_dir / p).read_bytes(), 32) for p in df["path64"]])
+    images = np.stack([data.decode(b, 32) for b in pngs])
     with torch_threads(1):
         j = judge.train(images, np.array([labels.index(x) for x in df["label"]]), labels, df["concept"].tolist(),
                         held_out=cfg.judge_held_out, steps=cfg.judge_steps, seed=cfg.seed)
@@ -159,9 +159,10 @@ def run(cfg: PairConfig) -> Path:
     options.write_config(cfg, out)
     corpus_dir = resolve_art(cfg)
     df = rows(cfg, art.load(corpus_dir))
-    n = write_shards(df, corpus_dir, out / "train")
+    pngs = write_shards(df, corpus_dir, out / "train")
+    n = len(pngs)
     df[["item_id", "concept", "label", "subcategory", "artist", "caption"]].to_parquet(out / "rows.parquet")
-    judge_info = train_judge(cfg, df, corpus_dir, out / "judge")
+    judge_info = train_judge(cfg, df, pngs, out / "judge")
     kind, _, source, target, prompt = PAIRS[cfg.pair]
     counts = df["label"].value_counts().to_dict()
     info = {"pair": cfg.pair, "kind": kind, "source": source, "target": target, "prompt": prompt,

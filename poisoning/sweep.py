@@ -298,15 +298,19 @@ def implosion_victims(cfg: SweepConfig, out: Path, image_size: int, seed: int) -
     return vs
 
 
+def poison_folder(cfg: SweepConfig, out: Path, attack: str, seed: int, source: str = "", eps: float = 0.0) -> Path:
+    """Where `craft` writes one attack's poisons: per seed, another source (implosion) or another ε (ε sweep)."""
+    if eps and abs(eps - cfg.eps) > 1e-9:
+        return out / "poisons" / f"{attack}-e{round(255 * eps, 3):g}-s{seed}"
+    return out / "poisons" / (f"{attack}-s{seed}" if source in ("", cfg.source) else f"{attack}-{source}-s{seed}")
+
+
 def craft(cfg: SweepConfig, attack: str, seed: int, out: Path, source: str = "", target: str = "",
           n: int = 0, eps: float = 0.0) -> Path:
     """The N_max poisons of one attack and seed (`poison inject`; reused when already written); another
     `source`/`target`/`n` for the implosion pairs, another `eps` for the ε sweep."""
+    folder = poison_folder(cfg, out, attack, seed, source, eps)
     source, target, n = source or cfg.source, target or cfg.target, n or cfg.n_max
-    name = f"{attack}-s{seed}" if source == cfg.source else f"{attack}-{source}-s{seed}"
-    if eps and abs(eps - cfg.eps) > 1e-9:
-        name = f"{attack}-e{round(255 * eps, 3):g}-s{seed}"
-    folder = out / "poisons" / name
     icfg = inject.InjectConfig(data=cfg.data, checkpoint=cfg.checkpoint, out=str(folder), source=source,
                                target=target, pool=cfg.pool, n=n, attack=attack, budget=cfg.budget,
                                eps=eps or cfg.eps, ssim_floor=cfg.ssim_floor, lpips_limit=cfg.lpips_limit,
@@ -344,17 +348,17 @@ def _formats(folder: str | Path) -> list[str]:
     return out
 
 
-def _poison_u8(out: Path, attack: str, seed: int, image_size: int) -> tuple[np.ndarray, list[str]]:
-    p = data.load_shard(out / "poisons" / f"{attack}-s{seed}" / inject.POISON_SHARD, image_size)
+def _poison_u8(cfg: SweepConfig, out: Path, attack: str, image_size: int) -> tuple[np.ndarray, list[str]]:
+    """The first seed's poisons of one attack as uint8 images, with their captions."""
+    p = data.load_shard(poison_folder(cfg, out, attack, cfg.seeds[0]) / inject.POISON_SHARD, image_size)
     return data.to_uint8(p.images), p.captions
 
 
-def _detector(cfg: SweepConfig, out: Path, ae, clean_u8: np.ndarray, formats: list[str], image_size: int) -> dict:
+def _detector(cfg: SweepConfig, ae, clean_u8: np.ndarray, formats: list[str], poisons: dict) -> dict:
     """The detector on each attack's poisons beside its benign control — the same candidates unperturbed, from the
     same source as the poisons — overall and against the clean rows of each stored format."""
-    seed = cfg.seeds[0]
     clean = defences.consistency_scores(ae, clean_u8)
-    benign = defences.consistency_scores(ae, _poison_u8(out, "benign", seed, image_size)[0])
+    benign = defences.consistency_scores(ae, poisons["benign"][0])
     fmt = np.array(formats if len(formats) == len(clean) else ["unknown"] * len(clean))
     res = {"kind": "latent consistency under JPEG", "attacks": {}, "benign": {}, "formats": {}}
     splits = [("all", np.ones(len(clean), bool))] + [(f, fmt == f) for f in sorted(set(fmt)) if (fmt == f).sum() >= 2]
@@ -362,7 +366,7 @@ def _detector(cfg: SweepConfig, out: Path, ae, clean_u8: np.ndarray, formats: li
         res["formats"][name] = int(keep.sum())
         res["benign"][name] = defences.detector(clean[keep], benign, cfg.fpr)
     for attack in dose_attacks(cfg):
-        scores = defences.consistency_scores(ae, _poison_u8(out, attack, seed, image_size)[0])
+        scores = defences.consistency_scores(ae, poisons[attack][0])
         per = {name: defences.detector(clean[keep], scores, cfg.fpr) for name, keep in splits}
         for name, r in per.items():
             r["auc_margin_over_benign"] = r["auc"] - res["benign"][name]["auc"]
@@ -379,14 +383,15 @@ def _defences(cfg: SweepConfig, out: Path, ckpt: dict, clean: data.ImageSet) -> 
     clean_u8 = data.to_uint8(clean.images)
     threshold, source = _clip_threshold(cfg, clean, text_clip)
     craft(cfg, "benign", cfg.seeds[0], out)  # the detector's benign control, also when no benign victim is trained
+    poisons = {a: _poison_u8(cfg, out, a, image_size) for a in dose_attacks(cfg) + ["benign"]}
     clean_c = np.flatnonzero(candidates.naming(clean.captions, cfg.source, ckpt["concepts"]))
     res = {"clip_filter": {"threshold": threshold, "threshold_from": source, "attacks": {}},
-           "detector": _detector(cfg, out, ae, clean_u8, _formats(cfg.data), image_size),
+           "detector": _detector(cfg, ae, clean_u8, _formats(cfg.data), poisons),
            "clean_source_clip_scores": defences.clip_filter(text_clip, clean_u8[clean_c],
                                                             [clean.captions[i] for i in clean_c],
                                                             threshold)["scores"].tolist()}
     for attack in dose_attacks(cfg):
-        u8, captions = _poison_u8(out, attack, cfg.seeds[0], image_size)
+        u8, captions = poisons[attack]
         f = defences.clip_filter(text_clip, u8, captions, threshold)
         rate = intervals.exact(int(f["passed"].sum()), len(u8))
         res["clip_filter"]["attacks"][attack] = {
@@ -424,17 +429,18 @@ def resolve_doses(cfg: SweepConfig, clean_c: int) -> tuple[SweepConfig, dict[int
     return cfg, {n: n / clean_c if clean_c else float("nan") for n in cfg.ns}
 
 
-def build_judge(cfg: SweepConfig, concepts: list[str], clean: data.ImageSet, text_path: str, out: Path):
+def build_judge(cfg: SweepConfig, concepts: list[str], clean: data.ImageSet, text_path: str, out: Path,
+                device: str = "auto"):
     """The judge of every generation (see the `judge` field), calibrated on real images."""
     from poisoning import judge as judges
 
     if cfg.judge == "own":
-        j = judges.ClipJudge(text_path, concepts, "cpu", label=judges.VICTIM_LABEL)
+        j = judges.ClipJudge(text_path, concepts, device, label=judges.VICTIM_LABEL)
     elif cfg.judge and (Path(cfg.judge) / "judge.json").is_file():
         j = judges.load(cfg.judge)
     elif cfg.judge:
         own = Path(cfg.judge).resolve() == Path(text_path).resolve()
-        j = judges.ClipJudge(cfg.judge, concepts, "cpu", label=judges.VICTIM_LABEL if own else "another compact CLIP")
+        j = judges.ClipJudge(cfg.judge, concepts, device, label=judges.VICTIM_LABEL if own else "another compact CLIP")
     else:
         j = _trained_judge(cfg, concepts, clean, out / "judge")
     for field in ("source", "target"):
@@ -471,22 +477,21 @@ def _trained_judge(cfg: SweepConfig, concepts: list[str], clean: data.ImageSet, 
     return j
 
 
-def _gap(out: Path, v: Victim) -> float:
+def _gap(cfg: SweepConfig, out: Path, v: Victim) -> float:
     """Mean gap closed of the nightshade poisons a victim trained on (NaN for other victims)."""
     if v.attack != "nightshade" or v.purification != "none" or v.pairs:
         return float("nan")
-    name = f"nightshade-s{v.seed}" if not v.eps_sweep else f"nightshade-e{round(255 * v.eps, 3):g}-s{v.seed}"
-    p = out / "poisons" / name / "poisons.parquet"
+    p = poison_folder(cfg, out, "nightshade", v.seed, eps=v.eps) / "poisons.parquet"
     if not p.is_file():
         return float("nan")
     g = pd.read_parquet(p, columns=["gap_closed"]).gap_closed.head(v.n)
     return float(g.mean())
 
 
-def _setting(out: Path, v: Victim) -> str:
+def _setting(cfg: SweepConfig, out: Path, v: Victim) -> str:
     if v.attack == "none":
         return "none"
-    return json.loads((out / "poisons" / f"{v.attack}-s{v.seed}" / "manifest.json").read_text())["setting"]
+    return json.loads((poison_folder(cfg, out, v.attack, v.seed) / "manifest.json").read_text())["setting"]
 
 
 def run(cfg: SweepConfig) -> Path:
@@ -502,7 +507,7 @@ def run(cfg: SweepConfig) -> Path:
     clean_c = int(candidates.naming(clean.captions, cfg.source, concepts).sum())
     cfg, fraction = resolve_doses(cfg, clean_c)
     clean_pipe = Pipeline.load(cfg.checkpoint)
-    judge = build_judge(cfg, concepts, clean, clean_pipe.text.path, out)
+    judge = build_judge(cfg, concepts, clean, clean_pipe.text.path, out, str(clean_pipe.device))
     logger.info("judge: %s; held-out accuracy on real images %.2f (chance %.2f)", judge.name,
                 judge.info()["heldout_accuracy"], judge.info()["chance"])
     groups = measure.bleed_concepts(clean_pipe, [c for c in concepts if c in judge.concepts], cfg.source,
@@ -520,8 +525,8 @@ def run(cfg: SweepConfig) -> Path:
         for r in rows:
             results.append({"victim": v.name, "attack": v.attack, "n": v.n, "poison_ratio": v.n / max(clean_c, 1),
                             "fraction": fraction.get(v.n, v.n / max(clean_c, 1)) if v.n else 0.0,
-                            "eps": v.eps, "eps_sweep": v.eps_sweep, "gap_closed": _gap(out, v),
-                            "seed": v.seed, "purification": v.purification, "setting": _setting(out, v),
+                            "eps": v.eps, "eps_sweep": v.eps_sweep, "gap_closed": _gap(cfg, out, v),
+                            "seed": v.seed, "purification": v.purification, "setting": _setting(cfg, out, v),
                             "implosion": max(len(v.pairs) - 1, 0), "target_concept": cfg.target,
                             "judge": judge.name, **r})
         if v.seed == cfg.seeds[0] and not v.pairs and not v.eps_sweep:
@@ -559,11 +564,11 @@ def analysis(cfg: SweepConfig, table: pd.DataFrame, judge_info: dict) -> dict:
 
 
 def setup(cfg: SweepConfig, ckpt: dict, concepts: list[str], groups: dict, clean: data.ImageSet, out: Path) -> dict:
-    manifests = {a: json.loads((out / "poisons" / f"{a}-s{cfg.seeds[0]}" / "manifest.json").read_text())
+    manifests = {a: json.loads((poison_folder(cfg, out, a, cfg.seeds[0]) / "manifest.json").read_text())
                  for a in cfg.attacks}
     quality = {}
     for a in cfg.attacks:
-        p = pd.read_parquet(out / "poisons" / f"{a}-s{cfg.seeds[0]}" / "poisons.parquet")
+        p = pd.read_parquet(poison_folder(cfg, out, a, cfg.seeds[0]) / "poisons.parquet")
         cols = [c for c in ("linf", "psnr", "ssim", "gap_closed", "gap_closed_victim") if c in p]
         quality[a] = {c: float(p[c].replace([np.inf], np.nan).mean()) for c in cols}
     return {"config": options.to_dict(cfg), "concepts": concepts, "source": cfg.source, "target": cfg.target,
