@@ -1,8 +1,10 @@
 """A polite, concurrent, same-site crawler that turns pages into (image url, alt text, page url) pairs.
 
-It obeys robots.txt for its own user agent, spaces requests per host, refuses non-public addresses unless
-allowed, caps page sizes, and records every opt-out signal it sees as a column of the pair (it does not
-decide policy: the downloader does).
+It obeys robots.txt for its own user agent (RFC 9309, see `curation.robots`), spaces requests per host, refuses
+non-public addresses unless allowed, caps page sizes and the total time of each request, and records every
+opt-out signal it sees as a column of the pair (it does not decide policy: the downloader does). Each image is
+judged by the robots.txt, ai.txt and tdmrep.json of the host that serves it; `hosts.json` says what each
+host's files said.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import concurrent.futures as cf
 import json
 import logging
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from curation import alttext, netguard, optout, options, schema
+from curation import alttext, netguard, optout, options, robots, schema
 from curation.pairs import write_pairs
 
 logger = logging.getLogger(__name__)
@@ -31,13 +32,19 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CrawlConfig:
     seeds: tuple[str, ...] = options.opt((), "start URLs, comma separated; each one's site is crawled")
-    out: str = options.opt("mithridate-out/crawl", "output folder: config.json, pairs/, _stats.json, crawl.warc.gz")
+    out: str = options.opt("mithridate-out/crawl", "output folder: config.json, pairs/, hosts.json, _stats.json, crawl.warc.gz")
     max_pages: int = options.opt(5000, "stop after fetching this many pages in all")
     max_depth: int = options.opt(20, "link depth from a seed")
     concurrency: int = options.opt(16, "pages fetched at once, over all hosts")
     per_host: int = options.opt(4, "pages fetched at once from one host")
     delay_s: float = options.opt(0.0, "pause between two requests to the same host")
-    timeout_s: float = options.opt(10.0, "socket timeout of one request")
+    timeout_s: float = options.opt(10.0, "socket timeout of one read")
+    deadline_s: float = options.opt(30.0, "total time of one request: connect, headers and body (a server that "
+                                    "drips bytes fails with 'timeout')")
+    robots_deadline_s: float = options.opt(10.0, "total time of fetching one robots.txt, ai.txt or tdmrep.json")
+    robots_max_bytes: int = options.opt(robots.MAX_BYTES, "bytes of a robots.txt or ai.txt that are parsed "
+                                        "(RFC 9309: at least 500 KiB)")
+    robots_ttl_s: float = options.opt(robots.TTL_S, "seconds a host's robots.txt and ai.txt are cached")
     retries: int = options.opt(1, "retries of a page that failed with a timeout or a 5xx status")
     max_redirects: int = options.opt(5, "redirects followed per request")
     max_page_bytes: int = options.opt(5_000_000, "cap on a page body; larger pages fail with 'too large'")
@@ -49,7 +56,8 @@ class CrawlConfig:
     checkpoint_pages: int = options.opt(200, "save progress every this many pages (a rerun resumes from it)")
 
     def __post_init__(self):
-        options.check_positive(self, "max_pages", "concurrency", "per_host", "timeout_s", "max_page_bytes",
+        options.check_positive(self, "max_pages", "concurrency", "per_host", "timeout_s", "deadline_s",
+                               "robots_deadline_s", "robots_max_bytes", "robots_ttl_s", "max_page_bytes",
                                "shard_size", "max_images_per_page", "checkpoint_pages")
         if self.retries < 0 or self.max_depth < 0 or self.delay_s < 0 or self.max_redirects < 0:
             raise ValueError("CrawlConfig: retries, max_depth, delay_s and max_redirects must be >= 0")
@@ -60,15 +68,6 @@ class CrawlConfig:
 
 
 PRESETS = {"default": CrawlConfig(), "tiny": CrawlConfig(max_pages=200, concurrency=8, timeout_s=2.0)}
-
-
-@dataclass
-class Site:
-    """What one host says about crawling and AI training, read once before its first page."""
-
-    robots: object = None
-    ai_rules: list = field(default_factory=list)
-    tdm_rules: list = field(default_factory=list)
 
 
 @dataclass
@@ -89,6 +88,8 @@ def _reason(err: Exception) -> str:
         return "refused_address"
     if isinstance(err, netguard.BodyTooLarge) or isinstance(inner, netguard.BodyTooLarge):
         return "too_large"
+    if isinstance(err, netguard.HeadersTooLarge) or isinstance(inner, netguard.HeadersTooLarge):
+        return "headers_too_large"
     text = str(getattr(err, "reason", err)).lower()
     return "timeout" if "timed out" in text else "connection_error"
 
@@ -100,9 +101,11 @@ class Crawler:
         self.cfg = cfg
         self.agent = netguard.user_agent(cfg.contact_url)
         policy = netguard.AddressPolicy(netguard.parse_networks(cfg.allow_networks))
-        self.opener = netguard.build_opener(policy, self.agent, cfg.max_page_bytes, cfg.max_redirects)
-        self.sites: dict[str, Site] = {}
-        self.site_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self.opener = netguard.build_opener(policy, self.agent, cfg.max_page_bytes, cfg.max_redirects,
+                                            deadline_s=cfg.deadline_s)
+        files = netguard.build_opener(policy, self.agent, cfg.max_page_bytes, cfg.max_redirects,
+                                      deadline_s=cfg.robots_deadline_s)
+        self.hosts = robots.HostCache(robots.fetcher(files, cfg.timeout_s, cfg.robots_max_bytes), cfg.robots_ttl_s)
         self.warc = None
         self.stats = collections.Counter()
 
@@ -116,40 +119,18 @@ class Crawler:
                 self.warc.write_response(r.url, r.status, headers, body)
             return r.status, headers, body, r.url
 
-    def _text(self, url: str) -> str:
-        try:
-            return self.fetch(url)[2].decode("utf-8", "replace")
-        except (urllib.error.URLError, OSError, ValueError):
-            return ""
-
-    def site(self, origin: str) -> Site:
-        """Read robots.txt, ai.txt and /.well-known/tdmrep.json of `origin` once (thread-safe)."""
-        with self.site_locks[origin]:
-            if origin not in self.sites:
-                self.sites[origin] = Site(
-                    optout.parse_robots(self._text(origin + "/robots.txt")),
-                    optout.parse_ai_txt(self._text(origin + "/ai.txt")),
-                    optout.parse_tdmrep(self._text(origin + "/.well-known/tdmrep.json")),
-                )
-            return self.sites[origin]
-
-    def _page_signals(self, page: alttext.Page, headers, url: str, site: Site) -> list[str]:
+    def _page_signals(self, page: alttext.Page, headers, url: str, site: robots.HostRules) -> list[str]:
         sig = optout.page_signals(page.robots, page.tdm_reservation, headers, netguard.USER_AGENT_TOKEN)
-        return sig + ["tdmrep:well-known"] if optout.tdmrep_reserved(site.tdm_rules, url) else sig
-
-    def _image_signals(self, image_url: str, site: Site) -> list[str]:
-        sig = optout.robots_ai_signals(site.robots, image_url)
-        if not site.robots.can_fetch(netguard.USER_AGENT_TOKEN, image_url):
-            sig.append(f"robots:{netguard.USER_AGENT_TOKEN}")
-        if optout.ai_txt_disallows(site.ai_rules, image_url):
-            sig.append("ai.txt")
-        return sig
+        reserved = optout.tdmrep_reserved(site.tdm_rules, url)
+        return sig + [f"tdmrep:well-known@{site.host}"] if reserved else sig
 
     def crawl_page(self, url: str) -> PageResult:
         """Fetch and parse one page (with retries); never raises."""
-        site = self.site(_origin(url))
-        if not site.robots.can_fetch(netguard.USER_AGENT_TOKEN, url):
-            return PageResult(url, "disallowed", "robots.txt")
+        site = self.hosts.get(url)
+        if site.robots.state == "refused":
+            return PageResult(url, "failed", "refused_address")
+        if not site.may_crawl(url):
+            return PageResult(url, "disallowed", f"robots.txt ({site.robots.state})")
         for attempt in range(self.cfg.retries + 1):
             try:
                 status, headers, body, final = self.fetch(url)
@@ -166,8 +147,7 @@ class Crawler:
         page_sig = self._page_signals(page, headers, final, site)
         pairs = []
         for ref in page.images:
-            img_site = self.sites.get(_origin(ref.url), site)
-            signals = sorted(set(page_sig + self._image_signals(ref.url, img_site)))
+            signals = sorted(set(page_sig + self.hosts.get(ref.url).signals(ref.url)))
             pairs.append({"url": ref.url, "text": schema.normalize_text(ref.alt), "page_url": final,
                           "domain": urlsplit(ref.url).netloc.lower(), "source": "crawl", "signals": signals})
         same = [link for link in page.links if _origin(link) == _origin(final)]
@@ -225,7 +205,7 @@ class Crawler:
                 raise
         bar.close()
         elapsed = time.time() - t0
-        stats = dict(self.stats, seconds=round(elapsed, 3), hosts=len(self.sites),
+        stats = dict(self.stats, seconds=round(elapsed, 3), hosts=len(self.hosts.hosts),
                      pages_per_s=round(self.stats["pages_fetched"] / max(elapsed, 1e-9), 1),
                      images_found=len(state.pairs), frontier_left=sum(len(q) for q in state.queues.values()))
         pairs = sorted(state.pairs, key=lambda p: p["page_url"])  # stable: keeps document order within a page
@@ -270,9 +250,7 @@ class CrawlState:
         frontier = in_flight + [item for q in self.queues.values() for item in q]
         state = {"seen": sorted(self.seen), "frontier": frontier, "stats": dict(self.stats),
                  "scheduled": self.scheduled - len(in_flight), "saved_pairs": self.saved_pairs}
-        tmp = out / "_state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        tmp.replace(out / "_state.json")
+        options.write_text(out / "_state.json", json.dumps(state))  # after _partial/: it names the pairs saved
 
     @classmethod
     def load(cls, out: Path) -> "CrawlState | None":
@@ -329,7 +307,8 @@ def run(cfg: CrawlConfig) -> Path:
         if crawler.warc is not None:
             crawler.warc.close()
     stats.update(write_pairs(pairs, out / "pairs", cfg.shard_size))
-    (out / "_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    options.write_text(out / "hosts.json", json.dumps(crawler.hosts.records(), indent=2) + "\n")
+    options.write_text(out / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     CrawlState.clear(out)
     logger.info("crawl: %d pages in %.1f s (%.1f pages/s), %d pairs → %s", stats.get("pages_fetched", 0),
                 stats["seconds"], stats["pages_per_s"], stats.get("pairs", 0), out / "pairs")

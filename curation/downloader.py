@@ -1,7 +1,8 @@
 """Download stage: pairs → parquet shards of images, with img2dataset doing the fetching and resizing.
 
 img2dataset's `Downloader` runs per shard, behind a guarded urllib opener (address policy, body cap,
-image content types) and a pixel cap. Rows the opt-out policy excludes are not fetched. Every input row
+image content types, a total deadline per request) and a pixel cap. Each image host's robots.txt, ai.txt and
+tdmrep.json add their signals to its rows (`curation.robots`). Rows the opt-out policy excludes are not fetched. Every input row
 comes out with a status, in input order; a shard whose `_stats.json` exists is finished and skipped.
 Given expected hashes, img2dataset verifies the original bytes (`verify_hash_type`): a changed image fails
 with "hash mismatch"; a `gate` may turn more success rows into failures before a shard is written.
@@ -15,18 +16,19 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
-from curation import funnel, netguard, options, schema
+from curation import funnel, netguard, options, robots, schema
 from curation.optout import AI_DIRECTIVES, directive_signals, x_robots_directives
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,12 @@ class DownloadConfig:
     encode_quality: int = options.opt(95, "JPEG quality of the stored images")
     processes: int = options.opt(1, "worker processes (each downloads one shard at a time)")
     threads: int = options.opt(64, "download threads per process")
-    timeout_s: float = options.opt(10.0, "socket timeout of one image request")
+    timeout_s: float = options.opt(10.0, "socket timeout of one read of an image request")
+    deadline_s: float = options.opt(30.0, "total time of one image request: connect, headers and body (a server "
+                                    "that drips bytes fails the row with 'timeout')")
+    robots: bool = options.opt(True, "read robots.txt, ai.txt and tdmrep.json of each image's host (RFC 9309) and "
+                               "add their disallows to the row's signals (policy ignore reads none)")
+    robots_deadline_s: float = options.opt(10.0, "total time of fetching one robots.txt, ai.txt or tdmrep.json")
     retries: int = options.opt(0, "retries of a failed image request")
     max_bytes: int = options.opt(10_000_000, "cap on an image body")
     max_pixels: int = options.opt(50_000_000, "cap on decoded pixels (decompression bombs)")
@@ -56,8 +63,8 @@ class DownloadConfig:
     contact_url: str = options.opt("https://github.com/mithridate/mithridate", "contact URL in the user agent")
 
     def __post_init__(self):
-        options.check_positive(self, "image_size", "processes", "threads", "timeout_s", "max_bytes", "max_pixels",
-                               "shard_size")
+        options.check_positive(self, "image_size", "processes", "threads", "timeout_s", "deadline_s",
+                               "robots_deadline_s", "max_bytes", "max_pixels", "shard_size")
         for name in ("policy", "resize_mode"):
             options.check_choice(self, name, options.literal_values(DownloadConfig, name))
         if not 0 <= self.encode_quality <= 100:
@@ -117,10 +124,31 @@ def _img2dataset_downloader(cfg: DownloadConfig, folder: Path, verify_sha256: bo
     )
 
 
-def _opener(cfg: DownloadConfig, seen_xrt: dict | None = None):
+def _opener(cfg: DownloadConfig, seen_xrt: dict | None = None, files: bool = False):
+    """The guarded opener of image requests, or with `files` of robots.txt/ai.txt/tdmrep.json requests."""
     policy = netguard.AddressPolicy(netguard.parse_networks(cfg.allow_networks))
-    return netguard.build_opener(policy, netguard.user_agent(cfg.contact_url), cfg.max_bytes, require_image=True,
-                                 on_response=None if seen_xrt is None else seen_xrt.__setitem__)
+    return netguard.build_opener(policy, netguard.user_agent(cfg.contact_url), cfg.max_bytes, require_image=not files,
+                                 on_response=None if seen_xrt is None else seen_xrt.__setitem__,
+                                 deadline_s=cfg.robots_deadline_s if files else cfg.deadline_s)
+
+
+def host_signals(cfg: DownloadConfig, rows: pa.Table) -> pa.Table:
+    """`rows` with the signals of each image host's robots.txt, ai.txt and tdmrep.json added to `signals`.
+
+    Each host's files are fetched once (hosts in parallel, `cfg.threads` at a time); URLs that are not http(s)
+    are left to the download, which fails them."""
+    if not cfg.robots or cfg.policy == "ignore" or rows.num_rows == 0:
+        return rows
+    cache = robots.HostCache(robots.fetcher(_opener(cfg, files=True), cfg.timeout_s))
+    urls = rows["url"].to_pylist()
+    web = [u if urlsplit(u).scheme in ("http", "https") and urlsplit(u).netloc else None for u in urls]
+    first = {robots.origin(u): u for u in reversed(web) if u}
+    with ThreadPoolExecutor(max(1, min(cfg.threads, len(first)))) as pool:
+        list(pool.map(cache.get, first.values()))
+    merged = [sorted(set(old) | set(cache.get(u).signals(u) if u else ())) for u, old in
+              zip(web, rows["signals"].to_pylist())]
+    i = rows.schema.get_field_index("signals")
+    return rows.set_column(i, rows.schema.field(i), pa.array(merged, rows.schema.field(i).type))
 
 
 _RESULT = pa.schema([f for f in schema.SHARD_SCHEMA if f.name in (
@@ -185,6 +213,7 @@ def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table, gate: Gat
 
     `rows` may carry an expected `sha256` column (see `_fetch`); `gate` is applied before the shard is written."""
     out, t0 = Path(cfg.out), time.time()
+    rows = host_signals(cfg, rows)
     has_signal = pc.greater(pc.list_value_length(rows["signals"]), 0)
     fetch = rows.filter(pc.invert(has_signal)) if cfg.policy == "honor" else rows
     tmp = out / "_tmp" / f"{shard_id:05d}"
@@ -239,7 +268,7 @@ def run(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = None, g
             for f in funnel.progress(futures, "download", "shard"):
                 f.result()
     stats = funnel.folder_stats(out, time.time() - t0)
-    (out / "_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    options.write_text(out / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     logger.info("download: %d rows, %d success (%.1f img/s) → %s", stats["rows"], stats["status"].get("success", 0),
                 stats["images_per_s"], out)
     return out

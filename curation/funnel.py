@@ -23,6 +23,7 @@ _REASONS = (
     (r"timed out|timeout", "timeout"),
     (r"refused: .* non-public address", "refused_address"),
     (r"exceeds max_bytes", "too_large"),
+    (r"response headers exceed|max_headers=|when reading header line", "headers_too_large"),
     (r"exceeds max_pixels|image area too large", "too_many_pixels"),
     (r"wrong content-type", "wrong_content_type"),
     (r"image too small", "too_small"),
@@ -53,7 +54,7 @@ def shard_stats(table: pa.Table, seconds: float) -> dict:
         if st in ("failed_to_download", "failed_to_resize"):
             reasons[failure_reason(msg)] += 1
         if st == "opted_out" or opt:  # not fetched, or fetched and recorded (download policy `record`)
-            for signal in (opt or "unknown").split(";"):
+            for signal in {s.split("@", 1)[0] for s in (opt or "unknown").split(";")}:  # hosts: see the shard
                 optouts[signal] += 1
             recorded += st != "opted_out"
     return {"rows": table.num_rows, "status": dict(status), "failure_reasons": dict(reasons),

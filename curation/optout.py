@@ -1,15 +1,14 @@
-"""Parsers for opt-out signals: robots.txt, X-Robots-Tag, <meta> robots, TDMRep and ai.txt. Pure functions.
+"""Parsers for opt-out signals in pages and headers: X-Robots-Tag, <meta> robots, TDMRep. Pure functions.
 
-A signal is a short string recorded on a pair (e.g. `meta:noai`, `robots:GPTBot`, `tdmrep:header`,
-`ai.txt`, `x-robots-tag:noai`). These functions say which signals apply; the download policy decides
-what to do with them.
+A signal is a short string recorded on a pair (e.g. `meta:noai`, `tdmrep:header`, `x-robots-tag:noai`; the
+per-host files robots.txt, ai.txt and tdmrep.json give `robots:GPTBot@host`, `ai.txt@host`, … through
+`curation.robots`). These functions say which signals apply; the download policy decides what to do with them.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import urllib.robotparser
 from urllib.parse import urlsplit
 
 # directives that express "do not use for AI training" (img2dataset's defaults are the first four)
@@ -43,23 +42,11 @@ def directive_signals(directives: set[str], prefix: str) -> list[str]:
     return sorted(f"{prefix}:{d}" for d in directives if d in AI_DIRECTIVES)
 
 
-def parse_robots(text: str) -> urllib.robotparser.RobotFileParser:
-    """A robots.txt parser loaded from text (malformed lines are ignored, as crawlers do)."""
-    rp = urllib.robotparser.RobotFileParser()
-    rp.parse(text.splitlines())
-    return rp
-
-
-def robots_ai_signals(rp: urllib.robotparser.RobotFileParser, url: str) -> list[str]:
-    """`robots:<agent>` for each AI crawler that robots.txt forbids to fetch `url`."""
-    return [f"robots:{agent}" for agent in AI_AGENTS if not rp.can_fetch(agent, url)]
-
-
 def tdmrep_reserved(policies: list[dict], url: str) -> bool:
     """True when a `/.well-known/tdmrep.json` rule whose `location` matches `url`'s path reserves TDM rights."""
     path = urlsplit(url).path or "/"
     for rule in policies:
-        loc = str(rule.get("location", ""))
+        loc = str(rule.get("location", "")).replace("[", "[[]")  # "[" literal: fnmatch's classes are quadratic
         if loc and fnmatch.fnmatchcase(path, loc if loc.startswith("/") else "/" + loc):
             return str(rule.get("tdm-reservation", "0")) == "1"
     return False
@@ -69,40 +56,9 @@ def parse_tdmrep(text: str) -> list[dict]:
     """Rules of a tdmrep.json file (a JSON list of objects); anything else yields no rules."""
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, ValueError):
+    except (json.JSONDecodeError, ValueError, RecursionError):  # RecursionError: "[[[[…" nested too deep
         return []
     return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
-
-
-def parse_ai_txt(text: str) -> list[tuple[bool, str]]:
-    """Rules of a Spawning-style ai.txt for user agent `*`: (allowed, pattern) in file order."""
-    rules, applies, in_agents = [], False, False
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        key, _, value = line.partition(":")
-        key, value = key.strip().lower(), value.strip()
-        if key == "user-agent":  # consecutive user-agent lines share one group of rules
-            applies = (applies and in_agents) or value == "*"
-            in_agents = True
-        elif key:
-            in_agents = False
-            if applies and key in ("allow", "disallow") and value:
-                rules.append((key == "allow", value))
-    return rules
-
-
-def ai_txt_disallows(rules: list[tuple[bool, str]], url: str) -> bool:
-    """Whether ai.txt rules forbid training on `url`; the most specific (longest) matching pattern wins."""
-    path = urlsplit(url).path or "/"
-    best: tuple[int, bool] | None = None
-    for allowed, pattern in rules:
-        pat = pattern if pattern.startswith(("/", "*")) else "/" + pattern
-        if pat == "/":
-            pat = "/*"
-        if fnmatch.fnmatchcase(path, pat) or (pat.endswith("/") and path.startswith(pat)):
-            if best is None or len(pattern) > best[0] or (len(pattern) == best[0] and allowed):
-                best = (len(pattern), not allowed)  # on a tie Allow wins, as in robots.txt (RFC 9309)
-    return bool(best and best[1])
 
 
 def page_signals(robots: set[str], tdm_meta: bool, headers: list[tuple[str, str]],

@@ -59,7 +59,8 @@ class RebuildConfig:
         "border", "img2dataset resize mode (as the release's, for pHash)")
     processes: int = options.opt(1, "worker processes (each downloads one shard at a time)")
     threads: int = options.opt(64, "download threads per process")
-    timeout_s: float = options.opt(10.0, "socket timeout of one image request")
+    timeout_s: float = options.opt(10.0, "socket timeout of one read of an image request")
+    deadline_s: float = options.opt(30.0, "total time of one image request: connect, headers and body")
     retries: int = options.opt(0, "retries of a failed image request")
     shard_size: int = options.opt(10000, "rows per output shard")
     allow_networks: tuple[str, ...] = options.opt((), "private/loopback networks that may be contacted (CIDR)")
@@ -70,7 +71,7 @@ class RebuildConfig:
                              f"{', '.join(MODES)}")
         if not 0 <= self.phash_k <= 64:
             raise ValueError(f"RebuildConfig.phash_k={self.phash_k!r}: must be within [0, 64]")
-        options.check_positive(self, "image_size", "processes", "threads", "timeout_s", "shard_size")
+        options.check_positive(self, "image_size", "processes", "threads", "timeout_s", "deadline_s", "shard_size")
         for name in ("policy", "resize_mode"):
             options.check_choice(self, name, options.literal_values(RebuildConfig, name))
         if self.retries < 0:
@@ -157,7 +158,7 @@ def _download_config(cfg: RebuildConfig, mode: str) -> downloader.DownloadConfig
     out = Path(cfg.out)
     return downloader.DownloadConfig(
         pairs=str(out / "pairs"), out=str(out / mode), policy=cfg.policy, image_size=cfg.image_size,
-        resize_mode=cfg.resize_mode, processes=cfg.processes, threads=cfg.threads, timeout_s=cfg.timeout_s,
+        resize_mode=cfg.resize_mode, processes=cfg.processes, threads=cfg.threads, timeout_s=cfg.timeout_s, deadline_s=cfg.deadline_s,
         retries=cfg.retries, shard_size=cfg.shard_size, allow_networks=cfg.allow_networks)
 
 
@@ -220,5 +221,5 @@ def rebuild(cfg: RebuildConfig) -> Path:
         logger.info("rebuild %s: %d/%d fetched, %d changed: %d caught, %d admitted; %d unchanged kept, %d failed",
                     mode, r["fetched"], r["urls"], r["changed"], r["caught"], r["admitted"], r["unchanged_kept"],
                     r["failed"])
-    (out / INTEGRITY_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    options.write_text(out / INTEGRITY_FILE, json.dumps(report, indent=2) + "\n")
     return out

@@ -109,14 +109,16 @@ def _image_route(item: dict, corpus: Path, headers=()) -> Route:
     return Route((corpus / item["path64"]).read_bytes(), "image/png", headers=tuple(headers))
 
 
-def _artist_signals(profile: str, page_no: int) -> tuple[list[str], list[tuple[str, str]], list[str]]:
-    """(page signals, image response headers, <head> lines) of one gallery page under an opt-out profile."""
+def _artist_signals(profile: str, page_no: int, host: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """(page signals, image response headers, <head> lines) of one gallery page under an opt-out profile.
+
+    `host` is the site's netloc: signals from its files name it (`robots:GPTBot@<host>`)."""
     if profile == "noai":
-        sig = ["robots:CCBot", "robots:GPTBot", "meta:noai", "meta:noimageai", "x-robots-tag:noai",
+        sig = [f"robots:CCBot@{host}", f"robots:GPTBot@{host}", "meta:noai", "meta:noimageai", "x-robots-tag:noai",
                "x-robots-tag:noimageai"]
         return sig, [("X-Robots-Tag", "noai, noimageai")], ['<meta name="robots" content="noai, noimageai">']
     if profile == "reserved":
-        return ["tdmrep:header", "tdmrep:well-known", "ai.txt"], [], []
+        return ["tdmrep:header", f"tdmrep:well-known@{host}", f"ai.txt@{host}"], [], []
     if page_no == 2:  # an open artist who opted out a single page of works
         return ["meta:noai"], [], ['<meta name="robots" content="noai">']
     return [], [], []
@@ -143,9 +145,10 @@ def _site_files(p: _Placer, profile: str) -> None:
 def _gallery_page(p: _Placer, items, page_no, profile, names, corpus, prefix="/gallery") -> str:
     page_path = f"{prefix}/{page_no}.html"
     page_url = p.server.origin + page_path
-    signals, img_headers, head = _artist_signals(profile, page_no)
-    if prefix == "/private":
-        signals = signals + ["robots:mithridate"]
+    host = p.server.origin.split("://", 1)[1]
+    signals, img_headers, head = _artist_signals(profile, page_no, host)
+    if prefix == "/private":  # the page is disallowed to our crawler: its images are never found by a crawl
+        signals = signals + [f"robots:mithridate@{host}"]
     use_base = page_no % 5 == 1
     body = []
     for item in items:

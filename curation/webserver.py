@@ -1,7 +1,8 @@
 """Serve in-memory routes on loopback addresses: one threaded HTTP server per site.
 
-A route is a fixed response (status, headers, body) with an optional delay; redirects are routes with a
-`Location` header. Nothing here knows about art or alt text — see `web.py` for what is served.
+A route is a fixed response (status, headers, body) with an optional delay, optionally dripped one byte at a
+time (slow-loris servers); redirects are routes with a `Location` header. Nothing here knows about art or alt
+text — see `web.py` for what is served.
 """
 
 from __future__ import annotations
@@ -25,18 +26,34 @@ class Route:
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0  # sleep before answering (slow responses)
+    drip_s: float = 0.0  # > 0: send the body one byte every drip_s seconds
+    drip_headers: bool = False  # with drip_s: drip the status line and headers too
 
 
 def _handler_class(routes: dict[str, Route]):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "mithridate-demo-web"
+        drip_headers_s = 0.0  # > 0 while answering a route that drips its headers
 
         def log_message(self, fmt, *args):  # quiet: the crawler logs what matters
             logger.debug("%s " + fmt, self.address_string(), *args)
 
+        def _drip(self, data: bytes, drip_s: float):
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                time.sleep(drip_s)
+
+        def flush_headers(self):
+            if self.drip_headers_s:
+                self._headers_buffer, data = [], b"".join(getattr(self, "_headers_buffer", []))
+                self._drip(data, self.drip_headers_s)
+            else:
+                super().flush_headers()
+
         def _answer(self, send_body: bool):
             route = routes.get(self.path.split("#", 1)[0]) or Route(b"not found", "text/plain", 404)
+            self.drip_headers_s = route.drip_s if route.drip_headers else 0.0
             if route.delay_s:
                 time.sleep(route.delay_s)
             try:
@@ -46,10 +63,14 @@ def _handler_class(routes: dict[str, Route]):
                 for k, v in route.headers:
                     self.send_header(k, v)
                 self.end_headers()
-                if send_body:
+                if send_body and route.drip_s:
+                    self._drip(route.body, route.drip_s)
+                elif send_body:
                     self.wfile.write(route.body)
-            except (BrokenPipeError, ConnectionResetError):  # client gave up (timeouts, body caps)
+            except ConnectionError:  # client gave up (timeouts, deadlines, body caps)
                 self.close_connection = True
+            finally:
+                self.drip_headers_s = 0.0
 
         def do_GET(self):  # noqa: N802 - http.server's naming
             self._answer(True)

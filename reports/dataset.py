@@ -6,10 +6,12 @@ ground-truth manifest when there is one), so it can be rebuilt without rerunning
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -58,6 +60,7 @@ def load(cfg: DatasetReportConfig) -> dict:
         "download": _json(Path(cfg.shards) / "_stats.json"),
         "filter": _json(Path(cfg.filter) / "_stats.json"),
         "filter_config": _json(Path(cfg.filter) / "config.json"),
+        "download_config": _json(Path(cfg.shards) / "config.json"),
         "export": _json(Path(cfg.export) / "_stats.json") if cfg.export else {},
         "clip": _json(Path(cfg.clip) / "eval.json") if cfg.clip else {},
     }
@@ -104,6 +107,140 @@ def optout_metrics(d: dict) -> dict:
         by_optout = ok & first.isin(OPTOUT_REASONS) & item.notna()
         out["over_excluded_by_optout_layers"] = int((by_optout & ~is_opted).sum())  # works nobody opted out
     return out
+
+
+# kinds whose host-less (old-form) signal was decided by a file of the host serving the image; the others
+# (meta, tdmrep:meta/header/well-known, x-robots-tag of the page) by the page's host
+_IMAGE_HOST_KINDS = frozenset({"robots", "ai.txt"})
+ALL_HOSTS, ALL_KINDS = "all hosts", "all kinds"
+
+
+def parse_signal(signal: str) -> tuple[str, str, str | None]:
+    """(kind, detail, host) of one opt-out signal string; host is None for the forms that name none.
+
+    `robots:GPTBot@127.0.0.11:40123` → ("robots", "GPTBot", "127.0.0.11:40123"); `robots:unavailable@h` →
+    ("robots", "unavailable", "h"); `ai.txt@h` → ("ai.txt", "", "h"); `meta:noai` → ("meta", "noai", None);
+    old forms too: `robots:GPTBot` → ("robots", "GPTBot", None), `ai.txt` → ("ai.txt", "", None). The kind is
+    the text before the first ':' or '@'; the host (a netloc, lower-cased) is everything after the first '@'.
+    """
+    if not isinstance(signal, str) or not signal.strip():
+        raise ValueError(f"opt-out signal {signal!r} is empty: expected e.g. 'robots:GPTBot@example.org', "
+                         "'ai.txt@example.org' or 'meta:noai'")
+    head, at, host = signal.strip().partition("@")
+    kind, _, detail = head.partition(":")
+    if not kind.strip() or (at and not host.strip()):
+        raise ValueError(f"opt-out signal {signal!r}: expected <kind>[:<detail>][@<host>] with a non-empty kind "
+                         "and, after '@', a non-empty host")
+    return kind.strip().lower(), detail.strip(), host.strip().lower() if at else None
+
+
+def _netloc(url) -> str:
+    return urlsplit(url).netloc.lower() if isinstance(url, str) and url else "?"
+
+
+def deciding_signal(signal: str, url: str, page_url: str | None, image_kinds=_IMAGE_HOST_KINDS) -> tuple[str, str, str]:
+    """(kind, detail, deciding host) of a signal on the pair (`url`, `page_url`): the host it names, else the
+    image's host for `image_kinds` (robots.txt, ai.txt: the files of the host serving the image), else the page's
+    host (robots meta, TDMRep, the page's X-Robots-Tag); the image's host when there is no page."""
+    kind, detail, host = parse_signal(signal)
+    if host is None:
+        host = _netloc(url if kind in image_kinds or not page_url else page_url)
+    return kind, detail, host
+
+
+def row_signals(signals, optout, url: str, page_url: str | None) -> list[tuple[str, str, str]]:
+    """(kind, detail, deciding host) of every signal of a shard row: its `signals` (seen at crawl) and what its
+    `optout` column (';'-joined) adds to them (seen at download, on the image's response: the image's host)."""
+    crawl = [s for s in (signals if signals is not None else []) if isinstance(s, str) and s.strip()]
+    recorded = [s for s in optout.split(";") if s.strip()] if isinstance(optout, str) else []
+    at_download = collections.Counter(recorded) - collections.Counter(crawl)  # a multiset: page and image may agree
+    return ([deciding_signal(s, url, page_url) for s in crawl]
+            + [deciding_signal(s, url, None) for s in at_download.elements()])
+
+
+def optout_signal_table(rows: pd.DataFrame, manifest: pd.DataFrame | None = None) -> list[dict]:
+    """One record per opt-out signal kind × deciding host, then the kind over all hosts, then every signal.
+
+    `rows`: shard rows merged with their filter decisions (url, page_url, signals, optout, status, keep, reasons).
+    Per record: `rows` carrying that kind on that host, split into `excluded_optout` (not fetched, or excluded by an
+    opt-out layer of the filter), `excluded_other` (excluded for another reason) and `kept`; `details` lists the
+    details seen (agents, directives, `unavailable`). With the demo web's ground-truth `manifest` (indexed by url,
+    with page_url and signals): `truth_images` whose true signals include that kind on that host, `truth_found` of
+    them in the rows, `truth_excluded` (found, no row kept), `truth_downloaded` (a row downloaded),
+    `truth_leaked` (a row kept despite the opt-out) and `truth_compliance` = excluded / found. A row or image
+    carrying several signals of a kind is counted once in every record.
+    """
+    n = len(rows)
+    urls = rows["url"].tolist()
+    keep = rows["keep"].fillna(False).astype(bool).to_numpy() if "keep" in rows else np.zeros(n, bool)
+    reasons = rows["reasons"] if "reasons" in rows else pd.Series([None] * n, index=rows.index)
+    by_optout = ((rows["status"] == schema.STATUS_OPTED_OUT).to_numpy() | np.array(
+        [rs is not None and not isinstance(rs, float) and any(r in OPTOUT_REASONS for r in rs) for rs in reasons],
+        dtype=bool)) & ~keep
+    carried, truth = collections.defaultdict(set), collections.defaultdict(set)
+    details = collections.defaultdict(set)
+    page_urls = rows["page_url"].tolist() if "page_url" in rows else [None] * n
+    optouts = rows["optout"].tolist() if "optout" in rows else [None] * n
+    for i, (sig, opt, url, page) in enumerate(zip(rows["signals"].tolist(), optouts, urls, page_urls)):
+        for kind, detail, host in row_signals(sig, opt, url, page):
+            carried[kind, host].add(i)
+            details[kind, host].add(detail)
+    if manifest is not None:  # the demo web sends X-Robots-Tag on image responses: the image's host decides
+        for url, page, sigs in zip(manifest.index, manifest["page_url"], manifest["signals"]):
+            for s in (x for x in (sigs if sigs is not None else []) if isinstance(x, str) and x.strip()):
+                kind, detail, host = deciding_signal(s, url, page, _IMAGE_HOST_KINDS | {"x-robots-tag"})
+                truth[kind, host].add(url)
+                details[kind, host].add(detail)
+    found, kept = set(urls), {u for u, k in zip(urls, keep) if k}
+    downloaded = {u for u, st in zip(urls, rows["status"]) if st == schema.STATUS_SUCCESS}
+
+    def record(kind: str, host: str, keys: list) -> dict:
+        ix = np.fromiter(set().union(*(carried.get(k, set()) for k in keys)), dtype=np.int64)
+        out = {"kind": kind, "host": host,
+               "details": ", ".join(sorted(set().union(*(details[k] for k in keys)) - {""})),
+               "rows": len(ix), "excluded_optout": int(by_optout[ix].sum()),
+               "excluded_other": int((~by_optout[ix] & ~keep[ix]).sum()), "kept": int(keep[ix].sum())}
+        if manifest is not None:
+            imgs = set().union(*(truth.get(k, set()) for k in keys))
+            f = imgs & found
+            out.update({"truth_images": len(imgs), "truth_found": len(f), "truth_excluded": len(f - kept),
+                        "truth_downloaded": len(f & downloaded), "truth_leaked": len(f & kept),
+                        "truth_compliance": round(len(f - kept) / len(f), 4) if f else None})
+        return out
+
+    keys = sorted(set(carried) | set(truth))
+    table = []
+    for kind in sorted({k for k, _ in keys}):
+        mine = [k for k in keys if k[0] == kind]
+        table += [record(kind, host, [(kind, host)]) for _, host in mine]
+        table.append(record(kind, ALL_HOSTS, mine))
+    if keys:
+        table.append(record(ALL_KINDS, ALL_HOSTS, keys))
+    return table
+
+
+_SIGNAL_COLUMNS = {"kind": "signal", "host": "deciding host", "details": "details", "rows": "rows carrying it",
+                   "excluded_optout": "excluded by opt-out", "excluded_other": "excluded otherwise", "kept": "kept",
+                   "truth_images": "truth: images", "truth_found": "found", "truth_excluded": "excluded",
+                   "truth_downloaded": "downloaded", "truth_leaked": "leaked (kept)",
+                   "truth_compliance": "compliance"}
+
+
+def _optout_section(d: dict) -> str:
+    summary = H.table([{"metric": k, "value": json.dumps(v) if isinstance(v, dict) else v}
+                       for k, v in optout_metrics(d).items()])
+    table = optout_signal_table(d["rows"], d["manifest"])
+    policy = (f"download policy: {d['download_config'].get('policy', '?')} · filter opt-out policy: "
+              f"{d['filter_config'].get('optout', '?')}")
+    note = ("Deciding host: the host whose file decided (robots.txt, ai.txt, /.well-known/tdmrep.json), else the "
+            "page's host (robots meta, TDMRep meta/header, the page's X-Robots-Tag) or the image's (X-Robots-Tag "
+            "seen at download). A row carrying several signals counts once in each total. ")
+    if d["manifest"] is not None:
+        note += ("Truth: the demo web's images whose planted signals include that kind on that host; excluded = "
+                 "found and no row kept, leaked = a row kept despite the opt-out, compliance = excluded / found.")
+    recs = [{_SIGNAL_COLUMNS[k]: v for k, v in r.items()} for r in table]
+    return (summary + f"<h3>by signal kind and deciding host</h3><p>{H.esc(policy)}</p>" + H.note(note)
+            + H.table(recs))
 
 
 def ground_truth_metrics(d: dict) -> dict:
@@ -187,6 +324,7 @@ def metrics(d: dict) -> dict:
     out = {f"funnel/{k.replace(' ', '_')}": v for k, v in funnel_steps(d)}
     out.update({f"excluded/{k}": v for k, v in reason_counts(d["rows"]).items()})
     out.update({f"optout/{k}": v for k, v in optout_metrics(d).items()})
+    out["optout/by_signal"] = optout_signal_table(d["rows"], d["manifest"])
     out.update({f"ground_truth/{k}": v for k, v in ground_truth_metrics(d).items()})
     return out
 
@@ -202,8 +340,7 @@ def sections(cfg: DatasetReportConfig) -> tuple[list[tuple[str, str]], dict]:
         ("Why rows were excluded", H.figure(figures.bars(reasons, "excluded rows by first reason"), "reasons")
          + H.table([{"reason": k, "rows": v} for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])])),
         ("Scores", _score_section(d)),
-        ("Opt-out compliance", H.table([{"metric": k, "value": json.dumps(v) if isinstance(v, dict) else v}
-                                        for k, v in optout_metrics(d).items()])),
+        ("Opt-out compliance", _optout_section(d)),
         ("Duplicates per layer", H.table([{"layer": k, "rows": v} for k, v in sorted(dup.items())])),
         ("Domains and licences", _domains_section(d)),
         ("Samples", _samples_section(d, cfg.samples)),

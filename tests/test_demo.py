@@ -18,7 +18,8 @@ def test_tiny_demo_prints_a_funnel_with_every_planted_category(tmp_path, cache_d
     crawl, down = funnel["crawl"], funnel["download"]
     assert crawl["pages_fetched"] > 0 and crawl["pages_disallowed_by_robots"] > 0
     assert set(down["failure_reasons"]) == PLANTED_REASONS and min(down["failure_reasons"].values()) > 0
-    seen = {"x-robots-tag" if s.startswith("x-robots-tag") else s for s in down["optout_signals"]}  # :noai, …
+    seen = {"x-robots-tag" if s.startswith("x-robots-tag") else s.split("@")[0]  # :noai, …; @host
+            for s in down["optout_signals"]}
     assert seen == PLANTED_SIGNALS
     assert down["status"]["success"] > 0 and down["recorded_optouts"] > 0  # policy record: the filter honours
     assert down["rows"] == crawl["pairs"]

@@ -15,7 +15,7 @@ def _pairs(out):
 def test_crawl_finds_every_reachable_image_with_its_alt_and_signals(tiny_web, tiny_crawl):
     pairs = _pairs(tiny_crawl)
     m = tiny_web.manifest.to_pandas()
-    reachable = m[~m["signals"].apply(lambda s: "robots:mithridate" in s)]
+    reachable = m[~m["signals"].apply(lambda s: any(x.startswith("robots:mithridate@") for x in s))]
     expected = {(r.url, schema.normalize_text(r.alt), r.page_url) for r in reachable.itertuples()}
     got = {(r.url, r.text, r.page_url) for r in pairs.itertuples()}
     assert got == expected

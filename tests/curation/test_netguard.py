@@ -1,21 +1,30 @@
-"""curation.netguard against a real HTTP server on 127.0.0.1: address policy, redirects, body cap, user agent."""
+"""curation.netguard against real HTTP(S) servers on 127.0.0.1: address policy, redirects, body cap, user agent,
+request deadlines, header caps."""
 
 import http.server
+import shutil
+import ssl
+import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from curation import crawler, funnel
 from curation.netguard import (
     AddressPolicy,
     BlockedAddress,
     BodyTooLarge,
+    DeadlineExceeded,
+    HeadersTooLarge,
     build_opener,
     installed,
     parse_networks,
     user_agent,
 )
+from curation.webserver import Route, SiteServer
 
 CONTACT = "https://contact.example/mithridate"
 AGENT = user_agent(CONTACT)
@@ -321,3 +330,154 @@ def test_installed_restores_after_an_exception(monkeypatch):
         with installed(build_opener(AddressPolicy(), AGENT, CAP)):
             raise RuntimeError("boom")
     assert urllib.request._opener is None
+
+
+# --- request deadline ---------------------------------------------------------------------------------------------------
+
+BODY = bytes(range(256)) * 400  # 100 KiB
+SLOW_HOPS = {"/slow1": "/slow2", "/slow2": "/slow3", "/slow3": "/slow4", "/slow4": "/fast"}  # 0.3 s each
+
+
+def _routes():
+    routes = {
+        "/fast": Route(BODY, "image/png"),
+        "/drip": Route(b"x" * 100, "image/png", drip_s=0.2),
+        "/drip-headers": Route(b"ok", "image/png", drip_s=0.2, drip_headers=True),
+        "/headers10": Route(b"ok", "image/png", headers=tuple((f"X-H{i}", "v") for i in range(6))),  # + 4 = 10
+        "/headers120": Route(b"ok", "image/png", headers=tuple((f"X-H{i}", "v") for i in range(120))),
+        "/header-line-70k": Route(b"ok", "image/png", headers=(("X-Big", "a" * 70_000),)),
+        "/headers-80k": Route(b"ok", "image/png", headers=tuple((f"X-Big{i}", "a" * 20_000) for i in range(4))),
+    }
+    for path, target in SLOW_HOPS.items():
+        routes[path] = Route(b"", status=302, headers=(("Location", target),), delay_s=0.3)
+    return routes
+
+
+@pytest.fixture
+def site():
+    srv = SiteServer("127.0.0.1")
+    srv.routes.update(_routes())
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _timed_open(url, deadline_s=1.0, **kw):
+    start = time.monotonic()
+    try:
+        return _open(url, deadline_s=deadline_s, **kw)
+    finally:
+        _timed_open.elapsed = time.monotonic() - start
+
+
+@pytest.mark.parametrize("path", ["/drip", "/drip-headers"])
+def test_a_dripping_server_hits_the_deadline(site, path):
+    with pytest.raises(DeadlineExceeded, match=r"^<urlopen error timed out: request deadline of 1 s exceeded>$"):
+        _timed_open(site.origin + path)
+    assert 0.9 < _timed_open.elapsed < 1.5
+
+
+def test_the_deadline_bounds_a_redirect_chain_in_total(site):
+    assert _timed_open(site.origin + "/slow1", None, max_bytes=len(BODY)) == (200, BODY)  # 4 hops of 0.3 s
+    assert _timed_open.elapsed > 1.2
+    with pytest.raises(DeadlineExceeded):
+        _timed_open(site.origin + "/slow1", 1.0, max_bytes=len(BODY))
+    assert 0.9 < _timed_open.elapsed < 1.2
+
+
+def test_a_fast_response_is_unaffected_by_the_deadline(site):
+    assert _open(site.origin + "/fast", max_bytes=len(BODY), deadline_s=1.0) == (200, BODY)
+    with build_opener(LOOPBACK, AGENT, len(BODY), deadline_s=1.0).open(site.origin + "/fast", timeout=5) as r:
+        assert b"".join(iter(lambda: r.read(777), b"")) == BODY
+
+
+def test_the_deadline_holds_through_the_installed_opener(site, monkeypatch):
+    monkeypatch.setattr(urllib.request, "_opener", None)
+    start = time.monotonic()
+    with installed(build_opener(LOOPBACK, AGENT, CAP, require_image=True, deadline_s=1.0)):
+        try:  # what img2dataset's download_image does: urlopen + read, str(err) is the row's error_message
+            with urllib.request.urlopen(urllib.request.Request(site.origin + "/drip"), timeout=5) as r:
+                r.read()
+        except Exception as err:  # noqa: BLE001
+            error = err
+    assert 0.9 < time.monotonic() - start < 1.5
+    assert isinstance(error, DeadlineExceeded)
+    assert funnel.failure_reason(str(error)) == "timeout"
+    assert crawler._reason(error) == "timeout"
+
+
+def test_a_slow_read_within_the_deadline_still_times_out_per_read(site):
+    with pytest.raises(TimeoutError):  # the per-read timeout (0.1 s) fires first, as without a deadline
+        build_opener(LOOPBACK, AGENT, CAP, deadline_s=5.0).open(site.origin + "/drip", timeout=0.1).read()
+
+
+@pytest.mark.parametrize("value", [0, -1.0])
+def test_deadline_must_be_positive(value):
+    with pytest.raises(ValueError, match=rf"^deadline_s={value!r}: must be a positive number"):
+        build_opener(LOOPBACK, AGENT, CAP, deadline_s=value)
+
+
+def _tls_site(tmp_path, monkeypatch):
+    """A SiteServer behind TLS with a self-signed certificate for 127.0.0.1, trusted through SSL_CERT_FILE."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    srv = SiteServer("127.0.0.1")
+    srv.routes.update(_routes())
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    srv.httpd.socket = server_ctx.wrap_socket(srv.httpd.socket, server_side=True)
+    srv.start()
+    return srv
+
+
+def test_the_deadline_holds_over_https(tmp_path, monkeypatch):
+    srv = _tls_site(tmp_path, monkeypatch)
+    url = f"https://127.0.0.1:{srv.port}"
+    try:
+        assert _open(url + "/fast", max_bytes=len(BODY), deadline_s=1.0) == (200, BODY)
+        for path in ("/drip", "/drip-headers"):
+            with pytest.raises(DeadlineExceeded):
+                _timed_open(url + path)
+            assert 0.9 < _timed_open.elapsed < 1.5
+    finally:
+        srv.stop()
+
+
+# --- header caps --------------------------------------------------------------------------------------------------------
+
+
+def test_header_line_cap(site):
+    assert _open(site.origin + "/headers10", max_headers=10) == (200, b"ok")  # Server, Date, type, length + 6
+    with pytest.raises(HeadersTooLarge, match=r"more than max_headers=9 header lines"):
+        _open(site.origin + "/headers10", max_headers=9)
+    with pytest.raises(HeadersTooLarge, match=r"more than max_headers=100 header lines"):
+        _open(site.origin + "/headers120")
+
+
+@pytest.mark.parametrize("path", ["/header-line-70k", "/headers-80k"])
+def test_header_byte_cap(site, path):
+    with pytest.raises(HeadersTooLarge, match=r"^<urlopen error response headers exceed max_header_bytes=65536>$"):
+        _open(site.origin + path)
+    assert _open(site.origin + "/headers-80k", max_header_bytes=100_000) == (200, b"ok")
+    with pytest.raises(HeadersTooLarge, match="max_header_bytes=100>$"):
+        _open(site.origin + "/headers10", max_header_bytes=100)
+
+
+def test_a_long_header_line_under_a_larger_byte_cap_is_still_refused(site):
+    with pytest.raises(HeadersTooLarge, match=r"response got more than 65536 bytes when reading header line"):
+        _open(site.origin + "/header-line-70k", max_header_bytes=100_000)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"max_headers": 0}, "max_headers=0: must be between 1 and 100"),
+    ({"max_headers": 101}, "max_headers=101: must be between 1 and 100"),
+    ({"max_header_bytes": 0}, "max_header_bytes=0: must be at least 1"),
+])
+def test_header_caps_are_checked(kw, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        build_opener(LOOPBACK, AGENT, CAP, **kw)

@@ -1,18 +1,8 @@
-"""curation.optout: X-Robots-Tag, robots.txt, TDMRep and ai.txt signals."""
+"""curation.optout: X-Robots-Tag, meta and TDMRep signals (robots.txt and ai.txt: test_robots.py)."""
 
 import pytest
 
-from curation.optout import (
-    AI_AGENTS,
-    ai_txt_disallows,
-    directive_signals,
-    parse_ai_txt,
-    parse_robots,
-    parse_tdmrep,
-    robots_ai_signals,
-    tdmrep_reserved,
-    x_robots_directives,
-)
+from curation.optout import directive_signals, parse_tdmrep, tdmrep_reserved, x_robots_directives
 
 UA = "mithridate"
 
@@ -62,47 +52,6 @@ def test_directive_signals(directives, prefix, expected):
 def test_header_to_signals_end_to_end():
     values = ["otherbot: noai", "mithridate: noimageai", "nofollow"]
     assert directive_signals(x_robots_directives(values, UA), "x-robots-tag") == ["x-robots-tag:noimageai"]
-
-
-# --- robots.txt ---------------------------------------------------------------------------------------------------------
-
-URL = "http://site.test/img/cat.png"
-
-
-@pytest.mark.parametrize(
-    ("robots", "expected"),
-    [
-        ("User-agent: GPTBot\nDisallow: /\n", ["robots:GPTBot"]),
-        ("User-agent: GPTBot\nDisallow: /\n\nUser-agent: CCBot\nDisallow: /img/\n", ["robots:GPTBot", "robots:CCBot"]),
-        ("User-agent: CCBot\nDisallow: /private/\n", []),  # another path
-        ("User-agent: *\nDisallow: /\n", [f"robots:{a}" for a in AI_AGENTS]),
-        ("User-agent: *\nDisallow: /img/\n", [f"robots:{a}" for a in AI_AGENTS]),
-        ("User-agent: *\nAllow: /\n", []),
-        ("User-agent: GPTBot\nAllow: /\n\nUser-agent: *\nDisallow: /\n",
-         [f"robots:{a}" for a in AI_AGENTS if a != "GPTBot"]),
-        ("User-agent: gptbot\nDisallow: /\n", ["robots:GPTBot"]),  # agent names are case-insensitive
-        ("", []),
-        ("this is not\na robots file\n::::\n", []),
-    ],
-)
-def test_robots_ai_signals(robots, expected):
-    assert robots_ai_signals(parse_robots(robots), URL) == expected
-
-
-@pytest.mark.parametrize(
-    ("url", "allowed"),
-    [
-        ("http://site.test/private/a.png", False),
-        ("http://site.test/private/", False),
-        ("http://site.test/public/a.png", True),
-        ("http://site.test/privateer.png", True),
-        ("http://site.test/", True),
-    ],
-)
-def test_can_fetch_for_our_agent(url, allowed):
-    rp = parse_robots("User-agent: otherbot\nDisallow: /\n\nUser-agent: mithridate\nDisallow: /private/\n")
-    assert rp.can_fetch(UA, url) is allowed
-    assert rp.can_fetch("otherbot", url) is False
 
 
 # --- TDMRep -------------------------------------------------------------------------------------------------------------
@@ -159,63 +108,8 @@ def test_tdmrep_first_matching_rule_wins():
     assert tdmrep_reserved([{"tdm-reservation": 1}], "http://site.test/art/a.png") is False  # no location
 
 
-# --- ai.txt -------------------------------------------------------------------------------------------------------------
-
-
-def test_parse_ai_txt_keeps_rules_for_star_only():
-    text = """# ai.txt
-User-Agent: otherbot
-Disallow: /
-
-User-Agent: *
-Disallow: *.png   # no PNGs
-Allow: /public/
-Disallow:
-Sitemap: /sitemap.xml
-
-User-agent: anotherbot
-Allow: /
-"""
-    assert parse_ai_txt(text) == [(False, "*.png"), (True, "/public/")]
-
-
-def test_parse_ai_txt_group_of_several_agents_including_star():
-    text = "User-agent: otherbot\nUser-agent: *\nDisallow: /a/\n\nUser-agent: *\nUser-agent: thirdbot\nDisallow: /b/\n"
-    assert parse_ai_txt(text) == [(False, "/a/"), (False, "/b/")]
-
-
-@pytest.mark.parametrize(
-    ("text", "url", "disallowed"),
-    [
-        ("User-agent: *\nDisallow: *.png\n", "http://site.test/img/cat.png", True),
-        ("User-agent: *\nDisallow: *.png\n", "http://site.test/img/cat.jpg", False),
-        ("User-agent: *\nDisallow: *.png\n", "http://site.test/img/cat.png?v=2", True),  # the query is ignored
-        ("User-agent: *\nDisallow: /\n", "http://site.test/anything/at/all.jpg", True),
-        ("User-agent: *\nDisallow: /\n", "http://site.test", True),
-        ("User-agent: *\nDisallow: /\nAllow: /public/*\n", "http://site.test/public/a.png", False),
-        ("User-agent: *\nDisallow: /\nAllow: /public/*\n", "http://site.test/private/a.png", True),
-        ("User-agent: *\nDisallow: /\nAllow: /public/\n", "http://site.test/public/sub/a.png", False),  # prefix
-        ("User-agent: *\nAllow: /art/*\nDisallow: /art/private/*\n", "http://site.test/art/private/a.png", True),
-        ("User-agent: *\nAllow: /art/*\nDisallow: /art/private/*\n", "http://site.test/art/a.png", False),
-        ("User-agent: *\nDisallow: images/*\n", "http://site.test/images/a.png", True),  # no leading slash
-        ("User-agent: otherbot\nDisallow: /\n", "http://site.test/a.png", False),  # other agents ignored
-        ("User-agent: otherbot\nDisallow: /\nUser-agent: *\nAllow: /\n", "http://site.test/a.png", False),
-        ("", "http://site.test/a.png", False),
-    ],
-)
-def test_ai_txt_disallows(text, url, disallowed):
-    assert ai_txt_disallows(parse_ai_txt(text), url) is disallowed
-
-
 def test_valued_directives_are_not_mistaken_for_a_user_agent():
     from curation.optout import x_robots_directives
 
     got = x_robots_directives(["unavailable_after: 25 Jun 2030 15:00:00 PST", "max-image-preview: none, noai"], "x")
     assert "noai" in got
-
-
-def test_ai_txt_allow_wins_a_tie():
-    from curation.optout import ai_txt_disallows, parse_ai_txt
-
-    rules = parse_ai_txt("User-Agent: *\nDisallow: /a/*.png\nAllow: /a/*.png\n")
-    assert ai_txt_disallows(rules, "http://h/a/x.png") is False

@@ -18,6 +18,7 @@ def _normalised(manifest, w):
     for r in rows:
         for origin, name in origins.items():
             r["url"] = r["url"].replace(origin, name)
+            r["signals"] = [x.replace("@" + origin.split("://")[1], "@" + name) for x in r["signals"]]
             r["page_url"] = r["page_url"].replace(origin, name)
             r["rehost_of"] = r["rehost_of"] and r["rehost_of"].replace(origin, name)
     return rows
@@ -28,7 +29,8 @@ def test_manifest_validates_and_plants_every_kind(tiny_web):
     assert set(m["alt_kind"]) >= {"good", "empty", "missing", "filename", "long", "mismatched", "spam"}
     assert set(m["failure"].dropna()) == set(web.FAILURES)
     assert set(m["markup"]) >= {"img", "img-abs", "srcset", "data-src", "picture", "base-href"}
-    signals = {s for sig in m["signals"] for s in sig}
+    signals = {s.split("@")[0] for sig in m["signals"] for s in sig}  # file signals name their host
+    assert all(s.split("@")[1] in set(m["url"].str.split("/").str[2]) for sig in m["signals"] for s in sig if "@" in s)
     assert signals >= {"meta:noai", "meta:noimageai", "robots:GPTBot", "robots:CCBot", "x-robots-tag:noai",
                        "tdmrep:header", "tdmrep:well-known", "ai.txt", "robots:mithridate"}
     rehosts = m[m["rehost_of"].notna()]
