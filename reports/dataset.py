@@ -118,8 +118,8 @@ ALL_HOSTS, ALL_KINDS = "all hosts", "all kinds"
 def parse_signal(signal: str) -> tuple[str, str, str | None]:
     """(kind, detail, host) of one opt-out signal string; host is None for the forms that name none.
 
-    `robots:GPTBot@127.0.0.11:40123` → ("robots", "GPTBot", "127.0.0.11:40123"); `robots:unavailable@h` →
-    ("robots", "unavailable", "h"); `ai.txt@h` → ("ai.txt", "", "h"); `meta:noai` → ("meta", "noai", None);
+    `robots:GPTBot@127.0.0.11:40123` → ("robots", "GPTBot", "127.0.0.11:40123"); `robots:unreachable@h` →
+    ("robots", "unreachable", "h"); `ai.txt@h` → ("ai.txt", "", "h"); `meta:noai` → ("meta", "noai", None);
     old forms too: `robots:GPTBot` → ("robots", "GPTBot", None), `ai.txt` → ("ai.txt", "", None). The kind is
     the text before the first ':' or '@'; the host (a netloc, lower-cased) is everything after the first '@'.
     """
@@ -164,7 +164,7 @@ def optout_signal_table(rows: pd.DataFrame, manifest: pd.DataFrame | None = None
     `rows`: shard rows merged with their filter decisions (url, page_url, signals, optout, status, keep, reasons).
     Per record: `rows` carrying that kind on that host, split into `excluded_optout` (not fetched, or excluded by an
     opt-out layer of the filter), `excluded_other` (excluded for another reason) and `kept`; `details` lists the
-    details seen (agents, directives, `unavailable`). With the demo web's ground-truth `manifest` (indexed by url,
+    details seen (agents, directives, `unreachable`). With the demo web's ground-truth `manifest` (indexed by url,
     with page_url and signals): `truth_images` whose true signals include that kind on that host, `truth_found` of
     them in the rows, `truth_excluded` (found, no row kept), `truth_downloaded` (a row downloaded),
     `truth_leaked` (a row kept despite the opt-out) and `truth_compliance` = excluded / found. A row or image

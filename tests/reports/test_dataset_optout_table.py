@@ -16,9 +16,9 @@ A, B, C, D = "127.0.0.11:40123", "127.0.0.12:40200", "127.0.0.13:40300", "127.0.
     (f"robots:ClaudeBot@{A}", ("robots", "ClaudeBot", A)),
     (f"robots:Google-Extended@{A}", ("robots", "Google-Extended", A)),
     (f"robots:mithridate@{A}", ("robots", "mithridate", A)),
-    (f"robots:unavailable@{B}", ("robots", "unavailable", B)),
+    (f"robots:unreachable@{B}", ("robots", "unreachable", B)),
     (f"ai.txt@{C}", ("ai.txt", "", C)),
-    (f"ai.txt:unavailable@{C}", ("ai.txt", "unavailable", C)),
+    (f"ai.txt:unreachable@{C}", ("ai.txt", "unreachable", C)),
     (f"tdmrep:well-known@{D}", ("tdmrep", "well-known", D)),
     ("robots:GPTBot@Example.ORG", ("robots", "GPTBot", "example.org")),  # hosts compare lower-cased
     ("robots:CCBot@[::1]:8080", ("robots", "CCBot", "[::1]:8080")),
@@ -69,8 +69,8 @@ ROWS = [
      ["optout_signal"]),
     ("r2", A, "/img/2.png", A, [f"robots:GPTBot@{A}", f"robots:CCBot@{A}", "meta:noai"], "opted_out", True, False,
      ["optout_signal"]),
-    ("r3", B, "/img/3.png", B, [f"robots:unavailable@{B}"], "opted_out", True, False, ["optout_signal"]),  # 503
-    ("r4", B, "/img/4.png", B, [f"robots:unavailable@{B}"], "failed_to_download", None, False, ["download_failed"]),
+    ("r3", B, "/img/3.png", B, [f"robots:unreachable@{B}"], "opted_out", True, False, ["optout_signal"]),  # 503
+    ("r4", B, "/img/4.png", B, [f"robots:unreachable@{B}"], "failed_to_download", None, False, ["download_failed"]),
     ("r5", C, "/img/5.png", C, ["meta:noai"], "opted_out", True, False, ["optout_signal"]),
     ("r6", C, "/img/6.png", C, [], "opted_out", "x-robots-tag", False, ["optout_signal"]),  # seen at download
     ("r7", D, "/img/7.png", D, ["ai.txt"], "success", None, True, []),  # old form, kept anyway
@@ -83,8 +83,8 @@ MANIFEST = [
     (A, "/img/1.png", A, ["robots:GPTBot", "robots:CCBot", "meta:noai"]),  # old form, as the demo web plants them
     (A, "/img/2.png", A, ["robots:GPTBot", "robots:CCBot", "meta:noai"]),
     (A, "/img/12.png", A, ["robots:GPTBot", "robots:CCBot", "meta:noai"]),  # never found by the crawl
-    (B, "/img/3.png", B, [f"robots:unavailable@{B}"]),
-    (B, "/img/4.png", B, [f"robots:unavailable@{B}"]),
+    (B, "/img/3.png", B, [f"robots:unreachable@{B}"]),
+    (B, "/img/4.png", B, [f"robots:unreachable@{B}"]),
     (C, "/img/5.png", C, ["meta:noai"]),
     (C, "/img/6.png", C, ["x-robots-tag:noai"]),
     (C, "/img/9.png", C, ["x-robots-tag:noai"]),  # leaked
@@ -127,12 +127,12 @@ EXPECTED = {  # (kind, host): (details, rows, excluded by opt-out, excluded othe
     ("meta", C): ("noai", 2, 2, 0, 0, 2, 2, 2, 0, 0, 1.0),  # r9: its image on D, the page on C decides
     ("meta", "all hosts"): ("noai", 4, 4, 0, 0, 5, 4, 4, 0, 0, 1.0),
     ("robots", A): ("CCBot, GPTBot", 2, 2, 0, 0, 3, 2, 2, 0, 0, 1.0),  # two agents, each row counted once
-    ("robots", B): ("unavailable", 2, 1, 1, 0, 2, 2, 2, 0, 0, 1.0),  # the 503 host
+    ("robots", B): ("unreachable", 2, 1, 1, 0, 2, 2, 2, 0, 0, 1.0),  # the 503 host
     ("robots", D): ("GPTBot", 1, 1, 0, 0, 1, 1, 1, 0, 0, 1.0),
-    ("robots", "all hosts"): ("CCBot, GPTBot, unavailable", 5, 4, 1, 0, 6, 5, 5, 0, 0, 1.0),
+    ("robots", "all hosts"): ("CCBot, GPTBot, unreachable", 5, 4, 1, 0, 6, 5, 5, 0, 0, 1.0),
     ("x-robots-tag", C): ("noai", 1, 1, 0, 0, 2, 2, 1, 1, 1, 0.5),  # r8 leaked: no signal seen, kept
     ("x-robots-tag", "all hosts"): ("noai", 1, 1, 0, 0, 2, 2, 1, 1, 1, 0.5),
-    ("all kinds", "all hosts"): ("CCBot, GPTBot, noai, unavailable", 8, 6, 1, 1, 10, 9, 7, 2, 2, 0.7778),
+    ("all kinds", "all hosts"): ("CCBot, GPTBot, noai, unreachable", 8, 6, 1, 1, 10, 9, 7, 2, 2, 0.7778),
 }
 
 
@@ -161,7 +161,7 @@ def test_report_shows_the_table_and_writes_it_to_metrics(outputs):
     section = html[html.index("Opt-out compliance</h2>"):html.index("Duplicates per layer</h2>")]
     assert "leaked_reuploads" in section  # the summary rows stay
     for text in ("by signal kind and deciding host", "deciding host", "compliance", "leaked (kept)", B,
-                 "unavailable", "download policy: honor", "filter opt-out policy: honor"):
+                 "unreachable", "download policy: honor", "filter opt-out policy: honor"):
         assert text in section, text
     metrics = json.loads((page.parent / "metrics.json").read_text())
     by_signal = {(r["kind"], r["host"]): r for r in metrics["optout/by_signal"]}
