@@ -536,7 +536,7 @@ def _train(cfg: AestheticTrainConfig) -> Path:
         "config": json.loads(json.dumps(options.to_dict(cfg), default=str)),
     }
     encoders.save_atomic(blob, out / "head.pt")
-    (out / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    options.write_text(out / "eval.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     v = result["val"]
     logger.info("aesthetic train: %d rated embeddings (%d ratings without an embedding); val MSE %s, Spearman %s "
                 "→ %s", len(y), counts["ratings_unknown_uid"], _fmt(v.get("mse")), _fmt(v.get("spearman")), out)
@@ -594,7 +594,7 @@ def score(cfg: AestheticScoreConfig) -> Path:
     if len(s):
         stats.update(mean=float(s.mean()), min=float(s.min()), max=float(s.max()),
                      quantiles={str(q): float(np.quantile(s, q)) for q in (0.1, 0.5, 0.9)})
-    (out / "_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    options.write_text(out / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     logger.info("aesthetic score: %d embeddings scored with %s (%s) → %s", stats["rows"], meta["head"], head.kind,
                 out)
     return out

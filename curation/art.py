@@ -330,7 +330,7 @@ def _write_attribution(folder: Path, rows: list[dict]) -> None:
         lines += [f"- Source: npm {NPM_PACKAGES[style]}@{npm[style]}"] if style in npm else []
         lines += [f"- Note: {s.note}"] if s.note else []
         lines.append("")
-    (folder / "ATTRIBUTION.md").write_text("\n".join(lines), encoding="utf-8")
+    options.write_text(folder / "ATTRIBUTION.md", "\n".join(lines))
 
 
 def _build(cfg: ArtConfig, styles: list[str], folder: Path) -> None:
@@ -347,7 +347,7 @@ def _build(cfg: ArtConfig, styles: list[str], folder: Path) -> None:
     _write_attribution(folder, rows)
     n = len(rows) // len(styles)
     summary = {"concepts": n, "styles": styles, "items": len(rows), "seconds": round(time.perf_counter() - t0, 2)}
-    (folder / MARKER).write_text(json.dumps(summary) + "\n")
+    options.write_text(folder / MARKER, json.dumps(summary) + "\n")
 
 
 def run(cfg: ArtConfig) -> Path:

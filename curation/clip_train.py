@@ -652,6 +652,6 @@ def run(cfg: ClipTrainConfig) -> Path:
                                str(out / encoders.CHECKPOINT_FILE))
     metrics = {"name": name, **metrics, **evaluate(encoder, corpus, split, cfg),
                "total_seconds": round(time.perf_counter() - t0, 1)}
-    (out / "eval.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    options.write_text(out / "eval.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     logger.info("clip train: %s\n%s\n→ %s", name, _summary(metrics) if "train/steps" in metrics else "", out)
     return out

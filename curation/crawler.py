@@ -292,6 +292,7 @@ def run(cfg: CrawlConfig) -> Path:
     out = Path(cfg.out)
     options.check_resumable(cfg, out)
     if (out / "_stats.json").exists():
+        CrawlState.clear(out)  # a crawl killed between its _stats.json and clearing its state
         logger.info("crawl: %s already holds this finished crawl; nothing to do", out)
         return out
     options.write_config(cfg, out)

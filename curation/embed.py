@@ -120,11 +120,9 @@ def embed_rows(encoder: encoders.Encoder, rows: list[dict], batch_size: int, bar
 
 
 def _write_npz(path: Path, uid: list[str], img: np.ndarray, txt: np.ndarray, encoder_name: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+    with options.atomic(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
         np.savez(fh, uid=np.array(uid, dtype=str).reshape(-1), img_emb=img.astype(np.float16),
                  txt_emb=txt.astype(np.float16), encoder=np.array(encoder_name))
-    tmp.replace(path)
 
 
 def embed_shard(encoder: encoders.Encoder, shard: Path, out: Path, batch_size: int, bar=None) -> dict:
@@ -180,7 +178,7 @@ def run(cfg: EmbedConfig) -> Path:
     options.check_resumable(cfg, out, runtime_fields=("batch_size", "device"))
     _check_encoder(out, encoder)
     options.write_config(cfg, out)
-    (out / "encoder.json").write_text(json.dumps(encoder.info(), indent=2) + "\n")
+    options.write_text(out / "encoder.json", json.dumps(encoder.info(), indent=2) + "\n")
     todo = [f for f in files if not _is_done(out, f, encoder.name)]
     logger.info("embed: %d shards (%d already done) with %s on %s → %s", len(files), len(files) - len(todo),
                 encoder.name, encoder.device, out)
@@ -194,7 +192,7 @@ def run(cfg: EmbedConfig) -> Path:
     summary = {"shards": len(files), "shards_embedded": len(todo), "embedded": embedded,
                "failed": sum(len(s["failed"]) for s in stats), "encoder": encoder.name, "device": encoder.device,
                "seconds": round(seconds, 3), "images_per_s": round(embedded / max(seconds, 1e-9), 1)}
-    (out / "_stats.json").write_text(json.dumps(summary, indent=2) + "\n")
+    options.write_text(out / "_stats.json", json.dumps(summary, indent=2) + "\n")
     logger.info("embed: %d images in %.1f s (%.0f img/s), %d undecodable → %s", embedded, seconds,
                 summary["images_per_s"], summary["failed"], out)
     return out

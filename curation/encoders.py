@@ -195,14 +195,12 @@ def torch_threads(n: int):
 
 
 def save_atomic(obj, path: str | Path) -> Path:
-    """`torch.save` to a temporary file renamed over `path`, so a reader never sees half a checkpoint; a full disk
-    is a one-line `options.DiskFull` naming `path` (through a Python file, torch reports it as ENOSPC)."""
+    """`torch.save` to a temporary file, fsynced and renamed over `path` (`options.atomic`), so a reader never sees
+    half a checkpoint, even after a kill -9; a full disk is a one-line `options.DiskFull` naming `path` (through a
+    Python file, torch reports it as ENOSPC)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with options.writing(path, tmp):
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-        tmp.replace(path)
+    with options.atomic(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
     return path
 
 

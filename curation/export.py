@@ -80,6 +80,6 @@ def run(cfg: ExportConfig) -> Path:
         schema.write(table.slice(k, cfg.shard_size), out / f"{k // cfg.shard_size:05d}.parquet", "train")
     licences = pc.value_counts(pc.fill_null(table["licence"], "unknown")).to_pylist()
     stats = {"rows": table.num_rows, "licences": {d["values"]: d["counts"] for d in licences}}
-    (out / "_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    options.write_text(out / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")  # last: done
     logger.info("export: %d training rows → %s", table.num_rows, out)
     return out

@@ -18,7 +18,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from curation import schema
-from curation.options import check_choice, check_positive, literal_values, opt, write_config
+from curation.options import check_choice, check_positive, literal_values, opt, write_config, write_text
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +187,7 @@ def run(cfg: PairsConfig) -> Path:
              "invalid_url_lines": [], "skipped_records": 0}
     written = write_pairs(_valid_rows(read_rows(cfg, stats), stats), folder, cfg.shard_size)
     stats.update(written)
-    tmp = folder / "_stats.json.tmp"
-    tmp.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-    tmp.replace(folder / "_stats.json")
+    write_text(folder / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     log.info("pairs: %d from %d rows of %s (%d invalid URLs, %d duplicates, %d skipped records) → %s",
              stats["pairs"], stats["rows_read"], cfg.input, stats["invalid_url"], stats["duplicates"],
              stats["skipped_records"], folder)

@@ -212,16 +212,15 @@ def validate(table: pa.Table, name: str) -> pa.Table:
 
 
 def write(table: pa.Table, path: str | Path, name: str, extra_meta: dict | None = None) -> Path:
-    """Validate and write a table atomically (tmp file + rename), tagging it with its schema name and version."""
+    """Validate and write a table atomically and durably (tmp file, fsync, rename: `options.atomic`), tagging it with
+    its schema name and version."""
     path = Path(path)
     table = validate(table, name)
     meta = {"schema_name": name, "schema_version": SCHEMA_VERSION, **(extra_meta or {})}
     table = table.replace_schema_metadata({k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with options.writing(path, tmp):  # a full disk: a one-line DiskFull, no partial file left
+    with options.atomic(path) as tmp:  # durable before it is visible; a full disk: a one-line DiskFull, no partial file
         pq.write_table(table, tmp)
-        tmp.replace(path)
     return path
 
 

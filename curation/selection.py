@@ -217,7 +217,8 @@ def run(cfg: FilterConfig) -> Path:
     schema.write(table, out / "decisions.parquet", "decisions", {"encoder": stats["encoder"]})
     (out / "subsets").mkdir(parents=True, exist_ok=True)
     keep = [u for u, k in zip(table["uid"].to_pylist(), table["keep"].to_pylist()) if k]
-    np.save(out / "subsets" / "keep.npy", subsets.from_uids(keep))
-    (out / "_stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    with options.atomic(out / "subsets" / "keep.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, subsets.from_uids(keep))
+    options.write_text(out / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
     logger.info("filter: kept %d of %d rows; excluded by %s", stats["kept"], stats["rows"], stats["reasons"])
     return out

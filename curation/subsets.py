@@ -72,6 +72,8 @@ def run(cfg: SubsetConfig) -> Path:
     result = reduce(lambda a, b: OPS[cfg.op](a, b), sets)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, result)
+    with options.atomic(out if out.suffix == ".npy" else out.with_name(out.name + ".npy")) as tmp, \
+            open(tmp, "wb") as fh:  # np.save appends ".npy" to a name without it
+        np.save(fh, result)
     logger.info("subset: %s of %s → %d uids → %s", cfg.op, [len(s) for s in sets], len(result), out)
     return out

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curation import options
 from diffusion.schedule import NoiseSchedule
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ def guidance_grad(classifier: LatentClassifier,
 
 
 def save_classifier(model: LatentClassifier, path: str | Path, extra: dict | None = None) -> Path:
-    """Write {"format", "config", "state_dict", **extra} with torch.save; returns the path.
+    """Write {"format", "config", "state_dict", **extra} with torch.save, atomically; returns the path.
 
     Raises:
         ValueError: `extra` uses one of the reserved keys.
@@ -259,7 +260,8 @@ def save_classifier(model: LatentClassifier, path: str | Path, extra: dict | Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"format": FORMAT, "config": dict(model.config), "state_dict": state, **extra}, path)
+    with options.atomic(path) as tmp, open(tmp, "wb") as fh:
+        torch.save({"format": FORMAT, "config": dict(model.config), "state_dict": state, **extra}, fh)
     return path
 
 

@@ -77,7 +77,7 @@ def run(cfg: ClassifierTrainConfig) -> Path:
     info = {"concepts": concepts, "schedule": ckpt["schedule"], "image_size": int(ckpt["image_size"]),
             "diffusion_checkpoint": str(pipeline.checkpoint_path(cfg.checkpoint)), "latents": len(z), "stats": stats}
     clf_mod.save_classifier(model, out / "classifier.pt", info)
-    (out / "classifier.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
+    options.write_text(out / "classifier.json", json.dumps(info, indent=2, default=float) + "\n")
     logger.info("classifier: clean accuracy %.1f%% (chance %.1f%%) → %s", 100 * stats["acc_clean"],
                 100 / len(concepts), out / "classifier.pt")
     return out

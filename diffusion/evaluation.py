@@ -181,7 +181,7 @@ def run(cfg: EvaluateConfig) -> Path:
               "judge": judge.encoder.name, "concepts": concepts, "n_per_concept": cfg.n_per_concept,
               "real_images": len(real), "judge_on_real": judge_real, "real_vs_real_floor": floor, "runs": rows,
               "grids": write_grids(images, concepts, cfg.n_per_concept, out)}
-    (out / "evaluation.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    options.write_text(out / "evaluation.json", json.dumps(result, indent=2, default=float) + "\n")
     logger.info("judge on the real images: top-1 %.1f%% (chance %.1f%%); real-vs-real KID %.3g → %s",
                 100 * judge_real["top1"], 100 * judge_real["chance"], floor.get("kid", float("nan")), out)
     return out

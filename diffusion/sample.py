@@ -110,6 +110,6 @@ def run(cfg: SampleConfig) -> Path:
     meta = {"checkpoint": str(cfg.checkpoint), "prompts": prompts, "files": files, "sampler": cfg.sampler,
             "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "image_size": pipe.image_size,
             "mode": "inpaint" if mask is not None else "img2img" if init is not None else "text2img"}
-    (out / "samples.json").write_text(json.dumps(meta, indent=2) + "\n")
+    options.write_text(out / "samples.json", json.dumps(meta, indent=2) + "\n")
     logger.info("%d images → %s (grid: %s)", len(images), out, out / "grid.png")
     return out

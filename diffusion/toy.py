@@ -428,7 +428,7 @@ def run(cfg: ToyConfig) -> Path:
     plot_trajectories(out / "trajectories.png", data_np, runs, last)
     plot_losses(out / "losses.png", {v: r["_losses"] for v, r in results.items()})
     summary["seconds"] = round(time.perf_counter() - start, 2)
-    (out / "toy.json").write_text(json.dumps(summary, indent=2) + "\n")
+    options.write_text(out / "toy.json", json.dumps(summary, indent=2) + "\n")
     log.info("ordering (no_time worst … fourier_shifted best) holds: %s", summary["ordering_holds"])
     return out
 

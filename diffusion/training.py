@@ -373,7 +373,7 @@ def run(cfg: TrainConfig) -> Path:
                "loss_first": float(np.mean(losses[:w])), "loss_last": float(np.mean(losses[-w:])), "loss_window": w,
                "latent_shape": list(lat.mean.shape[1:]), "clip_x0": clip_x0}
     write_model(checkpoint_dict(cfg, ema, ae, text, sched, clip_x0, image_size, summary), out)
-    (out / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    options.write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
     curves.write_curve(st.curve, ["step", "loss", "lr"], out, "weighted MSE", log=True, window=25,
                        title="diffusion training loss")
     on_sample(st.step)

@@ -539,7 +539,7 @@ def _train_and_write(cfg: VaeTrainConfig, out: Path) -> None:
     write_recon_grid(ae, images.images[held_idx if len(held_idx) else train_idx], out / "recon.png")
     curves.write_curve(state.curve, ["step", "loss", "rec", "kl", "lr", "seconds"], out,
                        "summed squared error + kl_weight · KL", log=True)
-    (out / "eval.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    options.write_text(out / "eval.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     logger.info("vae train: held-out PSNR %s dB (train %s dB, mean-image baseline %s dB) after %d steps in %.0f s "
                 "→ %s", metrics["psnr_heldout_db"], metrics["psnr_train_db"], metrics["psnr_mean_image_heldout_db"],
                 state.step, state.seconds, out)

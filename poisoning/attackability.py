@@ -177,7 +177,7 @@ def run(cfg: AttackabilityConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     result = curve(cfg)
     path = out / "attackability.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    options.write_text(path, json.dumps(result, indent=2) + "\n")
     figure(result, out / "attackability.png")
     v = result["verdict"]
     logger.info("attackability: best gap closed at an invisible budget %s (%s) → %s",

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curation import schema
+from curation import options, schema
 from diffusion import data
 from poisoning import defences, inject
 
@@ -53,5 +53,5 @@ def purified(folder: Path, method: str, image_size: int, out: Path, seed: int) -
             if arr is not None:
                 r["jpg"] = _png(defences.purify(arr[None], method, seed)[0])
         schema.write(pa.Table.from_pylist(rows, schema=t.schema), out / f.name, "train")
-    done.write_text(method + "\n")
+    options.write_text(done, method + "\n")  # after every shard (each written durably by schema.write)
     return out

@@ -223,12 +223,13 @@ def run(cfg: InjectConfig) -> Path:
              "target_concept": cfg.target, "original_uid": pool.uids[i], "caption": r["caption"],
              "candidate_clip_score": float(chosen.clip_score[k]), **s}
             for k, (r, i, s) in enumerate(zip(rows, origin, stats))]
-    pd.DataFrame(meta).to_parquet(out / "poisons.parquet", index=False)
+    with options.atomic(out / "poisons.parquet") as tmp:
+        pd.DataFrame(meta).to_parquet(tmp, index=False)
     _grid(pool, origin, pixels, out / "poisons.png", cfg)
     clean_c = int(candidates.naming(clean.captions, cfg.source, known).sum())
     manifest = {**dataclasses.asdict(cfg), "setting": setting, "poisons": len(rows), "clean_source_samples": clean_c,
                 "pool_candidates": chosen.available, "pool_target_images": int(len(tgt)), "clean_rows": len(clean)}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    options.write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     logger.info("%d %s poisons (%s → %s, %s; %d clean samples of %s) → %s", len(rows), cfg.attack, cfg.source,
                 cfg.target, setting, clean_c, cfg.source, out)
     return out

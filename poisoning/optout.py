@@ -165,7 +165,8 @@ def build_without(cfg: OptoutConfig, name: str, source: Path, base: selection.Fi
     rows = train_rows(source)
     keep = rows.loc[rows["artist"] != cfg.artist, "uid"]
     folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "keep.npy", subsets.from_uids(keep))
+    with options.atomic(folder / "keep.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, subsets.from_uids(keep))
     return export.run(export.ExportConfig(shards=base.shards, filter=str(source.parent / "filter"),
                                           provenance=cfg.provenance, subset=str(folder / "keep.npy"),
                                           out=str(folder / "train")))
@@ -552,7 +553,8 @@ def run(cfg: OptoutConfig) -> Path:
     concepts = list(Pipeline.load(models[GOLD, cfg.seeds[0]]).info["concepts"])
     probe, ref, background, copy_test = _reference(cfg, encoder, size, concepts)
     gens, images = _generations(cfg, models, probe, encoder, ref, concepts)
-    gens.to_parquet(out / "generations.parquet", index=False)
+    with options.atomic(out / "generations.parquet") as tmp:
+        gens.to_parquet(tmp, index=False)
     public = {k: {x: v for x, v in c.items() if x != "uids"} for k, c in comp.items()}
     datasets = {k: v for k, v in public.items() if not k.endswith(MINUS)}
     result = {"artist": cfg.artist, "control_artist": cfg.control_artist, "concepts": concepts,
@@ -566,7 +568,7 @@ def run(cfg: OptoutConfig) -> Path:
               "policy_gold": {p: minus_artist(p) for p in cfg.policies},
               "seeds": list(cfg.seeds), "models": {f"{k}-s{seed}": str(v) for (k, seed), v in models.items()},
               **evaluate(cfg, gens, datasets, concepts, encoder.name, background)}
-    (out / "optout.json").write_text(json.dumps(result, indent=2) + "\n")
+    options.write_text(out / "optout.json", json.dumps(result, indent=2) + "\n")
     from poisoning import optout_figure
 
     optout_figure.rates(result, out / "optout.png")

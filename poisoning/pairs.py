@@ -161,7 +161,8 @@ def run(cfg: PairConfig) -> Path:
     df = rows(cfg, art.load(corpus_dir))
     pngs = write_shards(df, corpus_dir, out / "train")
     n = len(pngs)
-    df[["item_id", "concept", "label", "subcategory", "artist", "caption"]].to_parquet(out / "rows.parquet")
+    with options.atomic(out / "rows.parquet") as tmp:
+        df[["item_id", "concept", "label", "subcategory", "artist", "caption"]].to_parquet(tmp)
     judge_info = train_judge(cfg, df, pngs, out / "judge")
     kind, _, source, target, prompt = PAIRS[cfg.pair]
     counts = df["label"].value_counts().to_dict()

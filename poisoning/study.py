@@ -160,9 +160,10 @@ def run(cfg: StudyConfig) -> Path:
             result = measured(acfg, folder)
             rows += _rows(variant, seed, folder, result)
     table = pd.DataFrame(rows)
-    table.to_parquet(out / "study.parquet", index=False)
+    with options.atomic(out / "study.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
     result = summary(table)
-    (out / "study.json").write_text(json.dumps(result, indent=2) + "\n")
+    options.write_text(out / "study.json", json.dumps(result, indent=2) + "\n")
     frontier(table, out / "frontier.png")
     for variant, r in result.items():
         at8 = next((p for p in r["points"] if abs(p["eps_255"] - 8.0) < 1e-6), None)

@@ -532,18 +532,19 @@ def run(cfg: SweepConfig) -> Path:
         if v.seed == cfg.seeds[0] and not v.pairs and not v.eps_sweep:
             shown.append((v.name, images))
     table = pd.DataFrame(results)
-    table.to_parquet(out / "results.parquet", index=False)
+    with options.atomic(out / "results.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
     _grid(shown, out / "generations.png")
     figure.asr_vs_n(table, out / "asr.png", cfg.source, cfg.target)
     figure.dose_response(table, out / "doses.png", cfg.source, cfg.target)
     if cfg.eps_sweep:
         figure.eps_curve(doses.eps_curve(table), out / "eps.png", cfg.target)
     defence = _defences(cfg, out, ckpt, clean)
-    (out / "defences.json").write_text(json.dumps(defence, indent=2) + "\n")
+    options.write_text(out / "defences.json", json.dumps(defence, indent=2) + "\n")
     summary = setup(cfg, ckpt, concepts, groups, clean, out)
     summary.update(analysis(cfg, table, judge.info()))
     summary["seconds"] = round(time.time() - t0, 1)
-    (out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
+    options.write_text(out / "sweep.json", json.dumps(summary, indent=2) + "\n")
     for line in headline(summary):
         logger.info("%s", line)
     return out

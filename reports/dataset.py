@@ -361,7 +361,7 @@ def build(cfg: DatasetReportConfig) -> Path:
     options.write_config(cfg, out)
     parts, m = sections(cfg)
     page = H.page("Dataset audit", parts, H.note(f"shards: {cfg.shards} · filter: {cfg.filter}"))
-    (out / "dataset.html").write_text(page, encoding="utf-8")
-    (out / "metrics.json").write_text(json.dumps(m, indent=2, sort_keys=True, default=str) + "\n")
+    options.write_text(out / "dataset.html", page)
+    options.write_text(out / "metrics.json", json.dumps(m, indent=2, sort_keys=True, default=str) + "\n")
     logger.info("dataset report: %s", out / "dataset.html")
     return out / "dataset.html"

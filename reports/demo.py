@@ -161,7 +161,7 @@ def _optout_registry(w: web.DemoWeb, path: Path) -> Path:
         item = items[item_id]
         entries.append({"phash": dedup.phash((w.corpus / item["path64"]).read_bytes()),
                         "note": f"{item['artist']}: {item['concept']}"})  # an `artist` field would opt out the artist
-    path.write_text(json.dumps({"entries": entries}, indent=1) + "\n")
+    options.write_text(path, json.dumps({"entries": entries}, indent=1) + "\n")
     return path
 
 
@@ -173,12 +173,12 @@ def _part1(cfg: DemoConfig, out: Path, corpus: Path) -> tuple[Path, Path]:
         crawler.run(crawl_cfg)
         downloader.run(down_cfg)
         registry = _optout_registry(w, out / "registry.json")
-        (out / "web" / "ports.json").write_text(json.dumps(list(w.ports)) + "\n")  # part 5 serves the same URLs
+        options.write_text(out / "web" / "ports.json", json.dumps(list(w.ports)) + "\n")  # part 5 serves the same URLs
     crawl_stats = json.loads((out / "crawl" / "_stats.json").read_text())
     down_stats = json.loads((out / "shards" / "_stats.json").read_text())
     text = funnel.format_funnel(crawl_stats, down_stats)
-    (out / "funnel.json").write_text(json.dumps({"crawl": crawl_stats, "download": down_stats}, indent=2) + "\n")
-    (out / "funnel.txt").write_text(text + "\n")
+    options.write_text(out / "funnel.json", json.dumps({"crawl": crawl_stats, "download": down_stats}, indent=2) + "\n")
+    options.write_text(out / "funnel.txt", text + "\n")
     logger.info("\nfunnel (policy=%s)\n%s\n", cfg.policy, text)
     return w.manifest_path, registry
 
@@ -254,7 +254,7 @@ def _classifier_guidance(cfg: DemoConfig, out: Path, dif: Path, ev: Path) -> Non
     judge = evaluation.Judge(pipe.text.path, info["concepts"], pipe.device)
     steps = 5 if cfg.diffusion_preset == "tiny" else 30
     rows = evaluation.classifier_guidance_sweep(pipe, judge, model, steps=steps)
-    (ev / "classifier_guidance.json").write_text(json.dumps(rows, indent=2) + "\n")
+    options.write_text(ev / "classifier_guidance.json", json.dumps(rows, indent=2) + "\n")
 
 
 def poison_pair(cfg: DemoConfig, concepts: list[str]) -> tuple[str, str]:
@@ -306,7 +306,7 @@ def _part4(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
     att = attackability.run(dataclasses.replace(
         attackability.PRESETS["tiny" if cfg.poison_preset == "tiny" else "demo"], vae=str(out / "vae"),
         data=str(corpus), pairs=(f"{source}:{target}",)))
-    (out / "poison-sweeps.json").write_text(json.dumps([str(s) for s in sweeps]) + "\n")
+    options.write_text(out / "poison-sweeps.json", json.dumps([str(s) for s in sweeps]) + "\n")
     page = poisoning.build(poisoning.PoisoningReportConfig(
         sweep=str(sweeps[0]), more=tuple(str(s) for s in sweeps[1:]), out=str(out / "report"), study=cfg.study,
         attackability=str(att)))
@@ -401,7 +401,7 @@ def _part(out: Path, done: set[str], name: str, fn, *args):
         return None
     t0 = time.time()
     result = fn(*args)
-    (out / "_parts" / f"{name}.done").write_text(f"{time.time() - t0:.1f} s\n")
+    options.write_text(out / "_parts" / f"{name}.done", f"{time.time() - t0:.1f} s\n")
     logger.info("demo: part %r finished in %.1f s", name, time.time() - t0)
     return result
 

@@ -135,8 +135,7 @@ def build(cfg: GenerationReportConfig) -> Path:
     parts, m = sections(cfg)
     page = H.page("Generation: the compact latent diffusion model", parts,
                   H.note(f"autoencoder: {vae_dir} · diffusion: {dif_dir} · evaluation: {ev_dir}"))
-    (out / "generation.html").write_text(page, encoding="utf-8")
-    (out / "generation_metrics.json").write_text(json.dumps(m, indent=2, sort_keys=True,
-                                                            default=float) + "\n")
+    options.write_text(out / "generation.html", page)
+    options.write_text(out / "generation_metrics.json", json.dumps(m, indent=2, sort_keys=True, default=float) + "\n")
     logger.info("generation report: %s", out / "generation.html")
     return out / "generation.html"

@@ -798,7 +798,7 @@ def build(cfg: PoisoningReportConfig) -> Path:
     parts, m = sections(cfg)
     page = H.page(f"Poisoning: can N poisons make {info['source']!r} produce {info['target']!r}?", parts,
                   H.note(f"sweep: {cfg.sweep}"))
-    (out / "poisoning.html").write_text(page, encoding="utf-8")
-    (out / "poisoning_metrics.json").write_text(json.dumps(m, indent=2, sort_keys=True, default=float) + "\n")
+    options.write_text(out / "poisoning.html", page)
+    options.write_text(out / "poisoning_metrics.json", json.dumps(m, indent=2, sort_keys=True, default=float) + "\n")
     logger.info("poisoning report: %s", out / "poisoning.html")
     return out / "poisoning.html"
