@@ -49,7 +49,7 @@ def decode_html(body: bytes, content_type: str | None = None) -> str:
         charset = m.group(1).decode("ascii", "replace") if m else "utf-8"
     try:
         return body.decode(charset, errors="replace")
-    except LookupError:  # unknown charset name
+    except (LookupError, ValueError):  # unknown charset name, or a codec that is no charset (idna, undefined, NUL)
         return body.decode("utf-8", errors="replace")
 
 
@@ -96,7 +96,8 @@ def largest_srcset(srcset: str) -> str | None:
     best, best_size = None, -1.0
     for parts in _srcset_candidates(srcset):
         size = 1.0
-        if len(parts) > 1 and parts[1][:-1].replace(".", "", 1).isdigit() and parts[1][-1] in "wx":
+        number = parts[1][:-1].replace(".", "", 1) if len(parts) > 1 else ""
+        if number.isascii() and number.isdigit() and parts[1][-1] in "wx":  # ASCII only: "²".isdigit(), float fails
             size = float(parts[1][:-1])
         if size >= best_size:
             best, best_size = parts[0], size

@@ -78,7 +78,8 @@ PRESETS = {"default": DownloadConfig(), "tiny": DownloadConfig(threads=16, timeo
 
 
 class _PixelCap:
-    """Wraps img2dataset's resizer: reject images whose header announces more than `max_pixels`."""
+    """Wraps img2dataset's resizer: reject images whose header announces more than `max_pixels`, and PNGs with a
+    chunk longer than the file (OpenCV allocates what a chunk announces: 45 bytes → 4 GB and seconds)."""
 
     def __init__(self, resizer, max_pixels: int):
         self.resizer, self.max_pixels = resizer, max_pixels
@@ -88,11 +89,31 @@ class _PixelCap:
         img_stream.seek(0)
         if w * h > self.max_pixels:
             return None, None, None, None, None, f"image of {w}x{h} pixels exceeds max_pixels={self.max_pixels}"
+        overrun = _png_chunk_overrun(img_stream.read())
+        img_stream.seek(0)
+        if overrun:
+            return None, None, None, None, None, overrun
         return self.resizer(img_stream, bbox)
 
 
+def _png_chunk_overrun(data: bytes) -> str | None:
+    """Why a PNG is truncated (a chunk announces more bytes than follow it), or None (not a PNG, or whole)."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if pos + 12 + length > len(data):
+            return f"truncated PNG: chunk {kind!r} announces {length} bytes, {len(data) - pos - 12} follow"
+        if kind == b"IEND":  # what follows IEND is not read
+            return None
+        pos += 12 + length
+    return None
+
+
 def _header_size(stream) -> tuple[int, int]:
-    """Width and height announced by an image header, without decoding; (0, 0) when unknown."""
+    """Width and height announced by an image header, without decoding; (0, 0) when unknown; (pixels, 1) for a
+    decompression bomb that PIL refuses to open (PIL then gives only its pixel count)."""
     head = stream.read(24)
     if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":  # fast path: PNG's fixed header
         return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
@@ -101,14 +122,18 @@ def _header_size(stream) -> tuple[int, int]:
 
     try:
         return Image.open(stream).size  # reads the header only
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as err:  # over 2 × PIL's MAX_IMAGE_PIXELS: a bomb, not an unknown size
+        import re
+
+        m = re.search(r"\((\d+) pixels\)", str(err))
+        return (int(m.group(1)) if m else 2**63), 1  # its pixel count, as (pixels, 1)
+    except (UnidentifiedImageError, OSError, ValueError):
         return 0, 0  # let the real decoder report the error
 
 
 def _img2dataset_downloader(cfg: DownloadConfig, folder: Path, verify_sha256: bool = False):
     """img2dataset's Downloader; with `verify_sha256` the input's `sha256` column is the expected hash."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ["CV_IO_MAX_IMAGE_PIXELS"] = str(cfg.max_pixels)
     from img2dataset.downloader import Downloader
     from img2dataset.resizer import Resizer
     from img2dataset.writer import ParquetSampleWriter
@@ -239,7 +264,8 @@ def _shards(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = Non
 
 
 def _worker_init() -> None:
-    """Import img2dataset (≈2 s: torch, albumentations) before any shard is timed."""
+    """Import img2dataset (≈2 s: torch, albumentations) before any shard is timed; a worker dies with its parent."""
+    options.die_with_parent()  # a kill -9 of the run must not leave workers writing shards beside its rerun
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import img2dataset.downloader  # noqa: F401
 
@@ -256,6 +282,8 @@ def run(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = None, g
     todo = [(k, t) for k, t in shards if not (out / f"{k:05d}_stats.json").exists()]
     logger.info("download: %d shards, %d already finished, policy=%s", len(shards), len(shards) - len(todo),
                 cfg.policy)
+    # OpenCV reads its decoder's pixel cap once, when it is first imported: set it before that (workers inherit it)
+    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(cfg.max_pixels)
     _worker_init()
     t0 = time.time()
     if cfg.processes == 1 or len(todo) <= 1:

@@ -37,7 +37,7 @@ FILES = {"robots": "/robots.txt", "ai.txt": "/ai.txt", "tdmrep": "/.well-known/t
 
 def parse(text: str) -> Protego:
     """Rules of a robots.txt or ai.txt text; lines that are not rules are ignored, as RFC 9309 says."""
-    return Protego.parse(text)
+    return Protego.parse(text.lstrip("\ufeff"))  # a BOM left on "User-agent" would drop its group: allow-all
 
 
 @dataclass(frozen=True)

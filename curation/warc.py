@@ -102,8 +102,11 @@ def _archived_headers(headers: list[tuple[str, str]], length: int) -> list[tuple
 
 
 def _pair(url: str, alt: Any, page_url: str, source: str, signals: list[str]) -> dict:
-    return {"url": url, "text": normalize_text(alt), "page_url": page_url, "domain": domain_of(url),
-            "source": source, "signals": list(signals)}
+    row = {"url": url, "text": normalize_text(alt), "page_url": page_url, "domain": domain_of(url),
+           "source": source, "signals": list(signals)}
+    for text in (url, row["text"], page_url):  # a lone surrogate (WAT JSON "\ud800") cannot be stored in parquet:
+        (text or "").encode("utf-8")  # UnicodeEncodeError here makes the caller skip and count the record
+    return row
 
 
 def _skip(stats: dict, path: Path, where: str, err: BaseException) -> None:
