@@ -85,6 +85,10 @@ class _Server(http.server.ThreadingHTTPServer):
     request_queue_size = 1024  # the default of 5 drops connections under a concurrent crawl
     daemon_threads = True
 
+    def handle_error(self, request, client_address):
+        """A client that hangs up mid-answer (deadlines, body caps) is routine here: log it, do not print it."""
+        logger.debug("request from %s ended with an error", client_address, exc_info=True)
+
 
 class SiteServer:
     """A threaded HTTP server for one site, bound to a loopback address."""

@@ -64,6 +64,17 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _assert_gone(pids, what: str) -> None:
+    """Wait up to 10 s for `pids` to end; kill any that did not, and fail naming them."""
+    t0 = time.time()
+    while any(map(_alive, pids)) and time.time() - t0 < 10:
+        time.sleep(0.05)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"{what} {left} were still running 10 s later"
+
+
 def _alive(pid: int) -> bool:
     """Is `pid` running (a zombie waiting for its reaper is not)?"""
     try:
@@ -91,13 +102,7 @@ def _kill_during(args: list[str], ready, delay_s: float, log: Path, timeout: flo
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     assert proc.returncode == -signal.SIGKILL, f"the run finished before the kill ({delay_s:.2f} s):\n{log.read_text()}"
-    t0 = time.time()
-    while any(map(_alive, kids)) and time.time() - t0 < 10:
-        time.sleep(0.05)
-    left = [k for k in kids if _alive(k)]
-    for k in left:
-        os.kill(k, signal.SIGKILL)
-    assert not left, f"child processes {left} of the killed run were still running 10 s later"
+    _assert_gone(kids, "child processes of the killed run")
 
 
 def _rerun(args: list[str], log: Path) -> str:
@@ -268,13 +273,7 @@ def test_download_workers_die_with_a_killed_run(monkeypatch):
         proc.wait(30)
         proc.stdout.close()
     assert len(workers) == 2
-    t0 = time.time()
-    while any(map(_alive, workers)) and time.time() - t0 < 10:
-        time.sleep(0.05)
-    left = [w for w in workers if _alive(w)]
-    for w in left:
-        os.kill(w, signal.SIGKILL)
-    assert not left, "a worker outlived the killed run"
+    _assert_gone(workers, "download workers of the killed run")
     armed = []
     monkeypatch.setattr(downloader.options, "die_with_parent", lambda: armed.append(True))
     downloader._worker_init()
