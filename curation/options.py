@@ -101,6 +101,32 @@ def resolve(cls: type, presets: dict[str, Any], preset: str, overrides: dict[str
     return dataclasses.replace(presets[preset], **changes)
 
 
+def field_type(cls: type, name: str) -> Any:
+    """The type hint of field `name` of config class `cls`."""
+    return _hints(cls)[name]
+
+
+def build(cls: type, presets: dict[str, Any], preset: str, fields: dict[str, Any]) -> Any:
+    """The Python API's config: preset `preset` with `fields` (Python values) applied.
+
+    A str given for a field of another type is parsed as on the command line ("0.5", "a,b", "true"); a list
+    becomes a tuple and a Path a str. Unknown fields and presets are ValueErrors naming the allowed ones."""
+    if preset not in presets:
+        raise ValueError(f"preset={preset!r}: allowed values are {', '.join(sorted(presets))}")
+    hints, changes = _hints(cls), {}
+    for name, value in fields.items():
+        if name not in hints:
+            raise ValueError(f"unknown field {name!r} for {cls.__name__}; valid fields: {', '.join(hints)}")
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, str) and hints[name] is not str:
+            value = _parse_value(name, hints[name], value)
+        if isinstance(value, (list, tuple)):
+            value = tuple(str(v) if isinstance(v, Path) else v for v in value)
+        changes[name] = value
+    return dataclasses.replace(presets[preset], **changes)
+
+
 def from_args(cls: type, presets: dict[str, Any], ns: argparse.Namespace) -> Any:
     """Resolve a config from a parsed argparse namespace built by `add_arguments`."""
     names = [f.name for f in dataclasses.fields(cls)]

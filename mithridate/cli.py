@@ -1,4 +1,4 @@
-"""The `mithridate` console script: the packages' command tables merged, nothing else."""
+"""The `mithridate` console script: the packages' command tables merged (a name defined twice is an error)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import poisoning.cli
 import reports.cli
 from curation import commands
 
-COMMANDS = {**curation.cli.COMMANDS, **diffusion.cli.COMMANDS, **poisoning.cli.COMMANDS, **reports.cli.COMMANDS}
+COMMANDS = commands.merge(("curation", curation.cli.COMMANDS), ("diffusion", diffusion.cli.COMMANDS),
+                          ("poisoning", poisoning.cli.COMMANDS), ("reports", reports.cli.COMMANDS))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,7 +139,7 @@ def test_write_config(tmp_path):
 # --- the CLI ------------------------------------------------------------------------------------------------------------
 
 # every command of the merged table: each one's --help must render and list every config field
-SUBCOMMANDS = [(list(words), entry[0]) for words, entry in cli.COMMANDS.items()]
+SUBCOMMANDS = [(list(words), entry.load()[0]) for words, entry in cli.COMMANDS.items()]
 
 
 def _exit_code(argv, capsys):
@@ -240,3 +240,93 @@ def test_python_dash_m_help(module, commands):
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"usage: {module}")
     assert all(c in res.stdout for c in commands)
+
+
+# --- a fast CLI, examples, --config, the Python API -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["crawl", "--help"], ["poison", "--help"]])
+def test_help_imports_no_torch(argv):
+    code = f"import sys; from mithridate.cli import main\ntry: main({argv!r})\nexcept SystemExit: pass\n" \
+           "print('torch' in sys.modules, 'diffusion.training' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"
+
+
+def test_a_name_in_two_tables_is_an_error():
+    from curation.commands import Command, merge
+
+    table = {("crawl",): Command("curation.crawler", "CrawlConfig", "crawl")}
+    with pytest.raises(ValueError, match="'crawl' is defined by both a and b"):
+        merge(("a", table), ("b", table))
+
+
+EXAMPLES = [(words, e) for words, c in cli.COMMANDS.items() for e in c.examples]
+
+
+def test_every_leaf_command_has_an_example():
+    assert {w for w, _ in EXAMPLES} == set(cli.COMMANDS)
+
+
+@pytest.mark.parametrize(("words", "example"), EXAMPLES, ids=[e for _, e in EXAMPLES])
+def test_examples_name_their_command_and_only_real_options(words, example):
+    import shlex
+
+    from curation import commands
+
+    argv = shlex.split(example)
+    assert argv[0] == "mithridate" and tuple(argv[1 : 1 + len(words)]) == words
+    args = commands.build_parser(cli.COMMANDS, "mithridate", "", argv[1:]).parse_args(argv[1:])
+    cls, presets, _ = cli.COMMANDS[words].load()
+    commands._config(cls, presets, args)  # every value parses and passes the config's checks
+
+
+def test_help_ends_with_examples(capsys):
+    _, out, _ = _exit_code(["download", "--help"], capsys)
+    assert out.rstrip().endswith(cli.COMMANDS[("download",)].examples[-1])
+
+
+def test_config_reruns_a_saved_config_with_overrides(tmp_path):
+    from curation import commands
+
+    saved = write_config(dataclasses.replace(downloader.DownloadConfig(), threads=7, policy="record"), tmp_path)
+    argv = ["download", f"--config={saved}", "--shard_size=5"]
+    args = commands.build_parser(cli.COMMANDS, "mithridate", "", argv).parse_args(argv)
+    cfg = commands._config(downloader.DownloadConfig, downloader.PRESETS, args)
+    assert (cfg.threads, cfg.policy, cfg.shard_size) == (7, "record", 5)
+
+
+@pytest.mark.parametrize(("extra", "content", "message"), [
+    (["--preset=tiny"], None, "give one of them"),
+    ([], {"_config": "CrawlConfig"}, "holds a CrawlConfig config; this command takes DownloadConfig"),
+    ([], "not json", "not JSON"),
+])
+def test_config_errors_are_one_line(capsys, tmp_path, extra, content, message):
+    path = tmp_path / "config.json"
+    if content is None:
+        write_config(downloader.DownloadConfig(), tmp_path)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    assert cli.main(["download", f"--config={path}", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_python_api_runs_a_command_and_documents_its_fields(tmp_path):
+    import inspect
+
+    import numpy as np
+
+    import mithridate as mt
+    from curation import subsets
+
+    a, b = np.array([(1, 1), (2, 2), (3, 3)], "u8,u8"), np.array([(2, 2), (3, 3), (4, 4)], "u8,u8")
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    out = mt.subset(inputs=[tmp_path / "a.npy", str(tmp_path / "b.npy")], op="intersect", out=tmp_path / "both.npy")
+    assert [tuple(r) for r in subsets.load(out)] == [(2, 2), (3, 3)]
+    assert "op" in inspect.signature(mt.subset).parameters and "op:" in mt.subset.__doc__
+    assert {"download", "filter", "train", "poison_sweep", "report_story"} <= set(dir(mt))
+    with pytest.raises(ValueError, match="unknown field 'polcy' for DownloadConfig"):
+        mt.download(polcy="record")
+    with pytest.raises(AttributeError, match="commands: "):
+        mt.frobnicate  # noqa: B018
