@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow.compute as pc
@@ -44,9 +45,13 @@ class EmbedConfig:
     batch_size: int = options.opt(256, "images (and texts) per forward pass")
     device: str = options.opt("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     cache_dir: str = options.opt("", "open_clip / Hugging Face weights cache ('' = their defaults)")
+    layout: Literal["npz", "clip-retrieval"] = options.opt(
+        "npz", "npz: one NNNNN.npz per shard (what filter and aesthetic read); clip-retrieval: also <out>/"
+        "clip-retrieval/{img_emb,text_emb,metadata}/ (the input of clip-retrieval's index step)")
 
     def __post_init__(self):
         options.check_positive(self, "batch_size")
+        options.check_choice(self, "layout", options.literal_values(EmbedConfig, "layout"))
         encoders.resolve_device(self.device)
 
 
@@ -175,7 +180,7 @@ def run(cfg: EmbedConfig) -> Path:
     files = shard_files(cfg.shards)
     encoder = encoders.load_encoder(cfg.model, cfg.pretrained, cfg.device, cfg.cache_dir or None)
     out = Path(cfg.out) if cfg.out else Path(cfg.shards).resolve().parent / "embeddings" / encoder.name
-    options.check_resumable(cfg, out, runtime_fields=("batch_size", "device"))
+    options.check_resumable(cfg, out, runtime_fields=("batch_size", "device", "layout"))
     _check_encoder(out, encoder)
     options.write_config(cfg, out)
     options.write_text(out / "encoder.json", json.dumps(encoder.info(), indent=2) + "\n")
@@ -195,6 +200,10 @@ def run(cfg: EmbedConfig) -> Path:
     options.write_text(out / "_stats.json", json.dumps(summary, indent=2) + "\n")
     logger.info("embed: %d images in %.1f s (%.0f img/s), %d undecodable → %s", embedded, seconds,
                 summary["images_per_s"], summary["failed"], out)
+    if cfg.layout == "clip-retrieval":
+        from curation import clip_retrieval
+
+        clip_retrieval.write(out, out / "clip-retrieval", cfg.shards)
     return out
 
 

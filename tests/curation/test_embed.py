@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -142,3 +143,22 @@ def test_web_auc_from_images_or_from_embeddings_agree(embedded, shards, checkpoi
     assert direct["positives"] > 0 and direct["negatives"] > 0 and 0 <= direct["auc"] <= 1
     assert (direct["positives"], direct["negatives"]) == (cached["positives"], cached["negatives"])
     assert abs(direct["auc"] - cached["auc"]) < 0.05
+
+
+def test_clip_retrieval_layout_lines_up_with_the_npz_and_the_shards(embedded, shards, tmp_path):
+    import pyarrow.parquet as pq
+
+    cfg, _ = embedded
+    out = embed.run(dataclasses.replace(cfg, layout="clip-retrieval"))  # a rerun that only adds the layout
+    cr = out / "clip-retrieval"
+    npzs = sorted(out.glob("[0-9][0-9][0-9][0-9][0-9].npz"))
+    assert len(list((cr / "img_emb").glob("*.npy"))) == len(npzs) > 0
+    for k, npz in enumerate(npzs):
+        data = embed.load_embeddings(out, npz.stem)
+        img, txt = np.load(cr / "img_emb" / f"img_emb_{k}.npy"), np.load(cr / "text_emb" / f"text_emb_{k}.npy")
+        meta = pq.read_table(cr / "metadata" / f"metadata_{k}.parquet").to_pandas()
+        assert img.dtype == np.float16 and np.array_equal(img, data["img_emb"])
+        assert np.array_equal(txt, data["txt_emb"])
+        assert meta["uid"].tolist() == data["uid"].tolist() and list(meta.columns) == ["uid", "url", "caption"]
+        rows = pq.read_table(Path(shards) / f"{npz.stem}.parquet").to_pandas().set_index("uid")
+        assert meta["caption"].tolist() == rows.loc[meta["uid"], "text"].tolist()
