@@ -10,6 +10,10 @@ evaluation reports zero-shot accuracy, retrieval recall and caption-matching ROC
     <out>/clip.pt       the checkpoint: model_cfg, state_dict, preprocess, name, train_config, split
     <out>/eval.json     flat metrics, slash-namespaced (`heldout_style/zeroshot_top1`, …)
     <out>/curve.png     training loss and learning rate; `curve.csv` holds the numbers
+    <out>/open_clip/    the same model as an open_clip "local-dir" folder: open_clip_config.json (model_cfg,
+                        preprocess_cfg) and open_clip_model.safetensors (open_clip_pytorch_model.bin without
+                        safetensors); `open_clip.create_model_and_transforms("local-dir:<out>/open_clip")` and
+                        `open_clip.get_tokenizer(...)` load it offline (see `export_open_clip`)
 
 A folder that already holds `clip.pt` and `eval.json` from the same config is reused.
 """
@@ -22,7 +26,9 @@ import io
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +55,8 @@ class ClipTrainConfig:
     art_dir: str = options.opt("", "art corpus folder from `mithridate art build` ('' = build it with art_preset)")
     art_preset: Literal["default", "tiny"] = options.opt("default", "art preset used when art_dir is ''")
     cache_dir: str = options.opt("", "art cache root when art_dir is '' ('' = $MITHRIDATE_CACHE or the user cache)")
-    out: str = options.opt("mithridate-out/clip", "output folder: clip.pt, eval.json, config.json, curve.png")
+    out: str = options.opt("mithridate-out/clip",
+                           "output folder: clip.pt, open_clip/, eval.json, config.json, curve.png")
     image_size: int = options.opt(32, "image side seen by the model: 32 or 64 px")
     embed_dim: int = options.opt(256, "joint embedding size")
     vision_layers: tuple[int, ...] = options.opt((1, 1, 1, 1), "ResNet bottleneck blocks in each of the 4 stages")
@@ -584,6 +591,76 @@ def save_checkpoint(model: torch.nn.Module, cfg: ClipTrainConfig, path: Path, ex
     return name
 
 
+OPEN_CLIP_DIR = "open_clip"  # the local-dir export inside a `clip train` output folder
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # the names open_clip's hub/local-dir loader looks for
+OPEN_CLIP_SAFETENSORS = "open_clip_model.safetensors"
+OPEN_CLIP_BIN = "open_clip_pytorch_model.bin"
+
+
+def export_open_clip(checkpoint: str | Path, folder: str | Path) -> Path:
+    """Write a compact CLIP checkpoint as an open_clip "local-dir" folder, loadable without our code or a network:
+
+        model, _, preprocess = open_clip.create_model_and_transforms("local-dir:<folder>")
+        tokenizer = open_clip.get_tokenizer("local-dir:<folder>")
+
+    The folder holds `open_clip_config.json` (`{"model_cfg", "preprocess_cfg", "mithridate"}`; open_clip reads the
+    first two) and the weights, `open_clip_model.safetensors` (or `open_clip_pytorch_model.bin` when safetensors
+    is not installed). The text tower uses open_clip's default tokenizer (bundled BPE `SimpleTokenizer`), which
+    `get_tokenizer` picks for a config without `hf_tokenizer_name`, at the config's `context_length`.
+
+    The folder is built beside `folder` and renamed into place, replacing an earlier export, so `folder` is
+    never seen half-written (between removing an old export and renaming the new one in, it briefly does not exist).
+
+    Args:
+        checkpoint: a `clip.pt` from `mithridate clip train`, or the folder holding it.
+        folder: the folder to write (created; its parent must be writable).
+
+    Returns:
+        `folder`.
+    """
+    ckpt = encoders.read_checkpoint(checkpoint)
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["state_dict"].items()}
+    config = {"model_cfg": ckpt["model_cfg"], "preprocess_cfg": ckpt["preprocess"],
+              "mithridate": {"format": encoders.CHECKPOINT_FORMAT, "name": ckpt["name"],
+                             "tokenizer": "open_clip SimpleTokenizer (bundled BPE)",
+                             "context_length": ckpt["model_cfg"]["text_cfg"]["context_length"]}}
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            save_file = None
+        if save_file is not None:
+            with options.atomic(tmp / OPEN_CLIP_SAFETENSORS) as part:
+                save_file(state, str(part), metadata={"format": "pt"})
+        else:
+            encoders.save_atomic(state, tmp / OPEN_CLIP_BIN)
+        options.write_text(tmp / OPEN_CLIP_CONFIG, json.dumps(config, indent=2) + "\n")
+        old = folder.with_name(folder.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:  # make the renames durable (best effort, as `options.atomic` does for files)
+        fd = os.open(folder.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return folder
+
+
 def _summary(m: dict) -> str:
     def pct(key: str) -> str:
         return f"{100 * m[key]:.1f}%" if key in m else "n/a"
@@ -630,16 +707,34 @@ def _train_or_reuse(cfg: ClipTrainConfig, out: Path, corpus: Corpus, split: Spli
     return model, name, metrics
 
 
+def _export_if_stale(out: Path, name: str | None = None) -> None:
+    """Write `<out>/open_clip/` from `<out>/clip.pt` unless an export of that checkpoint (`name`; read from clip.pt
+    when None) with its weights is already there."""
+    folder = out / OPEN_CLIP_DIR
+    if name is None:
+        name = encoders.read_checkpoint(out / encoders.CHECKPOINT_FILE)["name"]
+    try:
+        current = json.loads((folder / OPEN_CLIP_CONFIG).read_text()).get("mithridate", {}).get("name")
+    except (OSError, ValueError, AttributeError):
+        current = None
+    if current == name and any((folder / f).is_file() for f in (OPEN_CLIP_SAFETENSORS, OPEN_CLIP_BIN)):
+        return
+    export_open_clip(out / encoders.CHECKPOINT_FILE, folder)
+    logger.info("clip train: open_clip local-dir export → %s", folder)
+
+
 def run(cfg: ClipTrainConfig) -> Path:
     """Train (or reuse) the compact CLIP of `cfg`, evaluate it, write the output folder.
 
     Returns:
-        `cfg.out`, holding config.json, clip.pt, eval.json, curve.png and curve.csv.
+        `cfg.out`, holding config.json, clip.pt, open_clip/ (the local-dir export), eval.json, curve.png and
+        curve.csv.
     """
     out = Path(cfg.out)
     options.check_resumable(cfg, out, runtime_fields=("device",))
     if (out / encoders.CHECKPOINT_FILE).is_file() and (out / "eval.json").is_file():
         logger.info("clip train: %s already holds a trained and evaluated model; reusing it", out)
+        _export_if_stale(out)
         return out
     options.write_config(cfg, out)
     device = encoders.resolve_device(cfg.device)
@@ -647,6 +742,7 @@ def run(cfg: ClipTrainConfig) -> Path:
     corpus = load_corpus(corpus_folder(cfg), cfg.image_size)
     split = make_split(corpus, cfg, np.random.default_rng(cfg.seed))
     model, name, metrics = _train_or_reuse(cfg, out, corpus, split, device)
+    _export_if_stale(out, name)
     encoder = encoders.Encoder(model, encoders.compact_transform(preprocess_info(cfg.image_size)),
                                encoders.compact_tokenizer(cfg.context_length), name, device, encoders.COMPACT,
                                str(out / encoders.CHECKPOINT_FILE))

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import sys
 
 import numpy as np
 import open_clip
@@ -121,7 +122,7 @@ def test_resume_reuses_and_another_config_is_refused(trained):
 
 
 def test_cli_entry_trains_through_the_generic_command_table(tiny_corpus, tmp_path):
-    table = {("clip", "train"): (clip_train.ClipTrainConfig, clip_train.PRESETS, clip_train.run, "train")}
+    table = {("clip", "train"): commands.Command("curation.clip_train", "ClipTrainConfig", "train")}
     argv = ["-q", "clip", "train", "--preset=tiny", f"--art_dir={tiny_corpus}", f"--out={tmp_path}", "--steps=2",
             "--vision_layers=1,1,1,1", "--text_layers=1", "--text_width=32", "--embed_dim=32", "--minutes=0"]
     assert commands.main(table, "mithridate", argv) == 0
@@ -167,3 +168,60 @@ def test_unavailable_pretrained_tag_is_a_clear_offline_error(tmp_path):
         encoders.load_encoder("ViT-B-32", "laion2b_s34b_b79k", device="cpu", cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="not available offline"):
         encoders.load_encoder("RN50", "openai", device="cpu", cache_dir=str(tmp_path))
+
+
+def test_open_clip_local_dir_export_matches_our_loader(tiny_clip_checkpoint, tmp_path):
+    """The exported folder opens in plain open_clip (no mithridate code, no network) with the same embeddings."""
+    folder = clip_train.export_open_clip(tiny_clip_checkpoint, tmp_path / "open_clip")
+    assert {p.name for p in folder.iterdir()} == {"open_clip_config.json", "open_clip_model.safetensors"}
+    assert not (tmp_path / "open_clip.tmp").exists()
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    assert set(config) >= {"model_cfg", "preprocess_cfg"}
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}", device="cpu")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    model.eval()
+    ours = encoders.load_encoder("compact", str(tiny_clip_checkpoint), device="cpu")
+    assert tokenizer.context_length == 16 and isinstance(tokenizer, open_clip.tokenizer.SimpleTokenizer)
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((64, 64), (40, 70), (32, 32))]
+    texts = ["a cow", "a drawing of a dog in the style of someone", "", "automobile icon " * 10]
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(encoders._as_pil(im)) for im in images])
+        img = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1).numpy()
+        txt = torch.nn.functional.normalize(model.encode_text(tokenizer(texts)), dim=-1).numpy()
+    np.testing.assert_allclose(img, ours.encode_images(images), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(txt, ours.encode_texts(texts), rtol=0, atol=1e-5)
+    assert np.abs(img[0] - img[1]).max() > 1e-3 and np.abs(txt[0] - txt[1]).max() > 1e-3  # not degenerate
+
+    # re-exporting another checkpoint over it replaces the weights (no stale files are left behind)
+    ckpt = torch.load(tiny_clip_checkpoint, weights_only=True)
+    ckpt["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, tmp_path / "other.pt")
+    clip_train.export_open_clip(tmp_path / "other.pt", folder)
+    again, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}", device="cpu")
+    with torch.no_grad():
+        moved = torch.nn.functional.normalize(again.eval().encode_image(pixels), dim=-1).numpy()
+    assert np.abs(moved - img).max() > 1e-4
+    assert not (tmp_path / "open_clip.old").exists()
+
+
+def test_open_clip_export_without_safetensors_writes_a_torch_bin(tiny_clip_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # `from safetensors.torch import …` fails
+    folder = clip_train.export_open_clip(tiny_clip_checkpoint, tmp_path / "oc")
+    assert {p.name for p in folder.iterdir()} == {"open_clip_config.json", "open_clip_pytorch_model.bin"}
+    monkeypatch.undo()
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}", device="cpu")
+    ours = encoders.load_encoder("compact", str(tiny_clip_checkpoint), device="cpu")
+    tokens = open_clip.get_tokenizer(f"local-dir:{folder}")(["a cow", "dog"])
+    with torch.no_grad():
+        txt = torch.nn.functional.normalize(model.eval().encode_text(tokens), dim=-1).numpy()
+    np.testing.assert_allclose(txt, ours.encode_texts(["a cow", "dog"]), rtol=0, atol=1e-5)
+
+
+def test_run_writes_the_open_clip_export(trained):
+    _, out, metrics = trained
+    config = json.loads((out / "open_clip" / "open_clip_config.json").read_text())
+    assert config["mithridate"]["name"] == metrics["name"]
+    assert (out / "open_clip" / "open_clip_model.safetensors").is_file()
