@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as `python bench/train.py` from anywhere
 
 from diffusion.schedule import NoiseSchedule
-from diffusion.unet import PRESETS, UNet, count_parameters
+from diffusion.nn import count_parameters
+from diffusion.unet import PRESETS, UNet
 
 logger = logging.getLogger("bench.train")
 OURS, ANCHOR = "mithridate UNet", "diffusers UNet2DCond"
@@ -119,7 +120,7 @@ def match_channels(diffusers, cfg: dict, target: int, latent: int) -> tuple[int,
             continue
         with torch.device("meta"):
             model = diffusers.UNet2DConditionModel(**diffusers_kwargs(cfg, ch, latent))
-        gap = abs(math.log(count_parameters(model) / target))
+        gap = abs(math.log(count_parameters(model, trainable_only=True) / target))
         shape = sum(abs(math.log(c / o)) for c, o in zip(ch, cfg["channels"], strict=True))
         scored.append((gap > math.log(PARAM_TOLERANCE), round(shape, 6), gap, ch))
     near = [s for s in scored if not s[0]]
@@ -131,7 +132,7 @@ def build_models(args: argparse.Namespace, diffusers) -> dict[str, torch.nn.Modu
     torch.manual_seed(args.seed)
     ours = UNet(**cfg)
     channels = (tuple(int(c) for c in args.diffusers_channels.split(",")) if args.diffusers_channels
-                else match_channels(diffusers, cfg, count_parameters(ours), args.latent))
+                else match_channels(diffusers, cfg, count_parameters(ours, trainable_only=True), args.latent))
     theirs = diffusers.UNet2DConditionModel(**diffusers_kwargs(cfg, channels, args.latent))
     return {OURS: ours, ANCHOR: theirs}
 
@@ -221,7 +222,7 @@ def report(args: argparse.Namespace, models: dict, trainers: dict, rates: dict, 
     med = {k: statistics.median(v) for k, v in rates.items()}
     cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
     ratio = med[OURS] / med[ANCHOR]
-    params = {k: count_parameters(m) for k, m in models.items()}
+    params = {k: count_parameters(m, trainable_only=True) for k, m in models.items()}
     channels = {OURS: list(PRESETS[args.preset]["channels"]), ANCHOR: list(models[ANCHOR].config.block_out_channels)}
     print(f"\ntrain benchmark: preset {args.preset}, latents 4×{args.latent}×{args.latent}, batch {args.batch}, "
           f"device {args.device}{' (bf16 autocast)' if args.device == 'cuda' else ''}, threads "
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args.latent = args.latent or NATURAL_LATENT[args.preset]
     models = build_models(args, diffusers)
     for name, m in models.items():
-        logger.info("%-22s %12s parameters", name, f"{count_parameters(m):,}")
+        logger.info("%-22s %12s parameters", name, f"{count_parameters(m, trainable_only=True):,}")
     batches = make_batches(args, PRESETS[args.preset])
     trainers = {name: Trainer(name, m, args, batches) for name, m in models.items()}
     results = report(args, models, trainers, *measure(trainers, args))

@@ -41,6 +41,7 @@ from PIL import Image
 
 from curation import art, curves, encoders, funnel, options, schema
 from curation import webcontent as wc
+from curation.lr import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -289,8 +290,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def lr_at(progress: float, step: int, cfg: ClipTrainConfig) -> float:
     """Linear warmup over `warmup_steps`, then cosine decay to 0 as `progress` goes 0 → 1."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return warmup_cosine(cfg.lr, step, cfg.warmup_steps, progress)
 
 
 class Batcher:

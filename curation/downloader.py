@@ -10,6 +10,8 @@ with "hash mismatch"; a `gate` may turn more success rows into failures before a
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import metadata
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
@@ -131,6 +134,26 @@ def _header_size(stream) -> tuple[int, int]:
         return 0, 0  # let the real decoder report the error
 
 
+IMG2DATASET_TESTED = "1.47.0"  # the img2dataset whose Downloader/Resizer keywords these are
+
+
+@functools.cache
+def _parameters(cls) -> frozenset[str]:
+    return frozenset(inspect.signature(cls).parameters)
+
+
+def _check_signature(cls, needed: Mapping) -> None:
+    """Raise a clear error, naming the installed img2dataset version, when its `cls` lacks a keyword we pass."""
+    missing = sorted(set(needed) - _parameters(cls))
+    if missing:
+        try:
+            ver = metadata.version("img2dataset")
+        except metadata.PackageNotFoundError:
+            ver = "unknown"
+        raise RuntimeError(f"img2dataset {ver}: {cls.__name__} has no parameter(s) {', '.join(missing)}; this "
+                           f"code passes them by keyword as in img2dataset {IMG2DATASET_TESTED} (install that)")
+
+
 def _img2dataset_downloader(cfg: DownloadConfig, folder: Path, verify_sha256: bool = False):
     """img2dataset's Downloader; with `verify_sha256` the input's `sha256` column is the expected hash."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -138,15 +161,21 @@ def _img2dataset_downloader(cfg: DownloadConfig, folder: Path, verify_sha256: bo
     from img2dataset.resizer import Resizer
     from img2dataset.writer import ParquetSampleWriter
 
-    resizer = Resizer(cfg.image_size, cfg.resize_mode, False, encode_quality=cfg.encode_quality,
-                      min_image_size=cfg.min_image_size, max_image_area=cfg.max_pixels)
+    resize = dict(image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=False,
+                  encode_quality=cfg.encode_quality, min_image_size=cfg.min_image_size,
+                  max_image_area=cfg.max_pixels)
     honor = cfg.policy == "honor"
-    return Downloader(
-        ParquetSampleWriter, _PixelCap(resizer, cfg.max_pixels), cfg.threads, False, False, str(folder),
-        ["uid", "url"] + ["sha256"] * verify_sha256, cfg.timeout_s, cfg.shard_size, 5, "sha256",
-        "sha256" if verify_sha256 else None, "jpg", cfg.retries,
-        netguard.USER_AGENT_TOKEN, list(AI_DIRECTIVES) if honor else None,
+    download = dict(
+        sample_writer_class=ParquetSampleWriter, thread_count=cfg.threads, save_caption=False,
+        extract_exif=False, output_folder=str(folder), column_list=["uid", "url"] + ["sha256"] * verify_sha256,
+        timeout=cfg.timeout_s, number_sample_per_shard=cfg.shard_size, oom_shard_count=5, compute_hash="sha256",
+        verify_hash_type="sha256" if verify_sha256 else None, encode_format="jpg", retries=cfg.retries,
+        user_agent_token=netguard.USER_AGENT_TOKEN,
+        disallowed_header_directives=list(AI_DIRECTIVES) if honor else None,
     )
+    _check_signature(Resizer, resize)
+    _check_signature(Downloader, {"resizer": None, **download})
+    return Downloader(resizer=_PixelCap(Resizer(**resize), cfg.max_pixels), **download)
 
 
 def _opener(cfg: DownloadConfig, seen_xrt: dict | None = None, files: bool = False):

@@ -206,8 +206,3 @@ class Autoencoder(nn.Module):
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents → images (the inverse normalisation, then `decode`)."""
         return self.decode(z / self.latent_scale + self.latent_shift.view(1, -1, 1, 1))
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters (trainable or not) of `module`."""
-    return sum(p.numel() for p in module.parameters())

@@ -16,21 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from curation import options
+from diffusion.nn import timestep_embedding
 from diffusion.schedule import NoiseSchedule
 
 log = logging.getLogger(__name__)
 
 FORMAT = "mithridate-latent-classifier"
 EVAL_SAMPLES = 1024
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding [cos(t·f_i), sin(t·f_i)] of float timesteps, f_i = max_period^(−i/half); (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([args.cos(), args.sin()], -1)
-    return F.pad(emb, (0, dim % 2))
 
 
 def _norm(channels: int) -> nn.GroupNorm:

@@ -1,6 +1,7 @@
-"""Distribution metrics on feature vectors: KID, FID, the real-vs-real floor, zero-shot accuracy, CLIP score.
+"""Distribution metrics on feature vectors: KID, FID, the real-vs-real floor, zero-shot accuracy, CLIP score; and
+the per-image PSNR of image tensors (autoencoder reconstructions, poisons).
 
-Every function takes numpy float arrays of shape (N, D) (one feature vector per row). KID and FID compare two
+Every distribution metric takes numpy float arrays of shape (N, D) (one feature vector per row). KID and FID compare two
 sets; a generated-vs-real number means little without the real-vs-real floor (`real_floor`) next to it.
 """
 
@@ -11,6 +12,7 @@ import warnings
 
 import numpy as np
 import scipy.linalg
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -227,3 +229,33 @@ def clip_score(image_emb, text_emb) -> float:
         raise ValueError(f"image_emb and text_emb: shapes differ ({image_emb.shape} vs {text_emb.shape})")
     cos = (_unit_rows(image_emb) * _unit_rows(text_emb)).sum(1)
     return float(np.maximum(100 * cos, 0).mean())
+
+
+# ---------------------------------------------------------------- per-image PSNR of image tensors
+
+IMAGE_RANGE = 2.0  # peak-to-peak of [−1, 1]
+
+
+def image_pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two float image tensors in [−1, 1] of equal shape `(N, C, H, W)` (or `(C, H, W)`: one image), as 4-D
+    tensors of their common dtype, at least float32; ValueError otherwise."""
+    if not (torch.is_tensor(x) and torch.is_tensor(y)):
+        raise ValueError("x, y: expected torch tensors in [−1, 1] (convert uint8 arrays with from_uint8 first)")
+    x = x[None] if x.ndim == 3 else x
+    y = y[None] if y.ndim == 3 else y
+    if x.ndim != 4 or x.shape != y.shape:
+        raise ValueError(f"x, y: shapes {tuple(x.shape)} and {tuple(y.shape)}; expected equal (N, C, H, W)")
+    dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
+    return x.to(dtype), y.to(dtype)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, max_db: float | None = None) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image, shape `(N,)`, of images in [−1, 1] (see `image_pair`).
+
+    The peak-to-peak range is 2, so it equals the usual PSNR of the images in [0, 1] or [0, 255]. Identical
+    images give `inf`, or with `max_db` every value is capped at `max_db` (a finite mean for JSON).
+    """
+    x, y = image_pair(x, y)
+    mse = (x - y).pow(2).flatten(1).mean(1)
+    db = 10.0 * torch.log10(IMAGE_RANGE ** 2 / mse)  # mse 0 → inf
+    return db if max_db is None else db.clamp_max(max_db)

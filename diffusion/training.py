@@ -24,7 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from curation import curves, encoders, options
+from curation.lr import warmup_cosine
 from diffusion import data, grid, pipeline, unet as unet_mod, vae as vae_mod
+from diffusion.nn import count_parameters
 from diffusion.pipeline import Pipeline
 from diffusion.schedule import NoiseSchedule
 from diffusion.text import Conditioning, TextEncoder
@@ -170,14 +172,6 @@ def loss_fn(model, sched: NoiseSchedule, x0: torch.Tensor, cond: Conditioning, t
     return per.mean()
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, cap: float) -> None:
     decay = min(cap, (1 + step) / (10 + step))
@@ -275,8 +269,9 @@ def _step(st: State, lat: Latents, sched: NoiseSchedule, cfg: TrainConfig, devic
     cond.pooled[drop], cond.tokens[drop], cond.mask[drop] = null.pooled, null.tokens, null.mask
     t = torch.randint(0, sched.num_timesteps, (cfg.batch_size,), generator=g).to(device)
     noise = torch.randn(x0.shape, generator=g).to(device)
-    for group in st.opt.param_groups:
-        group["lr"] = lr_at(st.step, st.total, cfg)
+    progress = (st.step - cfg.warmup_steps) / max(1, st.total - cfg.warmup_steps)
+    for group in st.opt.param_groups:  # to 10% of the peak
+        group["lr"] = warmup_cosine(cfg.lr, st.step, cfg.warmup_steps, progress, floor=0.1, warmup_first=True)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
         loss = loss_fn(st.model, sched, x0, cond.to(device), t, noise, cfg.prediction, cfg.min_snr_gamma)
     if not torch.isfinite(loss):
@@ -309,7 +304,7 @@ def train_loop(st: State, lat: Latents, sched: NoiseSchedule, cfg: TrainConfig, 
             bar.close()
             raise ValueError(f"training loss became {loss} at step {st.step}; stopped. The last good checkpoint "
                              f"is {out / 'last.pt'} (try a lower lr than {cfg.lr})")
-        st.curve.append((st.step, loss, lr_at(st.step, st.total, cfg)))
+        st.curve.append((st.step, loss, st.opt.param_groups[0]["lr"]))
         st.step += 1
         elapsed = time.perf_counter() - t0
         if st.step - start_step == 10:
@@ -351,7 +346,7 @@ def run(cfg: TrainConfig) -> Path:
     st = State(model, ema, opt, torch.Generator().manual_seed(cfg.seed), total=cfg.steps, curve=[])
     if (out / "last.pt").exists():
         load_state(st, out / "last.pt")
-    n_params = unet_mod.count_parameters(model)
+    n_params = count_parameters(model, trainable_only=True)
     logger.info("training a %.2fM-parameter UNet on %d images (%d captions) at %s, latents %s, %s", n_params / 1e6,
                 len(images), len(set(images.captions)), device, tuple(lat.mean.shape[1:]), sched)
     if cfg.compile:

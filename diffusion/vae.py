@@ -34,8 +34,11 @@ import numpy as np
 import torch
 
 from curation import curves, encoders, funnel, options
+from curation.lr import warmup_cosine
 from diffusion import data
-from diffusion.autoencoder import Autoencoder, count_parameters
+from diffusion.autoencoder import Autoencoder
+from diffusion.metrics import psnr
+from diffusion.nn import count_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ CHECKPOINT_FILE = "vae.pt"
 STATE_FILE = "last.pt"
 RUNTIME_FIELDS = ("device", "checkpoint_every", "threads")  # may change between a run and its resumption
 TRAIN_EVAL_IMAGES = 512  # training PSNR on at most this many (evenly spaced) training images
+# PSNR cap (dB) for identical images, so eval.json's means stay finite: 10·log10(255² / 1e-10), i.e. an MSE floor of
+# 1e-10 in [0, 255]², in float32 as computed before the PSNR was shared with poisoning.quality.
+MAX_PSNR_DB = float(10 * torch.log10(255.0**2 / torch.tensor(1e-10)))
 
 
 class LossDiverged(RuntimeError, ValueError):
@@ -228,12 +234,6 @@ def latent_shift(model: Autoencoder, x: torch.Tensor, mean: torch.Tensor, eps: f
     return (model.encode(x_adv)[0].float() - mean.float()).pow(2).flatten(1).sum(1).mean()
 
 
-def lr_at(progress: float, step: int, cfg: VaeTrainConfig) -> float:
-    """Linear warmup over `warmup_steps`, then cosine decay from `lr` towards 0 as progress goes 0 → 1."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    return cfg.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def use_bf16(precision: str, device: str) -> bool:
     """bf16 autocast: under "auto" on CUDA only (CPU bf16 convolutions are slower than fp32 here)."""
     return precision == "bf16" or (precision == "auto" and device.startswith("cuda"))
@@ -334,7 +334,8 @@ def train(model: Autoencoder, images: torch.Tensor, cfg: VaeTrainConfig, device:
         elapsed = time.perf_counter() - t0
         if _done(step, elapsed, cfg):
             break
-        lr = lr_at(max(step / cfg.steps if cfg.steps else 0.0, elapsed / budget if budget else 0.0), step, cfg)
+        progress = max(step / cfg.steps if cfg.steps else 0.0, elapsed / budget if budget else 0.0)
+        lr = warmup_cosine(cfg.lr, step, cfg.warmup_steps, progress)
         for group in opt.param_groups:
             group["lr"] = lr
         g = step_generator(cfg.seed, step)
@@ -379,12 +380,6 @@ def reconstruct(ae: Autoencoder, images: torch.Tensor, batch: int = 0) -> torch.
     return torch.cat(out) if out else images[:0].float()
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of images in [−1, 1], computed in [0, 255]."""
-    mse = ((a.float() - b.float()) * 127.5).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
-
-
 def evaluate(ae: Autoencoder, images: torch.Tensor) -> dict:
     """Reconstruction quality of `images` `(N, 3, S, S)` in [−1, 1] through the posterior mean.
 
@@ -396,7 +391,7 @@ def evaluate(ae: Autoencoder, images: torch.Tensor) -> dict:
         return {"psnr_db": None, "mse": None, "images": 0}
     recon = reconstruct(ae, images)
     mse = ((recon - images.float()) * 127.5).pow(2).mean()
-    return {"psnr_db": round(float(psnr(recon, images).mean()), 3), "mse": round(float(mse), 3),
+    return {"psnr_db": round(float(psnr(recon, images, MAX_PSNR_DB).mean()), 3), "mse": round(float(mse), 3),
             "images": len(images)}
 
 
@@ -481,7 +476,7 @@ def mean_image_psnr(train: torch.Tensor, heldout: torch.Tensor) -> float | None:
     """Baseline: mean PSNR of predicting every held-out image by the mean training image."""
     if len(heldout) == 0:
         return None
-    return round(float(psnr(train.float().mean(0, keepdim=True).expand_as(heldout), heldout).mean()), 3)
+    return round(float(psnr(train.float().mean(0, keepdim=True).expand_as(heldout), heldout, MAX_PSNR_DB).mean()), 3)
 
 
 # --- driver --------------------------------------------------------------------------------------------------------

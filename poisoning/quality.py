@@ -7,7 +7,7 @@ function returns one value per image, a float tensor of shape `(N,)`.
 - `linf` is reported in [0, 1] *pixel units* (half the [−1, 1] difference), the units of Nightshade's `eps`:
   `linf × 255` is the change in 8-bit levels.
 - `psnr` uses the peak-to-peak range 2 of [−1, 1], so it equals the usual PSNR of the images in [0, 1] or
-  [0, 255]; identical images give `inf`.
+  [0, 255]; identical images give `inf` (defined in `diffusion.metrics`, shared with the autoencoder's PSNR).
 - `ssim` is Wang et al.'s SSIM: 11×11 Gaussian window (σ = 1.5) on each channel, 'valid' positions only,
   K1 = 0.01, K2 = 0.03, data range 2; mean over positions and channels. Differentiable (used as a perceptual
   budget by `poisoning.nightshade`).
@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffusion.metrics import IMAGE_RANGE as DATA_RANGE, image_pair as _pair, psnr  # noqa: F401 (re-exported)
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K = (0.01, 0.03)
-DATA_RANGE = 2.0  # [−1, 1]
 
 
 def from_uint8(images) -> torch.Tensor:
@@ -35,28 +36,10 @@ def from_uint8(images) -> torch.Tensor:
     return t.float() / 127.5 - 1.0
 
 
-def _pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (torch.is_tensor(x) and torch.is_tensor(y)):
-        raise ValueError("x, y: expected torch tensors in [−1, 1] (use quality.from_uint8 for uint8 arrays)")
-    x = x[None] if x.ndim == 3 else x
-    y = y[None] if y.ndim == 3 else y
-    if x.ndim != 4 or x.shape != y.shape:
-        raise ValueError(f"x, y: shapes {tuple(x.shape)} and {tuple(y.shape)}; expected equal (N, C, H, W)")
-    dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
-    return x.to(dtype), y.to(dtype)
-
-
 def linf(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """max |x − y| per image, in [0, 1] pixel units (i.e. half the difference of the [−1, 1] tensors)."""
     x, y = _pair(x, y)
     return (x - y).abs().flatten(1).amax(1) / DATA_RANGE
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB per image (data range 2 for [−1, 1]); `inf` for identical images."""
-    x, y = _pair(x, y)
-    mse = (x - y).pow(2).flatten(1).mean(1)
-    return 10.0 * torch.log10(DATA_RANGE ** 2 / mse)  # mse 0 → inf
 
 
 def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:

@@ -137,3 +137,24 @@ def test_resuming_with_another_policy_is_refused(tiny_web, tiny_crawl, honored):
     _, _, out = honored
     with pytest.raises(ValueError, match="policy"):
         _download(tiny_web, tiny_crawl, out, shard_size=30, policy="ignore")
+
+
+def test_img2dataset_gets_each_setting_by_keyword(tmp_path):
+    cfg = downloader.DownloadConfig(pairs="p", out=str(tmp_path), timeout_s=3.5, threads=7, shard_size=123,
+                                    retries=2, policy="honor")
+    d = downloader._img2dataset_downloader(cfg, tmp_path, verify_sha256=True)
+    assert (d.thread_count, d.timeout, d.number_sample_per_shard, d.retries) == (7, 3.5, 123, 2)
+    assert (d.save_caption, d.extract_exif, d.output_folder, d.oom_shard_count) == (False, False, str(tmp_path), 5)
+    assert d.column_list == ["uid", "url", "sha256"] and (d.compute_hash, d.verify_hash_type) == ("sha256",) * 2
+    assert d.encode_format == "jpg" and d.disallowed_header_directives
+    assert isinstance(d.resizer, downloader._PixelCap) and d.resizer.max_pixels == cfg.max_pixels
+
+
+def test_a_changed_img2dataset_signature_is_a_clear_error():
+    class Downloader:
+        def __init__(self, thread_count, timeout):
+            pass
+
+    with pytest.raises(RuntimeError, match=r"img2dataset \S+: Downloader has no parameter\(s\) retries"):
+        downloader._check_signature(Downloader, {"thread_count": 1, "timeout": 1, "retries": 0})
+    downloader._check_signature(Downloader, {"thread_count": 1})

@@ -96,3 +96,19 @@ def test_errors_name_the_argument():
         zero_shot_accuracy(np.eye(4), np.eye(3), np.array([0, 1, 2, 0]))
     with pytest.raises(ValueError, match="image_emb and text_emb: shapes differ"):
         clip_score(np.eye(4), np.eye(4)[:3])
+
+
+def test_psnr_of_identical_images_is_inf_or_the_cap_and_matches_the_closed_form():
+    import torch
+
+    from diffusion.metrics import psnr
+
+    x = torch.linspace(-1, 1, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    assert torch.isinf(psnr(x, x)).all()
+    assert (psnr(x, x, max_db=100.0) == 100.0).all()
+    y = x + torch.tensor([0.02, 0.2]).view(2, 1, 1, 1)  # mse 4e-4 and 4e-2 → 40 and 20 dB (range 2)
+    torch.testing.assert_close(psnr(x, y), torch.tensor([40.0, 20.0]))
+    torch.testing.assert_close(psnr(x, y, max_db=30.0), torch.tensor([30.0, 20.0]))
+    assert psnr(x[0], y[0]).shape == (1,)
+    with pytest.raises(ValueError, match="shapes"):
+        psnr(x, y[:1])

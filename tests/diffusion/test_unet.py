@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from diffusion.unet import PRESETS, UNet, count_parameters
+from diffusion.nn import count_parameters
+from diffusion.unet import PRESETS, UNet
 
 TINY = PRESETS["tiny"]
 
@@ -70,8 +71,8 @@ def test_config_round_trip_rebuilds_identical_model():
 
 
 def test_cpu_preset_parameter_count():
-    assert 3_000_000 <= count_parameters(UNet(**PRESETS["cpu"])) <= 6_000_000
-    assert 20_000_000 <= count_parameters(UNet(**PRESETS["gpu"])) <= 40_000_000
+    assert 3_000_000 <= count_parameters(UNet(**PRESETS["cpu"]), trainable_only=True) <= 6_000_000
+    assert 20_000_000 <= count_parameters(UNet(**PRESETS["gpu"]), trainable_only=True) <= 40_000_000
 
 
 def test_scalar_and_int_timesteps():

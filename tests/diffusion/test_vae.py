@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from diffusion import cli, data, vae
-from diffusion.autoencoder import Autoencoder, count_parameters
+from diffusion.autoencoder import Autoencoder
+from diffusion.nn import count_parameters
 
 
 @pytest.fixture(autouse=True)
