@@ -152,7 +152,7 @@ class HostCache:
         return HostRules(host, robots, ai, rules, self.clock())
 
     def records(self) -> list[dict]:
-        """One audit row per host, sorted by host."""
+        """One audit row per host, sorted by origin (scheme://host:port)."""
         return [self.hosts[k].record() for k in sorted(self.hosts)]
 
 
