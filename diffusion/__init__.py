@@ -1,1 +1,2 @@
-"""diffusion: a compact latent text-to-image diffusion model (part 3; so far the noise schedule and the 2-D toy)."""
+"""diffusion: a compact latent text-to-image diffusion model — autoencoder, UNet, samplers, CFG, img2img,
+inpainting, classifier guidance, evaluation — and the article's 2-D toy."""

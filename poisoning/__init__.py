@@ -1,1 +1,2 @@
-"""poisoning: Nightshade-style concept poisoning and opt-out evaluations (built in part 4; no commands yet)."""
+"""poisoning: Nightshade-style concept poisoning, dirty-label and anchor controls, dose sweeps with an independent
+judge, defences, attackability studies, and opt-out evaluations at the model level."""
