@@ -73,11 +73,6 @@ def parse_run(text: str, guidance: float) -> tuple[str, int, float]:
 PRESETS = {"default": EvaluateConfig(), "tiny": EvaluateConfig(runs=("ddim:5", "euler:4"), n_per_concept=2)}
 
 
-def nfe(sampler: str, steps: int) -> int:
-    """Network evaluations per image (Heun: 2 per step except the last), before guidance doubles the batch."""
-    return 2 * steps - 1 if sampler == "heun" else steps
-
-
 class Judge:
     """A compact CLIP's image features and zero-shot classifier over a fixed concept list."""
 
@@ -119,8 +114,9 @@ def evaluate_runs(cfg: EvaluateConfig, pipe: Pipeline, judge: Judge, concepts: l
         ims = pipe.generate(prompts, sampler, steps, g, seed=cfg.seed)
         sec = (time.perf_counter() - t0) / len(prompts)
         feats = judge.features(ims)
-        row = {"run": run, "sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "guidance": g,
-               "seconds_per_image": sec, **judge.scores(feats, labels, prompts), **_distances(real_feats, feats)}
+        nfe = samplers.SAMPLERS[sampler].nfe(steps)  # per image, before guidance doubles the batch
+        row = {"run": run, "sampler": sampler, "steps": steps, "nfe": nfe, "guidance": g, "seconds_per_image": sec,
+               **judge.scores(feats, labels, prompts), **_distances(real_feats, feats)}
         rows.append(row)
         images[run] = ims
         logger.info("%-14s top-1 %.1f%% (chance %.1f%%)  CLIP score %.1f  KID %.3g  FID %.3g  %.3f s/image", run,

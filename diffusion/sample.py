@@ -7,7 +7,6 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -24,7 +23,7 @@ class SampleConfig:
     checkpoint: str = options.opt("mithridate-out/diffusion", "diffusion checkpoint (`train` folder or model.pt)")
     prompt: str = options.opt("a cow", "prompt(s), several separated by |")
     n: int = options.opt(4, "images per prompt")
-    sampler: Literal["ddpm", "ddim", "euler", "heun", "dpmpp_2m"] = options.opt("ddim", "sampler")
+    sampler: samplers.SamplerName = options.opt("ddim", "sampler")
     steps: int = options.opt(50, "sampler steps (ddpm: up to T, fixed-small variance when respaced)")
     guidance: float = options.opt(3.0, "classifier-free guidance scale s (1 = conditional, 0 = unconditional)")
     eta: float = options.opt(0.0, "DDIM η (0 = deterministic)")
@@ -45,8 +44,9 @@ class SampleConfig:
             raise ValueError(f"SampleConfig.strength={self.strength!r}: must be within (0, 1]")
         if self.classifier_scale < 0:
             raise ValueError(f"SampleConfig.classifier_scale={self.classifier_scale!r}: must be >= 0")
-        if self.eta < 0 or (self.eta > 0 and self.sampler != "ddim"):
-            raise ValueError(f"SampleConfig.eta={self.eta!r}: η >= 0, and η > 0 only with sampler=ddim")
+        if self.eta < 0 or (self.eta > 0 and not samplers.SAMPLERS[self.sampler].takes_eta):
+            takes = "|".join(n for n, s in samplers.SAMPLERS.items() if s.takes_eta)
+            raise ValueError(f"SampleConfig.eta={self.eta!r}: η >= 0, and η > 0 only with sampler={takes}")
         if self.mask and not self.init_image:
             raise ValueError(f"SampleConfig.mask={self.mask!r}: inpainting needs init_image")
         if self.classifier_scale > 0 and not self.classifier:

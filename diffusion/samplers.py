@@ -20,6 +20,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -28,7 +29,9 @@ from diffusion.schedule import NoiseSchedule
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("ddpm", "ddim", "euler", "heun", "dpmpp_2m")
+# the sampler names, static for configs' CLI choices; equal to SAMPLERS' keys (registry at the end, tested)
+SamplerName = Literal["ddpm", "ddim", "euler", "heun", "dpmpp_2m"]
+SPACES = ("vp", "ve")
 # highest σ of the Karras samplers (EDM's σ_max). The cosine schedule's σ(T−1) ≈ 2·10⁴ would spend half of a
 # 10-step Karras ladder above σ = 200, where x is pure noise, and leave second-order steps too coarse below.
 SIGMA_MAX = 80.0
@@ -182,8 +185,9 @@ def sample(denoiser: Denoiser, x: torch.Tensor, sampler: str = "ddim", steps: in
             is Song et al.'s sampler with `eta`. "euler", "heun" (EDM Algorithm 1, no churn; first order on the
             last step to σ = 0) and "dpmpp_2m" (DPM-Solver++(2M), the first and last steps first order) solve
             the probability-flow ODE in σ on Karras sigmas.
-        steps: sampler steps, 1 … start_t + 1 (network evaluations: steps, or 2·steps − 1 for heun).
-        eta: DDIM's noise scale (0 = deterministic ODE, 1 = DDPM-like); only for sampler="ddim".
+        steps: sampler steps, 1 … start_t + 1 (network evaluations: `SAMPLERS[sampler].nfe(steps)`).
+        eta: DDIM's noise scale (0 = deterministic ODE, 1 = DDPM-like); only for the samplers that take it
+            (`Sampler.takes_eta`: "ddim").
         generator: source of all noise (ddpm, ddim with eta > 0, inpainting); on `x`'s device.
         start_t: the timestep index of `x` (default T − 1).
         inpaint: `(z_known, mask)`, both broadcastable to `x`; mask is 1 on the known region. After every step
@@ -200,24 +204,30 @@ def sample(denoiser: Denoiser, x: torch.Tensor, sampler: str = "ddim", steps: in
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r}: allowed values are {', '.join(SAMPLERS)}")
+    spec = SAMPLERS[sampler]
     if eta < 0:
         raise ValueError(f"eta={eta!r}: must be >= 0")
-    if eta > 0 and sampler != "ddim":
-        raise ValueError(f"eta={eta!r}: only sampler='ddim' takes eta (got sampler={sampler!r})")
+    if eta > 0 and not spec.takes_eta:
+        raise ValueError(f"eta={eta!r}: only sampler={_eta_names()} takes eta (got sampler={sampler!r})")
     start_t = _check_start(denoiser.schedule, start_t, "start_t")
     ts = timesteps(denoiser.schedule, steps, "trailing", start_t)
     _check_inpaint(inpaint, x)
     log.debug("sampling %s: %d steps from t=%d, batch %s", sampler, steps, start_t, tuple(x.shape))
     with torch.no_grad(), tqdm(total=steps, desc=sampler, disable=not progress) as bar:
-        run = _Run(denoiser, generator, inpaint, bar)
-        if sampler in ("ddpm", "ddim"):
-            return _SAMPLER_FNS[sampler](run, x, ts, eta)
+        run = _Run(denoiser, generator, inpaint, bar, eta)
+        if spec.space == "vp":
+            return spec.fn(run, x, ts)
         sched = denoiser.schedule
         sigma_start = float(sched.sigmas[start_t])
         sigma_max = min(sigma_start, SIGMA_MAX)
         sigmas = karras_sigmas(float(sched.sigmas[0]), sigma_max, steps).tolist()
         # y = x/√ᾱ = z0 + σ_start·ε, brought down to σ_max by scaling (z0's share is ≤ 1/σ_max of the noise there)
-        return _SAMPLER_FNS[sampler](run, x * math.sqrt(1 + sigma_start ** 2) * (sigma_max / sigma_start), sigmas)
+        return spec.fn(run, x * math.sqrt(1 + sigma_start ** 2) * (sigma_max / sigma_start), sigmas)
+
+
+def _eta_names() -> str:
+    """'ddim' (quoted, '|'-joined): the samplers that take η."""
+    return "|".join(repr(n) for n, s in SAMPLERS.items() if s.takes_eta)
 
 
 def _check_start(schedule: NoiseSchedule, start: int | None, name: str = "start") -> int:
@@ -243,12 +253,14 @@ def _check_inpaint(inpaint: tuple[torch.Tensor, torch.Tensor] | None, x: torch.T
 
 @dataclass
 class _Run:
-    """What every sampler shares: the model, the noise source, the inpainting pair and the progress bar."""
+    """What every sampler shares: the model, the noise source, the inpainting pair, the progress bar and η (DDIM's
+    noise scale; 0 for every other sampler, as `sample` checks)."""
 
     denoiser: Denoiser
     generator: torch.Generator | None
     inpaint: tuple[torch.Tensor, torch.Tensor] | None
     bar: tqdm
+    eta: float = 0.0
 
     def noise(self, like: torch.Tensor) -> torch.Tensor:
         return torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device=like.device)
@@ -283,7 +295,7 @@ class _Run:
         return mask * known + (1 - mask) * y
 
 
-def _ddpm(run: _Run, x: torch.Tensor, ts: list[int], eta: float) -> torch.Tensor:
+def _ddpm(run: _Run, x: torch.Tensor, ts: list[int]) -> torch.Tensor:
     """Ancestral sampling with the fixed-small posterior variance of the (respaced) betas."""
     for t, t_prev in zip(ts, ts[1:] + [-1]):
         x0, _ = run.denoiser(x, t)
@@ -298,15 +310,15 @@ def _ddpm(run: _Run, x: torch.Tensor, ts: list[int], eta: float) -> torch.Tensor
     return x
 
 
-def _ddim(run: _Run, x: torch.Tensor, ts: list[int], eta: float) -> torch.Tensor:
-    """DDIM (Song et al. 2021, eq. 12) on the denoiser's x̂_0 and ε̂."""
+def _ddim(run: _Run, x: torch.Tensor, ts: list[int]) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) on the denoiser's x̂_0 and ε̂, with η = `run.eta`."""
     for t, t_prev in zip(ts, ts[1:] + [-1]):
         x0, eps = run.denoiser(x, t)
         ab, ab_prev = run.alpha_bar(t), run.alpha_bar(t_prev)
         if t_prev < 0:
             x = x0
         else:
-            sigma = eta * math.sqrt(max((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev), 0.0))
+            sigma = run.eta * math.sqrt(max((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev), 0.0))
             x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma ** 2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * run.noise(x)
@@ -358,4 +370,44 @@ def _dpmpp_2m(run: _Run, y: torch.Tensor, sigmas: list[float]) -> torch.Tensor:
     return y
 
 
-_SAMPLER_FNS = {"ddpm": _ddpm, "ddim": _ddim, "euler": _euler, "heun": _heun, "dpmpp_2m": _dpmpp_2m}
+@dataclass(frozen=True)
+class Sampler:
+    """One entry of `SAMPLERS`.
+
+    Attributes:
+        name: its key in `SAMPLERS` (and the CLI's `sampler=` value).
+        fn: `fn(run, x, grid) -> x̂_0`, one signature for all: in space "vp", x is the VP latent and grid the
+            descending integer timesteps (`timesteps`, trailing); in "ve", x is y = x/√ᾱ and grid the Karras σs
+            ending in 0. η, noise and inpainting come with `run`.
+        space: "vp" or "ve" (module docstring); `sample` builds the grid and the starting point from it.
+        order: network evaluations per step, as diffusers' `SchedulerMixin.order` (not the accuracy order:
+            DPM-Solver++(2M) is second-order accurate from one evaluation per step); the last step, to σ = 0
+            or t = −1, always takes one.
+        takes_eta: accepts DDIM's η > 0.
+    """
+
+    name: str
+    fn: Callable[[_Run, torch.Tensor, list], torch.Tensor]
+    space: str
+    order: int = 1
+    takes_eta: bool = False
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"Sampler {self.name!r}: space={self.space!r}: allowed values are {', '.join(SPACES)}")
+        if self.order < 1:
+            raise ValueError(f"Sampler {self.name!r}: order={self.order!r}: must be >= 1")
+
+    def nfe(self, steps: int) -> int:
+        """Network evaluations of a `steps`-step run (order per step, one on the last), before classifier-free
+        guidance doubles the batch."""
+        return steps + (self.order - 1) * (steps - 1)
+
+
+SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
+    Sampler("ddpm", _ddpm, "vp"),
+    Sampler("ddim", _ddim, "vp", takes_eta=True),
+    Sampler("euler", _euler, "ve"),
+    Sampler("heun", _heun, "ve", order=2),
+    Sampler("dpmpp_2m", _dpmpp_2m, "ve"),
+)}

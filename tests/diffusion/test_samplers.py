@@ -8,6 +8,7 @@ samplers must converge to at their order. Everything runs in float64 on one thre
 from __future__ import annotations
 
 import math
+import typing
 
 import numpy as np
 import pytest
@@ -228,7 +229,7 @@ def test_start_t_runs_only_the_schedule_below_it(sampler):
 
     steps = 10
     sample(Denoiser(recording, LINEAR), _noise(6, 4), sampler, steps, start_t=300)
-    assert len(seen) == (2 * steps - 1 if sampler == "heun" else steps)
+    assert len(seen) == SAMPLERS[sampler].nfe(steps)
     assert seen[0] == 300 and max(seen) == 300 and min(seen) >= 0
     with pytest.raises(ValueError, match="steps"):
         sample(Denoiser(net, LINEAR), _noise(6, 4), sampler, 302, start_t=300)
@@ -322,6 +323,19 @@ def test_progress_bar_and_float32(capsys):
     out = sample(den, _noise(11, 8).float(), "heun", 3, progress=True)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert "heun" in capsys.readouterr().err
+
+
+def test_registry_names_orders_and_cli_choices():
+    assert typing.get_args(samplers.SamplerName) == tuple(SAMPLERS)  # the static Literal follows the registry
+    assert all(name == s.name for name, s in SAMPLERS.items())
+    assert {n: s.order for n, s in SAMPLERS.items()} == {"ddpm": 1, "ddim": 1, "euler": 1, "heun": 2, "dpmpp_2m": 1}
+    assert [SAMPLERS["heun"].nfe(k) for k in (1, 2, 10)] == [1, 3, 19]  # the step to σ = 0 is one evaluation
+    assert SAMPLERS["dpmpp_2m"].nfe(10) == 10
+    assert [n for n, s in SAMPLERS.items() if s.takes_eta] == ["ddim"]
+    assert {n: s.space for n, s in SAMPLERS.items()} == {"ddpm": "vp", "ddim": "vp", "euler": "ve", "heun": "ve",
+                                                         "dpmpp_2m": "ve"}
+    with pytest.raises(ValueError, match="space"):
+        samplers.Sampler("x", samplers.SAMPLERS["euler"].fn, "edm")
 
 
 def test_bad_inputs_name_the_field():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffusion.nn import count_parameters
-from diffusion.unet import PRESETS, UNet
+from diffusion.unet import PRESETS, UNET_DEFAULTS, UNet
 
 TINY = PRESETS["tiny"]
 
@@ -68,6 +68,14 @@ def test_config_round_trip_rebuilds_identical_model():
     clone.load_state_dict(model.state_dict())
     batch = _inputs()
     assert torch.equal(model(**batch), clone(**batch))
+
+
+def test_defaults_come_from_the_constructor_and_keep_their_values():
+    assert UNET_DEFAULTS == {"in_channels": 4, "channels": (64, 128), "layers_per_level": 2, "attention_levels": (1,),
+                             "cross_attention_levels": (1,), "mid_attention": True, "cond_dim": 256,
+                             "token_dim": 128, "heads": 4, "groups": 32, "dropout": 0.0, "time_dim": None}
+    assert PRESETS["cpu"] == UNET_DEFAULTS and UNet(**PRESETS["cpu"]).config == UNet().config
+    assert all(set(p) == set(UNET_DEFAULTS) for p in PRESETS.values())
 
 
 def test_cpu_preset_parameter_count():
