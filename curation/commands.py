@@ -138,9 +138,7 @@ def _config(cls: type, presets: dict, args: argparse.Namespace):
     if not isinstance(saved, dict) or saved.get("_config", cls.__name__) != cls.__name__:
         kind = saved.get("_config") if isinstance(saved, dict) else type(saved).__name__
         raise ValueError(f"--config={args.config}: holds a {kind} config; this command takes {cls.__name__}")
-    base = options.from_dict(cls, saved)
-    names = [f.name for f in dataclasses.fields(cls)]
-    return options.resolve(cls, {"default": base}, "default", {n: getattr(args, n) for n in names})
+    return options.from_args(cls, {"default": options.from_dict(cls, saved)}, args)
 
 
 def main(commands: dict, prog: str, argv: list[str] | None = None, description: str = "") -> int:

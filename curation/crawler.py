@@ -150,7 +150,7 @@ class Crawler:
             signals = sorted(set(page_sig + self.hosts.get(ref.url).signals(ref.url)))
             pairs.append({"url": ref.url, "text": schema.normalize_text(ref.alt), "page_url": final,
                           "domain": urlsplit(ref.url).netloc.lower(), "source": "crawl", "signals": signals})
-        same = [link for link in page.links if _origin(link) == _origin(final)]
+        same = [link for link in page.links if robots.origin(link) == robots.origin(final)]
         return PageResult(url, "fetched", pairs=pairs, links=same)
 
     def _schedule(self, state: "CrawlState", pool, futures: dict, in_flight, next_time) -> None:
@@ -238,7 +238,7 @@ class CrawlState:
     def push(self, url: str, depth: int) -> None:
         if url not in self.seen:
             self.seen.add(url)
-            self.queues[_origin(url)].append((url, depth))
+            self.queues[robots.origin(url)].append((url, depth))
 
     def save(self, out: Path, in_flight: list[tuple[str, int]]) -> None:
         """Write new pairs to `<out>/_partial/` and the frontier (in-flight pages included) to `_state.json`."""
@@ -262,7 +262,7 @@ class CrawlState:
         state.seen, state.stats = set(saved["seen"]), collections.Counter(saved["stats"])
         state.scheduled = saved["scheduled"]
         for url, depth in saved["frontier"]:
-            state.queues[_origin(url)].append((url, depth))
+            state.queues[robots.origin(url)].append((url, depth))
         parts = sorted((out / "_partial").glob("*.parquet"))
         state.pairs = [p for f in parts for p in schema.read(f, "pairs").to_pylist()][: saved["saved_pairs"]]
         state.saved_pairs = len(state.pairs)
@@ -274,11 +274,6 @@ class CrawlState:
     def clear(out: Path) -> None:
         shutil.rmtree(out / "_partial", ignore_errors=True)
         (out / "_state.json").unlink(missing_ok=True)
-
-
-def _origin(url: str) -> str:
-    p = urlsplit(url)
-    return f"{p.scheme}://{p.netloc.lower()}"
 
 
 def run(cfg: CrawlConfig) -> Path:

@@ -15,6 +15,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -126,8 +127,6 @@ def _header_size(stream) -> tuple[int, int]:
     try:
         return Image.open(stream).size  # reads the header only
     except Image.DecompressionBombError as err:  # over 2 × PIL's MAX_IMAGE_PIXELS: a bomb, not an unknown size
-        import re
-
         m = re.search(r"\((\d+) pixels\)", str(err))
         return (int(m.group(1)) if m else 2**63), 1  # its pixel count, as (pixels, 1)
     except (UnidentifiedImageError, OSError, ValueError):
@@ -195,7 +194,7 @@ def host_signals(cfg: DownloadConfig, rows: pa.Table) -> pa.Table:
         return rows
     cache = robots.HostCache(robots.fetcher(_opener(cfg, files=True), cfg.timeout_s))
     urls = rows["url"].to_pylist()
-    web = [u if urlsplit(u).scheme in ("http", "https") and urlsplit(u).netloc else None for u in urls]
+    web = [u if (p := urlsplit(u)).scheme in ("http", "https") and p.netloc else None for u in urls]
     first = {robots.origin(u): u for u in reversed(web) if u}
     with ThreadPoolExecutor(max(1, min(cfg.threads, len(first)))) as pool:
         list(pool.map(cache.get, first.values()))

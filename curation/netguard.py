@@ -144,6 +144,9 @@ class _Bounded:
 
         return self._deadline.run(self._per_read, call)
 
+    def sendall(self, *args):
+        return self._bounded(super().sendall, *args)
+
 
 class _DeadlineSocket(_Bounded, socket.socket):
     """A plain TCP socket bounded by a request deadline."""
@@ -161,18 +164,12 @@ class _DeadlineSocket(_Bounded, socket.socket):
     def recv(self, *args):
         return self._bounded(super().recv, *args)
 
-    def sendall(self, *args):
-        return self._bounded(super().sendall, *args)
-
 
 class _DeadlineSSLSocket(_Bounded, ssl.SSLSocket):
     """A TLS socket bounded by a request deadline (recv and recv_into read through `read`)."""
 
     def read(self, *args):
         return self._bounded(super().read, *args)
-
-    def sendall(self, *args):
-        return self._bounded(super().sendall, *args)
 
     def do_handshake(self, *args):
         return self._bounded(super().do_handshake, *args)

@@ -90,15 +90,7 @@ def resolve(cls: type, presets: dict[str, Any], preset: str, overrides: dict[str
     """Apply `overrides` (raw strings, None = not given) to preset `preset` of config class `cls`."""
     if preset not in presets:
         raise ValueError(f"--preset={preset!r}: allowed values are {', '.join(sorted(presets))}")
-    hints = _hints(cls)
-    changes = {}
-    for name, raw in overrides.items():
-        if raw is None:
-            continue
-        if name not in hints:
-            raise ValueError(f"unknown field {name!r} for {cls.__name__}; valid fields: {', '.join(hints)}")
-        changes[name] = _parse_value(name, hints[name], raw)
-    return dataclasses.replace(presets[preset], **changes)
+    return build(cls, presets, preset, {name: raw for name, raw in overrides.items() if raw is not None})
 
 
 def field_type(cls: type, name: str) -> Any:

@@ -226,10 +226,10 @@ _SIGNAL_COLUMNS = {"kind": "signal", "host": "deciding host", "details": "detail
                    "truth_compliance": "compliance"}
 
 
-def _optout_section(d: dict) -> str:
+def _optout_section(d: dict, table: list[dict]) -> str:
+    """The opt-out section: the summary, then `table` (`optout_signal_table`, computed once for metrics too)."""
     summary = H.table([{"metric": k, "value": json.dumps(v) if isinstance(v, dict) else v}
                        for k, v in optout_metrics(d).items()])
-    table = optout_signal_table(d["rows"], d["manifest"])
     policy = (f"download policy: {d['download_config'].get('policy', '?')} · filter opt-out policy: "
               f"{d['filter_config'].get('optout', '?')}")
     note = ("Deciding host: the host whose file decided (robots.txt, ai.txt, /.well-known/tdmrep.json), else the "
@@ -332,6 +332,7 @@ def metrics(d: dict) -> dict:
 def sections(cfg: DatasetReportConfig) -> tuple[list[tuple[str, str]], dict]:
     """(heading, html) sections of the dataset audit and its flat metrics."""
     d = load(cfg)
+    m = metrics(d)
     reasons = reason_counts(d["rows"])
     dup = {k: v for k, v in reasons.items() if k.startswith("duplicate_")}
     out = [
@@ -340,7 +341,7 @@ def sections(cfg: DatasetReportConfig) -> tuple[list[tuple[str, str]], dict]:
         ("Why rows were excluded", H.figure(figures.bars(reasons, "excluded rows by first reason"), "reasons")
          + H.table([{"reason": k, "rows": v} for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])])),
         ("Scores", _score_section(d)),
-        ("Opt-out compliance", _optout_section(d)),
+        ("Opt-out compliance", _optout_section(d, m["optout/by_signal"])),
         ("Duplicates per layer", H.table([{"layer": k, "rows": v} for k, v in sorted(dup.items())])),
         ("Domains and licences", _domains_section(d)),
         ("Samples", _samples_section(d, cfg.samples)),
@@ -352,7 +353,7 @@ def sections(cfg: DatasetReportConfig) -> tuple[list[tuple[str, str]], dict]:
     if gt:
         out.append(("Against the demo web's ground truth", H.table(
             [{"metric": k, "value": json.dumps(v) if isinstance(v, dict) else v} for k, v in gt.items()])))
-    return out, metrics(d)
+    return out, m
 
 
 def build(cfg: DatasetReportConfig) -> Path:
