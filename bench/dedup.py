@@ -1,4 +1,4 @@
-"""Benchmark: semantic dedup (SemDeDup, `curation.dedup.semantic_duplicates`) on 100k random unit vectors.
+"""Benchmark: semantic dedup (SemDeDup, `curation.select.dedup.semantic_duplicates`) on 100k random unit vectors.
 
     python bench/dedup.py                         # 100k × 128-D, 1,000 planted near-duplicates, ε = 0.01
     python bench/dedup.py --n 300000 --planted 5000 --keep hard
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/dedup.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from curation import dedup  # noqa: E402
+from curation.select import dedup  # noqa: E402
 
 
 def planted_vectors(n: int, dim: int, planted: int, noise: float,

@@ -39,9 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/download.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from curation import art, crawler, netguard, schema, web  # noqa: E402
-from curation.optout import AI_DIRECTIVES  # noqa: E402
-from curation.pairs import write_pairs  # noqa: E402
+from curation.acquire import crawler, netguard
+from curation.acquire.pairs import write_pairs  # noqa: E402
+from curation.acquire.signals import AI_DIRECTIVES  # noqa: E402
+from curation.world import art, web  # noqa: E402
+from mithridate.core import schema
 
 logger = logging.getLogger("bench.download")
 

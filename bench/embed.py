@@ -2,7 +2,7 @@
 
 The anchor is what clip-retrieval's inference does, written out with open_clip alone: read a shard, decode
 each image, apply open_clip's preprocess, stack, `encode_image`; tokenize, `encode_text`; normalise; save.
-Ours is `curation.embed.run`. Both load the model from the same compact checkpoint inside their timed region,
+Ours is `curation.score.embed.run`. Both load the model from the same compact checkpoint inside their timed region,
 write fp16 `.npz` files, and run in this process, alternating which goes first.
 
     python bench/embed.py                         # shards of the default demo, random-init default compact CLIP
@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/embed.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from curation import clip_train, embed, encoders  # noqa: E402
+from curation.score import clip_train, embed, encoders  # noqa: E402
+from mithridate.core import compute
 from reports import demo  # noqa: E402
 
 logger = logging.getLogger("bench.embed")
@@ -157,7 +158,7 @@ def same_embeddings(a: Path, b: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.device = encoders.resolve_device(args.device)
+    args.device = compute.resolve_device(args.device)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-embed-"))
     shards = make_shards(out, args.art_preset, args.cache_dir, args.copies)
     ckpt = make_checkpoint(out, args.checkpoint)

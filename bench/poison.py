@@ -26,9 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/poison.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from curation import encoders  # noqa: E402
-from diffusion import pipeline, vae  # noqa: E402
+from diffusion import (
+    pipeline,  # noqa: E402
+    vae_train as vae,
+)
 from diffusion.autoencoder import Autoencoder  # noqa: E402
+from mithridate.core import compute
 from poisoning import nightshade  # noqa: E402
 
 logger = logging.getLogger("bench.poison")
@@ -58,7 +61,7 @@ def autoencoder(checkpoint: str) -> tuple[Autoencoder, int]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    device = encoders.resolve_device(args.device)
+    device = compute.resolve_device(args.device)
     ae, size = autoencoder(args.checkpoint)
     ae = ae.to(device)
     g = torch.Generator().manual_seed(0)

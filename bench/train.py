@@ -35,8 +35,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as `python bench/train.py` from anywhere
 
-from diffusion.schedule import NoiseSchedule
 from diffusion.nn import count_parameters
+from diffusion.schedule import NoiseSchedule
 from diffusion.unet import PRESETS, UNet
 
 logger = logging.getLogger("bench.train")

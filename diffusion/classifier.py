@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curation import options
 from diffusion.nn import timestep_embedding
 from diffusion.schedule import NoiseSchedule
+from mithridate.core import disk
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def save_classifier(model: LatentClassifier, path: str | Path, extra: dict | Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with options.atomic(path) as tmp, open(tmp, "wb") as fh:
+    with disk.atomic(path) as tmp, open(tmp, "wb") as fh:
         torch.save({"format": FORMAT, "config": dict(model.config), "state_dict": state, **extra}, fh)
     return path
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curation import encoders, options
 from diffusion import classifier as clf_mod, data, pipeline
 from diffusion.schedule import NoiseSchedule
+from mithridate.core import compute, disk, options
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ClassifierTrainConfig:
         if isinstance(self.concepts, list):
             object.__setattr__(self, "concepts", tuple(self.concepts))
         options.check_positive(self, "steps", "batch_size", "lr", "width", "depth")
-        encoders.resolve_device(self.device)
+        compute.resolve_device(self.device)
 
 
 PRESETS = {"default": ClassifierTrainConfig(),
@@ -72,12 +72,12 @@ def run(cfg: ClassifierTrainConfig) -> Path:
     sched = NoiseSchedule(**ckpt["schedule"])
     model, stats = clf_mod.train_classifier(z, torch.as_tensor(labels), sched, len(concepts), steps=cfg.steps,
                                             batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, width=cfg.width,
-                                            depth=cfg.depth, device=encoders.resolve_device(cfg.device),
+                                            depth=cfg.depth, device=compute.resolve_device(cfg.device),
                                             progress=True)
     info = {"concepts": concepts, "schedule": ckpt["schedule"], "image_size": int(ckpt["image_size"]),
             "diffusion_checkpoint": str(pipeline.checkpoint_path(cfg.checkpoint)), "latents": len(z), "stats": stats}
     clf_mod.save_classifier(model, out / "classifier.pt", info)
-    options.write_text(out / "classifier.json", json.dumps(info, indent=2, default=float) + "\n")
+    disk.write_text(out / "classifier.json", json.dumps(info, indent=2, default=float) + "\n")
     logger.info("classifier: clean accuracy %.1f%% (chance %.1f%%) → %s", 100 * stats["acc_clean"],
                 100 / len(concepts), out / "classifier.pt")
     return out

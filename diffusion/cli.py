@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from curation.commands import Command, main as _main
+from mithridate.core.commands import Command, main as _main
 
 COMMANDS = {
     ("vae", "train"): Command(
-        "diffusion.vae", "VaeTrainConfig",
+        "diffusion.vae_train", "VaeTrainConfig",
         "train the KL autoencoder (the latent space; frozen afterwards) on exported training shards; reports held-out"
         " PSNR",
         examples=(

@@ -17,10 +17,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 from PIL import Image, ImageOps
+from scipy import ndimage
 
-from curation import schema
+from mithridate.core import schema
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def is_corpus(folder: str | Path) -> bool:
 
 def load_corpus(folder: str | Path, image_size: int, background: str = "white") -> ImageSet:
     """An art corpus as training rows: its PNGs with alt-text-like captions `CORPUS_CAPTION`."""
-    from curation import art
+    from curation.world import art
 
     folder = Path(folder)
     column = "path64" if image_size > 32 else "path32"

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation import clip_train, encoders, options
+from curation.score import clip_train, encoders
 from diffusion import data, grid, metrics, samplers
 from diffusion.pipeline import Pipeline
+from mithridate.core import disk, options
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def run(cfg: EvaluateConfig) -> Path:
               "judge": judge.encoder.name, "concepts": concepts, "n_per_concept": cfg.n_per_concept,
               "real_images": len(real), "judge_on_real": judge_real, "real_vs_real_floor": floor, "runs": rows,
               "grids": write_grids(images, concepts, cfg.n_per_concept, out)}
-    options.write_text(out / "evaluation.json", json.dumps(result, indent=2, default=float) + "\n")
+    disk.write_text(out / "evaluation.json", json.dumps(result, indent=2, default=float) + "\n")
     logger.info("judge on the real images: top-1 %.1f%% (chance %.1f%%); real-vs-real KID %.3g → %s",
                 100 * judge_real["top1"], 100 * judge_real["chance"], floor.get("kid", float("nan")), out)
     return out

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from curation import encoders
-from diffusion import data, samplers, vae as vae_mod
-from diffusion.classifier import guidance_grad
+from diffusion import data, samplers, vae_train as vae_mod
 from diffusion.autoencoder import Autoencoder
+from diffusion.classifier import guidance_grad
 from diffusion.schedule import NoiseSchedule
 from diffusion.text import Conditioning, TextEncoder, load_text_encoder
 from diffusion.unet import UNet
+from mithridate.core import checkpoints, compute
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def read_checkpoint(path: str | Path) -> dict:
     p = checkpoint_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"diffusion checkpoint not found: {p} (train one with `mithridate train`)")
-    ckpt = encoders.load_torch(p, "delete it and rerun `mithridate train` to retrain (or give another model.pt)")
+    ckpt = checkpoints.load(p, "delete it and rerun `mithridate train` to retrain (or give another model.pt)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format", sorted(ckpt)[:6]) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{p}: not a diffusion checkpoint from `mithridate train` (found {found!r})")
@@ -100,7 +100,7 @@ class Pipeline:
     def load(cls, path: str | Path, device: str = "auto", clip: str = "") -> "Pipeline":
         """Load `model.pt` (or its folder); `clip` overrides where the text encoder is looked for."""
         ckpt = read_checkpoint(path)
-        device = encoders.resolve_device(device)
+        device = compute.resolve_device(device)
         unet = build_unet(ckpt["unet_config"], ckpt["unet_state"], str(checkpoint_path(path)))
         text = load_text_encoder(ckpt["text"], device, clip)
         sched = NoiseSchedule(**ckpt["schedule"])
@@ -109,7 +109,7 @@ class Pipeline:
                    int(ckpt["image_size"]), device, info)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda"))
+        return compute.autocast(self.device, compute.use_bf16("auto", self.device))
 
     def _net(self, cond: Conditioning, guidance: float):
         """The raw network as samplers see it, with classifier-free guidance at scale `guidance`."""

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from curation import options
 from diffusion import classifier as clf_mod, data, grid, samplers
 from diffusion.pipeline import Pipeline
+from mithridate.core import disk, options
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,6 @@ def run(cfg: SampleConfig) -> Path:
     meta = {"checkpoint": str(cfg.checkpoint), "prompts": prompts, "files": files, "sampler": cfg.sampler,
             "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "image_size": pipe.image_size,
             "mode": "inpaint" if mask is not None else "img2img" if init is not None else "text2img"}
-    options.write_text(out / "samples.json", json.dumps(meta, indent=2) + "\n")
+    disk.write_text(out / "samples.json", json.dumps(meta, indent=2) + "\n")
     logger.info("%d images → %s (grid: %s)", len(images), out, out / "grid.png")
     return out

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from curation import encoders
+from curation.score import encoders
 
 logger = logging.getLogger(__name__)
 

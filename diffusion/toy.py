@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from curation import options
 from diffusion.schedule import NoiseSchedule
+from mithridate.core import disk, options
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def load_emoji_dino(cfg: ToyConfig, n: int, rng: np.random.Generator) -> np.ndar
     """A point cloud from the 🦕 silhouette (64 px) of the art corpus, built or reused when `art_dir` is empty."""
     from PIL import Image
 
-    from curation import art
+    from curation.world import art
 
     folder = Path(cfg.art_dir) if cfg.art_dir else art.run(art.ArtConfig(max_concepts=2, include=DINO_CONCEPTS))
     if not (folder / "art.parquet").exists():
@@ -428,7 +428,7 @@ def run(cfg: ToyConfig) -> Path:
     plot_trajectories(out / "trajectories.png", data_np, runs, last)
     plot_losses(out / "losses.png", {v: r["_losses"] for v, r in results.items()})
     summary["seconds"] = round(time.perf_counter() - start, 2)
-    options.write_text(out / "toy.json", json.dumps(summary, indent=2) + "\n")
+    disk.write_text(out / "toy.json", json.dumps(summary, indent=2) + "\n")
     log.info("ordering (no_time worst … fourier_shifted best) holds: %s", summary["ordering_holds"])
     return out
 

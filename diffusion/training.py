@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from curation import curves, encoders, options
-from curation.lr import warmup_cosine
-from diffusion import data, grid, pipeline, unet as unet_mod, vae as vae_mod
+from diffusion import data, grid, pipeline, unet as unet_mod, vae_train as vae_mod
 from diffusion.nn import count_parameters
 from diffusion.pipeline import Pipeline
 from diffusion.schedule import NoiseSchedule
 from diffusion.text import Conditioning, TextEncoder
+from mithridate.core import checkpoints, compute, curves, disk, options
+from mithridate.core.lr import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class TrainConfig:
                      "max_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be >= 0")
-        encoders.resolve_device(self.device)
+        compute.resolve_device(self.device)
 
 
 PRESETS = {
@@ -148,7 +148,7 @@ def init_weights(cfg: TrainConfig, model: torch.nn.Module, ema: torch.nn.Module,
         raise ValueError(f"{where}: its UNet config differs from model={cfg.model!r} with these encoders")
     if ckpt["text"]["name"] != text.name:
         raise ValueError(f"{where}: trained with text encoder {ckpt['text']['name']}, clip= holds {text.name}")
-    if encoders.state_dict_digest(ckpt["vae"]["state_dict"]) != encoders.state_dict_digest(ae.state_dict()):
+    if checkpoints.digest(ckpt["vae"]["state_dict"]) != checkpoints.digest(ae.state_dict()):
         raise ValueError(f"{where}: trained on another autoencoder's latents than vae={cfg.vae!r}")
     same = {"prediction": cfg.prediction, "schedule": {"num_timesteps": cfg.timesteps, "kind": cfg.schedule}}
     for key, value in same.items():
@@ -199,7 +199,7 @@ def save_state(st: State, path: Path) -> None:
     blob = {"model": st.model.state_dict(), "ema": st.ema.state_dict(), "opt": st.opt.state_dict(),
             "gen": st.gen.get_state(), "step": st.step, "total": st.total, "curve": st.curve,
             "seconds": st.seconds}
-    encoders.save_atomic(blob, path)
+    checkpoints.save(blob, path)
 
 
 RESTART = "delete it to train from step 0 (or choose another output folder)"
@@ -208,7 +208,7 @@ STATE_KEYS = ("model", "ema", "opt", "gen", "step", "total", "curve", "seconds")
 
 def load_state(st: State, path: Path) -> None:
     """Resume from `last.pt`; a truncated or foreign file is a one-line error (never a silent restart)."""
-    blob = encoders.load_torch(path, RESTART, "not a readable training state")
+    blob = checkpoints.load(path, RESTART, "not a readable training state")
     missing = [k for k in STATE_KEYS if not isinstance(blob, dict) or k not in blob]
     if missing:
         raise ValueError(f"{path}: not a diffusion training state (lacks {missing}); {RESTART}")
@@ -237,7 +237,7 @@ def checkpoint_dict(cfg: TrainConfig, ema: torch.nn.Module, ae, text: TextEncode
 
 
 def write_model(ckpt: dict, out: Path) -> Path:
-    return encoders.save_atomic(ckpt, out / pipeline.CHECKPOINT_FILE)
+    return checkpoints.save(ckpt, out / pipeline.CHECKPOINT_FILE)
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def _step(st: State, lat: Latents, sched: NoiseSchedule, cfg: TrainConfig, devic
     progress = (st.step - cfg.warmup_steps) / max(1, st.total - cfg.warmup_steps)
     for group in st.opt.param_groups:  # to 10% of the peak
         group["lr"] = warmup_cosine(cfg.lr, st.step, cfg.warmup_steps, progress, floor=0.1, warmup_first=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+    with compute.autocast(device, compute.use_bf16("auto", device)):
         loss = loss_fn(st.model, sched, x0, cond.to(device), t, noise, cfg.prediction, cfg.min_snr_gamma)
     if not torch.isfinite(loss):
         return float(loss.detach())
@@ -326,7 +326,7 @@ def run(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     options.check_resumable(cfg, out, runtime_fields=("device", "compile"))
     options.write_config(cfg, out)
-    device = encoders.resolve_device(cfg.device)
+    device = compute.resolve_device(cfg.device)
     vae_ckpt = vae_mod.read_checkpoint(cfg.vae)
     image_size = int(vae_ckpt["train_config"]["image_size"])
     ae = vae_mod.from_checkpoint(vae_ckpt, device)
@@ -368,7 +368,7 @@ def run(cfg: TrainConfig) -> Path:
                "loss_first": float(np.mean(losses[:w])), "loss_last": float(np.mean(losses[-w:])), "loss_window": w,
                "latent_shape": list(lat.mean.shape[1:]), "clip_x0": clip_x0}
     write_model(checkpoint_dict(cfg, ema, ae, text, sched, clip_x0, image_size, summary), out)
-    options.write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
+    disk.write_text(out / "train.json", json.dumps(summary, indent=2) + "\n")
     curves.write_curve(st.curve, ["step", "loss", "lr"], out, "weighted MSE", log=True, window=25,
                        title="diffusion training loss")
     on_sample(st.step)

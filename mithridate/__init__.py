@@ -14,23 +14,35 @@ its function is first used.
 
 from __future__ import annotations
 
-from curation.commands import api_function, api_name
-from mithridate.cli import COMMANDS, main
-
-_BY_NAME = {api_name(words): (words, command) for words, command in COMMANDS.items()}
+_by_name: dict | None = None  # API name → (command words, Command); read on first use (no import cycle with the core)
 _loaded: dict = {}
 
 
+def _commands() -> dict:
+    global _by_name
+    if _by_name is None:
+        from mithridate.cli import COMMANDS
+        from mithridate.core.commands import api_name
+
+        _by_name = {api_name(words): (words, command) for words, command in COMMANDS.items()}
+    return _by_name
+
+
 def __getattr__(name: str):
-    if name not in _BY_NAME:
-        raise AttributeError(f"module 'mithridate' has no attribute {name!r}; commands: {', '.join(sorted(_BY_NAME))}")
+    if name == "main":
+        from mithridate.cli import main
+
+        return main
+    if name == "__all__":
+        return ["main", *sorted(_commands())]
+    if name.startswith("__") or name not in _commands():
+        raise AttributeError(f"module 'mithridate' has no attribute {name!r}; commands: {', '.join(sorted(_commands()))}")
     if name not in _loaded:
-        _loaded[name] = api_function(*_BY_NAME[name])
+        from mithridate.core.commands import api_function
+
+        _loaded[name] = api_function(*_commands()[name])
     return _loaded[name]
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_BY_NAME])
-
-
-__all__ = ["main", *sorted(_BY_NAME)]
+    return sorted([*globals(), "main", *_commands()])

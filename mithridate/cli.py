@@ -6,7 +6,7 @@ import curation.cli
 import diffusion.cli
 import poisoning.cli
 import reports.cli
-from curation import commands
+from mithridate.core import commands
 
 COMMANDS = commands.merge(("curation", curation.cli.COMMANDS), ("diffusion", diffusion.cli.COMMANDS),
                           ("poisoning", poisoning.cli.COMMANDS), ("reports", reports.cli.COMMANDS))

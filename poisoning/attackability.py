@@ -26,8 +26,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from curation import options  # noqa: E402
-from diffusion import vae as vae_mod  # noqa: E402
+from diffusion import vae_train as vae_mod  # noqa: E402
+from mithridate.core import (
+    disk,
+    options,  # noqa: E402
+)
 from poisoning import candidates, intervals, nightshade, pool as attack_pool, quality  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -177,7 +180,7 @@ def run(cfg: AttackabilityConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     result = curve(cfg)
     path = out / "attackability.json"
-    options.write_text(path, json.dumps(result, indent=2) + "\n")
+    disk.write_text(path, json.dumps(result, indent=2) + "\n")
     figure(result, out / "attackability.png")
     v = result["verdict"]
     logger.info("attackability: best gap closed at an invisible budget %s (%s) → %s",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from curation.commands import Command, main as _main
+from mithridate.core.commands import Command, main as _main
 
 COMMANDS = {
     ("poison", "inject"): Command(
@@ -14,7 +14,7 @@ COMMANDS = {
             "--out=runs/inject",
         )),
     ("poison", "pair"): Command(
-        "poisoning.pairs", "PairConfig",
+        "poisoning.concept_pair", "PairConfig",
         "a concept pair with many clean images for dose experiments (vehicle → animal super-concepts, or one artist's"
         " style → another's) from the art corpus, and its independent judge → train/, pair.json, judge/",
         examples=(
@@ -46,7 +46,7 @@ COMMANDS = {
             "mithridate poison study --preset=tiny --data=runs/train --out=runs/study",
         )),
     ("optout", "evaluate"): Command(
-        "poisoning.optout", "OptoutConfig",
+        "poisoning.audit.artist_removal", "OptoutConfig",
         "does honouring opt-outs remove an artist from the model? datasets under each opt-out policy + retraining "
         "without the artist, one model each (same budget and seed), style probe, nearest-work similarity, l2-ratio "
         "memorisation → optout.json, optout.png",

@@ -14,10 +14,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curation import options, schema
 from diffusion import data
+from mithridate.core import disk, schema
 from poisoning import defences, inject
-
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -53,5 +52,5 @@ def purified(folder: Path, method: str, image_size: int, out: Path, seed: int) -
             if arr is not None:
                 r["jpg"] = _png(defences.purify(arr[None], method, seed)[0])
         schema.write(pa.Table.from_pylist(rows, schema=t.schema), out / f.name, "train")
-    options.write_text(done, method + "\n")  # after every shard (each written durably by schema.write)
+    disk.write_text(done, method + "\n")  # after every shard (each written durably by schema.write)
     return out

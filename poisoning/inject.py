@@ -40,9 +40,9 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from curation import encoders, options, schema
-from diffusion import data, grid, pipeline, vae
+from diffusion import data, grid, pipeline, vae_train as vae
 from diffusion.text import TextEncoder
+from mithridate.core import checkpoints, disk, options, schema
 from poisoning import candidates, defences, nightshade as ns, perceptual, pool as attack_pool, quality
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def attack_encoder(cfg: InjectConfig, ckpt: dict) -> tuple:
     if not cfg.vae:
         return victim, "white_box"
     ae = vae.load_vae(cfg.vae)
-    same = encoders.state_dict_digest(ae.state_dict()) == encoders.state_dict_digest(victim.state_dict())
+    same = checkpoints.digest(ae.state_dict()) == checkpoints.digest(victim.state_dict())
     if not same:
         logger.warning("vae=%s differs from the victim's autoencoder: this is a TRANSFER attack (recorded as "
                        "setting=transfer)", cfg.vae)
@@ -223,13 +223,13 @@ def run(cfg: InjectConfig) -> Path:
              "target_concept": cfg.target, "original_uid": pool.uids[i], "caption": r["caption"],
              "candidate_clip_score": float(chosen.clip_score[k]), **s}
             for k, (r, i, s) in enumerate(zip(rows, origin, stats))]
-    with options.atomic(out / "poisons.parquet") as tmp:
+    with disk.atomic(out / "poisons.parquet") as tmp:
         pd.DataFrame(meta).to_parquet(tmp, index=False)
     _grid(pool, origin, pixels, out / "poisons.png", cfg)
     clean_c = int(candidates.naming(clean.captions, cfg.source, known).sum())
     manifest = {**dataclasses.asdict(cfg), "setting": setting, "poisons": len(rows), "clean_source_samples": clean_c,
                 "pool_candidates": chosen.available, "pool_target_images": int(len(tgt)), "clean_rows": len(clean)}
-    options.write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    disk.write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     logger.info("%d %s poisons (%s → %s, %s; %d clean samples of %s) → %s", len(rows), cfg.attack, cfg.source,
                 cfg.target, setting, clean_c, cfg.source, out)
     return out

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from curation import encoders, options
 from diffusion import data
+from mithridate.core import checkpoints, compute, disk
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class ClipJudge:
 
         if len(concepts) < 2:
             raise ValueError(f"concepts={list(concepts)!r}: a judge needs at least 2 classes")
-        self.clip = Judge(str(path), list(concepts), encoders.resolve_device(device))
+        self.clip = Judge(str(path), list(concepts), compute.resolve_device(device))
         self.concepts = list(concepts)
         self.name = f"{label} ({self.clip.encoder.name})" if label else f"compact CLIP {self.clip.encoder.name}"
         self._acc: dict | None = None
@@ -330,8 +330,8 @@ def save(judge: ClassifierJudge, folder: str | Path) -> Path:
     ckpt = {"format": FORMAT, "classes": len(judge.concepts), "widths": widths, "concepts": judge.concepts,
             "name": judge.name, "info_json": json.dumps(info),
             "state_dict": {k: v.detach().cpu().clone() for k, v in judge.model.state_dict().items()}}
-    encoders.save_atomic(ckpt, folder / CHECKPOINT_FILE)
-    options.write_text(folder / INFO_FILE, json.dumps(info, indent=2) + "\n")
+    checkpoints.save(ckpt, folder / CHECKPOINT_FILE)
+    disk.write_text(folder / INFO_FILE, json.dumps(info, indent=2) + "\n")
     return folder
 
 
@@ -345,7 +345,7 @@ def load(folder: str | Path) -> ClassifierJudge:
     path = path / CHECKPOINT_FILE if path.is_dir() or path.suffix != ".pt" else path
     if not path.is_file():
         raise FileNotFoundError(f"classifier judge not found: {path} (train one and `save` it there)")
-    ckpt = encoders.load_torch(path, "train the judge again", "not a readable classifier judge")
+    ckpt = checkpoints.load(path, "train the judge again", "not a readable classifier judge")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: not a classifier judge (format {found!r}, expected {FORMAT!r})")

@@ -19,7 +19,6 @@ from diffusion.pipeline import Pipeline
 from poisoning import intervals
 
 
-
 def bleed_concepts(pipe: Pipeline, concepts: list[str], source: str, target: str, k: int) -> dict[str, list]:
     """The `k` concepts nearest to and farthest from the source in the text encoder's pooled space."""
     others = [c for c in concepts if c not in (source, target)]

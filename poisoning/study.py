@@ -26,8 +26,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from curation import options  # noqa: E402
-from diffusion import vae  # noqa: E402
+from diffusion import vae_train as vae  # noqa: E402
+from mithridate.core import (
+    disk,
+    options,  # noqa: E402
+)
 from poisoning import attackability  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -160,10 +163,10 @@ def run(cfg: StudyConfig) -> Path:
             result = measured(acfg, folder)
             rows += _rows(variant, seed, folder, result)
     table = pd.DataFrame(rows)
-    with options.atomic(out / "study.parquet") as tmp:
+    with disk.atomic(out / "study.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     result = summary(table)
-    options.write_text(out / "study.json", json.dumps(result, indent=2) + "\n")
+    disk.write_text(out / "study.json", json.dumps(result, indent=2) + "\n")
     frontier(table, out / "frontier.png")
     for variant, r in result.items():
         at8 = next((p for p in r["points"] if abs(p["eps_255"] - 8.0) < 1e-6), None)

@@ -37,11 +37,22 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from curation import encoders, options, schema
+from curation.score import encoders
 from diffusion import data, grid, pipeline
 from diffusion.pipeline import Pipeline
-from poisoning import (candidates, defences, doses, figure, folders, inject, intervals, measure, nightshade as ns,
-                       victim)
+from mithridate.core import disk, options, schema
+from poisoning import (
+    candidates,
+    defences,
+    dose_figure,
+    doses,
+    folders,
+    inject,
+    intervals,
+    measure,
+    nightshade as ns,
+    victim,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -456,7 +467,7 @@ def build_judge(cfg: SweepConfig, concepts: list[str], clean: data.ImageSet, tex
 def _trained_judge(cfg: SweepConfig, concepts: list[str], clean: data.ImageSet, folder: Path):
     """An independent pixel classifier over the model's concepts, trained on the clean rows with one whole
     artist (style) held out when there are several, else a share of the rows."""
-    from curation.encoders import torch_threads
+    from mithridate.core.compute import torch_threads
     from poisoning import judge as judges
 
     if (folder / "judge.json").is_file():
@@ -532,19 +543,19 @@ def run(cfg: SweepConfig) -> Path:
         if v.seed == cfg.seeds[0] and not v.pairs and not v.eps_sweep:
             shown.append((v.name, images))
     table = pd.DataFrame(results)
-    with options.atomic(out / "results.parquet") as tmp:
+    with disk.atomic(out / "results.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     _grid(shown, out / "generations.png")
-    figure.asr_vs_n(table, out / "asr.png", cfg.source, cfg.target)
-    figure.dose_response(table, out / "doses.png", cfg.source, cfg.target)
+    dose_figure.asr_vs_n(table, out / "asr.png", cfg.source, cfg.target)
+    dose_figure.dose_response(table, out / "doses.png", cfg.source, cfg.target)
     if cfg.eps_sweep:
-        figure.eps_curve(doses.eps_curve(table), out / "eps.png", cfg.target)
+        dose_figure.eps_curve(doses.eps_curve(table), out / "eps.png", cfg.target)
     defence = _defences(cfg, out, ckpt, clean)
-    options.write_text(out / "defences.json", json.dumps(defence, indent=2) + "\n")
+    disk.write_text(out / "defences.json", json.dumps(defence, indent=2) + "\n")
     summary = setup(cfg, ckpt, concepts, groups, clean, out)
     summary.update(analysis(cfg, table, judge.info()))
     summary["seconds"] = round(time.time() - t0, 1)
-    options.write_text(out / "sweep.json", json.dumps(summary, indent=2) + "\n")
+    disk.write_text(out / "sweep.json", json.dumps(summary, indent=2) + "\n")
     for line in headline(summary):
         logger.info("%s", line)
     return out

@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation import options
 from diffusion import pipeline, training
+from mithridate.core import options
 
 logger = logging.getLogger(__name__)
 

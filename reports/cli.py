@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from curation.commands import Command, main as _main
+from mithridate.core.commands import Command, main as _main
 
 COMMANDS = {
     ("report", "dataset"): Command(

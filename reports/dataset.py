@@ -16,9 +16,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from curation import options, schema
-from reports import figures
-from reports import html as H
+from mithridate.core import disk, options, schema
+from reports import figures, html as H
 
 logger = logging.getLogger(__name__)
 OPTOUT_REASONS = ("optout_signal", "registry_url", "registry_domain", "registry_sha256", "registry_phash",
@@ -362,7 +361,7 @@ def build(cfg: DatasetReportConfig) -> Path:
     options.write_config(cfg, out)
     parts, m = sections(cfg)
     page = H.page("Dataset audit", parts, H.note(f"shards: {cfg.shards} · filter: {cfg.filter}"))
-    options.write_text(out / "dataset.html", page)
-    options.write_text(out / "metrics.json", json.dumps(m, indent=2, sort_keys=True, default=str) + "\n")
+    disk.write_text(out / "dataset.html", page)
+    disk.write_text(out / "metrics.json", json.dumps(m, indent=2, sort_keys=True, default=str) + "\n")
     logger.info("dataset report: %s", out / "dataset.html")
     return out / "dataset.html"

@@ -28,10 +28,14 @@ from typing import Literal
 
 import numpy as np
 
-from curation import (aesthetic, art, clip_train, crawler, dedup, downloader, embed, export, funnel, options, release,
-                      schema, selection, web)
-from diffusion import data as diffusion_data, evaluation, training, vae
-from poisoning import attackability, candidates, optout, pairs, sweep
+from curation.acquire import crawler, downloader, funnel
+from curation.score import aesthetic, clip_train, embed
+from curation.select import dedup, export, filtering, release
+from curation.world import art, web
+from diffusion import data as diffusion_data, evaluation, training, vae_train as vae
+from mithridate.core import disk, options, schema
+from poisoning import attackability, candidates, concept_pair as pairs, sweep
+from poisoning.audit import artist_removal as optout
 from reports import dataset, generation, poisoning, story
 
 logger = logging.getLogger(__name__)
@@ -161,7 +165,7 @@ def _optout_registry(w: web.DemoWeb, path: Path) -> Path:
         item = items[item_id]
         entries.append({"phash": dedup.phash((w.corpus / item["path64"]).read_bytes()),
                         "note": f"{item['artist']}: {item['concept']}"})  # an `artist` field would opt out the artist
-    options.write_text(path, json.dumps({"entries": entries}, indent=1) + "\n")
+    disk.write_text(path, json.dumps({"entries": entries}, indent=1) + "\n")
     return path
 
 
@@ -173,12 +177,12 @@ def _part1(cfg: DemoConfig, out: Path, corpus: Path) -> tuple[Path, Path]:
         crawler.run(crawl_cfg)
         downloader.run(down_cfg)
         registry = _optout_registry(w, out / "registry.json")
-        options.write_text(out / "web" / "ports.json", json.dumps(list(w.ports)) + "\n")  # part 5 serves the same URLs
+        disk.write_text(out / "web" / "ports.json", json.dumps(list(w.ports)) + "\n")  # part 5 serves the same URLs
     crawl_stats = json.loads((out / "crawl" / "_stats.json").read_text())
     down_stats = json.loads((out / "shards" / "_stats.json").read_text())
     text = funnel.format_funnel(crawl_stats, down_stats)
-    options.write_text(out / "funnel.json", json.dumps({"crawl": crawl_stats, "download": down_stats}, indent=2) + "\n")
-    options.write_text(out / "funnel.txt", text + "\n")
+    disk.write_text(out / "funnel.json", json.dumps({"crawl": crawl_stats, "download": down_stats}, indent=2) + "\n")
+    disk.write_text(out / "funnel.txt", text + "\n")
     logger.info("\nfunnel (policy=%s)\n%s\n", cfg.policy, text)
     return w.manifest_path, registry
 
@@ -194,7 +198,7 @@ def _part2(cfg: DemoConfig, out: Path, corpus: Path, manifest: Path, registry: P
                                                out=str(out / "aesthetic_head")))
     scores = aesthetic.score(aesthetic.AestheticScoreConfig(embeddings=str(emb), head_path=str(head / "head.pt"),
                                                             out=str(out / "aesthetic")))
-    filt = selection.run(selection.FilterConfig(shards=str(out / "shards"), embeddings=str(emb),
+    filt = filtering.run(filtering.FilterConfig(shards=str(out / "shards"), embeddings=str(emb),
                                                 aesthetic=str(scores), registry=str(registry), out=str(out / "filter"),
                                                 clip_top_fraction=cfg.clip_top_fraction,
                                                 reupload_cos_eps=cfg.reupload_cos_eps))
@@ -254,7 +258,7 @@ def _classifier_guidance(cfg: DemoConfig, out: Path, dif: Path, ev: Path) -> Non
     judge = evaluation.Judge(pipe.text.path, info["concepts"], pipe.device)
     steps = 5 if cfg.diffusion_preset == "tiny" else 30
     rows = evaluation.classifier_guidance_sweep(pipe, judge, model, steps=steps)
-    options.write_text(ev / "classifier_guidance.json", json.dumps(rows, indent=2) + "\n")
+    disk.write_text(ev / "classifier_guidance.json", json.dumps(rows, indent=2) + "\n")
 
 
 def poison_pair(cfg: DemoConfig, concepts: list[str]) -> tuple[str, str]:
@@ -306,7 +310,7 @@ def _part4(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
     att = attackability.run(dataclasses.replace(
         attackability.PRESETS["tiny" if cfg.poison_preset == "tiny" else "demo"], vae=str(out / "vae"),
         data=str(corpus), pairs=(f"{source}:{target}",)))
-    options.write_text(out / "poison-sweeps.json", json.dumps([str(s) for s in sweeps]) + "\n")
+    disk.write_text(out / "poison-sweeps.json", json.dumps([str(s) for s in sweeps]) + "\n")
     page = poisoning.build(poisoning.PoisoningReportConfig(
         sweep=str(sweeps[0]), more=tuple(str(s) for s in sweeps[1:]), out=str(out / "report"), study=cfg.study,
         attackability=str(att)))
@@ -372,7 +376,7 @@ FOLDERS = {"download": ("web", "crawl", "shards"),
 def _start(cfg: DemoConfig, out: Path) -> set[str]:
     """Lock the run folder; the finished parts of an earlier run of this config (a new config: start afresh)."""
     out.mkdir(parents=True, exist_ok=True)
-    options.lock_folder(out)
+    disk.lock_folder(out)
     done_dir = out / "_parts"
     try:
         options.check_resumable(cfg, out, runtime_fields=("stop_after", "threads"))  # a later stop_after extends a run
@@ -401,7 +405,7 @@ def _part(out: Path, done: set[str], name: str, fn, *args):
         return None
     t0 = time.time()
     result = fn(*args)
-    options.write_text(out / "_parts" / f"{name}.done", f"{time.time() - t0:.1f} s\n")
+    disk.write_text(out / "_parts" / f"{name}.done", f"{time.time() - t0:.1f} s\n")
     logger.info("demo: part %r finished in %.1f s", name, time.time() - t0)
     return result
 

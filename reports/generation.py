@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation import options
+from mithridate.core import disk, options
 from reports import html as H
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def build(cfg: GenerationReportConfig) -> Path:
     parts, m = sections(cfg)
     page = H.page("Generation: the compact latent diffusion model", parts,
                   H.note(f"autoencoder: {vae_dir} · diffusion: {dif_dir} · evaluation: {ev_dir}"))
-    options.write_text(out / "generation.html", page)
-    options.write_text(out / "generation_metrics.json", json.dumps(m, indent=2, sort_keys=True, default=float) + "\n")
+    disk.write_text(out / "generation.html", page)
+    disk.write_text(out / "generation_metrics.json", json.dumps(m, indent=2, sort_keys=True, default=float) + "\n")
     logger.info("generation report: %s", out / "generation.html")
     return out / "generation.html"

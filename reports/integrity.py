@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from curation import schema
+from mithridate.core import schema
 from reports import html as H
 
 MODE_NAMES = {"sha256": "sha256 verified (img2dataset verify_hash)", "none": "no verification",

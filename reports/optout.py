@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from poisoning import optout
+from poisoning.audit import artist_removal
 from reports import html as H
 
-NAMES = {"honor": "honoured", "url_only": "URL-only", "ignore": "ignored", optout.GOLD: "retrained without X (gold)"}
+NAMES = {"honor": "honoured", "url_only": "URL-only", "ignore": "ignored", artist_removal.GOLD: "retrained without X (gold)"}
 
 
 def load(folder: str | Path) -> dict:
@@ -25,8 +25,8 @@ def load(folder: str | Path) -> dict:
 
 
 def _name(model: str) -> str:
-    if model.endswith(optout.MINUS):
-        return f"{NAMES.get(model[: -len(optout.MINUS)], model[: -len(optout.MINUS)])} minus X"
+    if model.endswith(artist_removal.MINUS):
+        return f"{NAMES.get(model[: -len(artist_removal.MINUS)], model[: -len(artist_removal.MINUS)])} minus X"
     return NAMES.get(model, model)
 
 
@@ -92,7 +92,7 @@ def headline(result: dict) -> str:
     val, parts = result["probe_validation"], []
     if not val["ok"]:
         parts.append(f"No style verdict: {val['why']}.")
-    for policy in [m for m in result["datasets"] if m != optout.GOLD]:
+    for policy in [m for m in result["datasets"] if m != artist_removal.GOLD]:
         parts.append(_policy_sentence(result, policy, val["ok"]))
     return " ".join(parts)
 

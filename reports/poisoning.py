@@ -2,7 +2,7 @@
 
 Reads only the sweep folder (`sweep.json`, `results.parquet`, `defences.json`, `asr.png`, `generations.png`,
 `poisons/`), so it can be rebuilt without rerunning. Every number on the page comes from those files, seeds
-pooled (`poisoning.figure.pooled`: bootstrap 95% intervals over all generations of a group). Sections:
+pooled (`poisoning.dose_figure.pooled`: bootstrap 95% intervals over all generations of a group). Sections:
 
 1. Headline — P(judge says A) for the prompt C at each N, per attack, beside the clean control; whether each
    attack's interval overlaps the control's (no measurable effect); the CLIP filter's pass rate per attack.
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation import options
+from mithridate.core import disk, options
 from poisoning import doses
-from poisoning.figure import pooled
+from poisoning.dose_figure import pooled
 from reports import html as H
 
 logger = logging.getLogger(__name__)
@@ -798,7 +798,7 @@ def build(cfg: PoisoningReportConfig) -> Path:
     parts, m = sections(cfg)
     page = H.page(f"Poisoning: can N poisons make {info['source']!r} produce {info['target']!r}?", parts,
                   H.note(f"sweep: {cfg.sweep}"))
-    options.write_text(out / "poisoning.html", page)
-    options.write_text(out / "poisoning_metrics.json", json.dumps(m, indent=2, sort_keys=True, default=float) + "\n")
+    disk.write_text(out / "poisoning.html", page)
+    disk.write_text(out / "poisoning_metrics.json", json.dumps(m, indent=2, sort_keys=True, default=float) + "\n")
     logger.info("poisoning report: %s", out / "poisoning.html")
     return out / "poisoning.html"

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from curation import options
+from mithridate.core import disk, options
 from reports import dataset, generation, html as H, integrity, optout, poisoning
 
 logger = logging.getLogger(__name__)
@@ -118,10 +118,10 @@ def build(cfg: StoryConfig) -> Path:
     page = H.story("mithridate: what is in this dataset, who opted out, how easily can it be poisoned?",
                    [(title, intro, parts) for _, (title, intro, parts, _) in found],
                    f"<p>run folder: {H.esc(run)}</p><h2>At a glance</h2>{glance}")
-    options.write_text(out / "index.html", page)
+    disk.write_text(out / "index.html", page)
     metrics = {}
     for name, (_, _, _, m) in found:
         metrics.update({k if k.startswith(f"{name}/") else f"{name}/{k}": v for k, v in m.items()})
-    options.write_text(run / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=float) + "\n")
+    disk.write_text(run / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=float) + "\n")
     logger.info("report: %s (%d parts), metrics: %s", out / "index.html", len(found), run / "metrics.json")
     return out / "index.html"

@@ -59,7 +59,7 @@ def tiny_corpus(cache_dir):
     """The tiny art corpus (24 concepts × the pip styles), built once per session."""
     import dataclasses
 
-    from curation import art
+    from curation.world import art
 
     return art.run(dataclasses.replace(art.PRESETS["tiny"], cache_dir=str(cache_dir)))
 
@@ -69,7 +69,7 @@ def tiny_web(tiny_corpus, tmp_path_factory):
     """The demo web on loopback, tiny preset, served for the whole session."""
     import dataclasses
 
-    from curation import web
+    from curation.world import web
 
     cfg = dataclasses.replace(web.PRESETS["tiny"], art_dir=str(tiny_corpus), out=str(tmp_path_factory.mktemp("web")))
     with web.DemoWeb(cfg) as w:
@@ -79,7 +79,7 @@ def tiny_web(tiny_corpus, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_crawl(tiny_web, tmp_path_factory):
     """The tiny web crawled once: the crawl output folder."""
-    from curation import crawler
+    from curation.acquire import crawler
 
     out = tmp_path_factory.mktemp("crawl")
     cfg = crawler.CrawlConfig(seeds=tuple(tiny_web.seeds), out=str(out), allow_networks=tiny_web.networks,
@@ -90,7 +90,7 @@ def tiny_crawl(tiny_web, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_web, tiny_crawl, tmp_path_factory):
     """The tiny crawl downloaded under the default policy (honor), in shards of 30 rows."""
-    from curation import downloader
+    from curation.acquire import downloader
 
     out = tmp_path_factory.mktemp("dl") / "shards"
     downloader.run(downloader.DownloadConfig(pairs=str(tiny_crawl / "pairs"), out=str(out), timeout_s=1.0,
@@ -103,7 +103,7 @@ def tiny_clip_checkpoint(tmp_path_factory):
     """A randomly initialised, very small compact CLIP saved as `clip.pt` (what `clip train` writes, untrained)."""
     import dataclasses
 
-    from curation import clip_train
+    from curation.score import clip_train
 
     cfg = dataclasses.replace(clip_train.PRESETS["tiny"], embed_dim=32, vision_width=8, vision_head_width=8,
                               text_width=32, text_layers=1, text_heads=2, context_length=16)
@@ -120,7 +120,8 @@ def tiny_train(tiny_corpus, tmp_path_factory):
     """
     import pyarrow as pa
 
-    from curation import art, schema
+    from curation.world import art
+    from mithridate.core import schema
 
     df = art.load(tiny_corpus)
     templates = ("{}", "a {}", "{} emoji", "an illustration of a {}")
@@ -140,8 +141,8 @@ def tiny_clean_model(tiny_train, tiny_clip_checkpoint, tmp_path_factory):
     """The poisoning tests' clean model: a tiny autoencoder + a 5-step tiny diffusion model on 4 concepts."""
     import dataclasses
 
-    from curation.encoders import torch_threads
-    from diffusion import training, vae
+    from diffusion import training, vae_train as vae
+    from mithridate.core.compute import torch_threads
 
     with torch_threads(1):
         ae = vae.run(dataclasses.replace(vae.PRESETS["tiny"], data=str(tiny_train),
@@ -158,7 +159,7 @@ def tiny_sweep(tiny_train, tiny_clean_model, tmp_path_factory):
     ε sweep."""
     import dataclasses
 
-    from curation.encoders import torch_threads
+    from mithridate.core.compute import torch_threads
     from poisoning import sweep
 
     with torch_threads(1):
@@ -171,7 +172,7 @@ def tiny_sweep(tiny_train, tiny_clean_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """torch on one CPU thread for a module of tiny models (spin-waiting threads crawl on a loaded 2-core machine)."""
-    from curation.encoders import torch_threads
+    from mithridate.core.compute import torch_threads
 
     with torch_threads(1):
         yield

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from curation import web
+from curation.world import web
 from mithridate.cli import main
 
 PLANTED_REASONS = {"http_404", "decode_error", "wrong_content_type", "timeout", "redirect_loop", "too_large",

@@ -27,8 +27,11 @@ import pytest
 import torch
 from PIL import Image
 
-from curation import crawler, downloader, embed, schema, webserver
-from curation.encoders import torch_threads
+from curation.acquire import crawler, downloader
+from curation.score import embed
+from curation.world import webserver
+from mithridate.core import schema
+from mithridate.core.compute import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("MITHRIDATE_KILL_SEED", "14"))
@@ -245,11 +248,11 @@ def test_a_download_killed_at_a_random_moment_resumes_after_its_finished_shards(
 
 POOL = """
     import concurrent.futures, multiprocessing, os, time
-    from curation import options
+    from mithridate.core.workers import die_with_parent
 
     if __name__ == "__main__":
         pool = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
-                                                      initializer=options.die_with_parent)
+                                                      initializer=die_with_parent)
         pids = set()
         while len(pids) < 2:  # both workers initialised
             pids |= {f.result() for f in [pool.submit(os.getpid) for _ in range(8)]}
@@ -262,7 +265,7 @@ POOL = """
 
 def test_download_workers_die_with_a_killed_run(monkeypatch):
     """`download --processes=N`: a worker must not outlive its killed parent (the folder lock went with the parent,
-    so an orphan would write shards beside the rerun). The workers' initializer arms `options.die_with_parent`."""
+    so an orphan would write shards beside the rerun). The workers' initializer arms `workers.die_with_parent`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(POOL)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             text=True)
@@ -275,7 +278,7 @@ def test_download_workers_die_with_a_killed_run(monkeypatch):
     assert len(workers) == 2
     _assert_gone(workers, "download workers of the killed run")
     armed = []
-    monkeypatch.setattr(downloader.options, "die_with_parent", lambda: armed.append(True))
+    monkeypatch.setattr(downloader.workers, "die_with_parent", lambda: armed.append(True))
     downloader._worker_init()
     assert armed == [True]
 
@@ -348,7 +351,7 @@ def _checkpoint_at(path: Path, step: int):
 
 
 def test_a_vae_training_killed_at_a_random_moment_resumes_from_its_last_checkpoint(tiny_train, tmp_path):
-    from diffusion import vae
+    from diffusion import vae_train as vae
 
     cfg = dataclasses.replace(vae.PRESETS["tiny"], data=str(tiny_train), out=str(tmp_path / "run"), threads=1,
                               steps=160, checkpoint_every=10)

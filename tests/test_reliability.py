@@ -22,8 +22,11 @@ import pytest
 import torch
 from PIL import Image
 
-from curation import downloader, encoders, options, schema, webserver
-from curation.encoders import torch_threads
+from curation.acquire import downloader
+from curation.score import encoders
+from curation.world import webserver
+from mithridate.core import checkpoints, disk, options, schema
+from mithridate.core.compute import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +66,7 @@ def _kill(proc: subprocess.Popen) -> None:
 LOCKER = """
     import sys, time
     from dataclasses import dataclass
-    from curation import options
+    from mithridate.core import options
 
     @dataclass(frozen=True)
     class C:
@@ -80,7 +83,7 @@ def test_a_second_process_is_refused_and_a_killed_run_leaves_no_stale_lock(tmp_p
     child = _python(LOCKER, str(out))
     try:
         assert any(line.strip() == "locked" for line in child.stdout), "the child ended without locking"
-        with pytest.raises(options.FolderInUse) as err:
+        with pytest.raises(disk.FolderInUse) as err:
             options.write_config(_Cfg(), out)
         assert str(err.value) == (f"{out} is in use by another mithridate run (pid {child.pid}); wait for it or "
                                   "choose another --out")
@@ -158,7 +161,7 @@ def test_a_truncated_clip_checkpoint_is_a_clear_error(tiny_clip_checkpoint, tmp_
 
 
 def test_a_truncated_vae_checkpoint_is_a_clear_error(tmp_path):
-    from diffusion import vae
+    from diffusion import vae_train as vae
 
     cfg = vae.PRESETS["tiny"]
     (tmp_path / "ok").mkdir()
@@ -184,7 +187,7 @@ def _no_space(*args, **kwargs):
 def test_a_full_disk_while_writing_a_shard_leaves_no_file(tmp_path, monkeypatch):
     path = tmp_path / "shards" / "00000.parquet"
     monkeypatch.setattr(pq, "write_table", _no_space)
-    with pytest.raises(options.DiskFull) as err:
+    with pytest.raises(disk.DiskFull) as err:
         schema.write(schema.to_table(_shard_rows(3), "shard"), path, "shard")
     assert str(err.value) == (f"{path}: no space left on device; the partial file was removed — free some space (or "
                               "choose another output folder) and rerun")
@@ -193,10 +196,10 @@ def test_a_full_disk_while_writing_a_shard_leaves_no_file(tmp_path, monkeypatch)
 
 
 def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
-    path = encoders.save_atomic({"step": 10}, tmp_path / "last.pt")
+    path = checkpoints.save({"step": 10}, tmp_path / "last.pt")
     monkeypatch.setattr(torch, "save", _no_space)
-    with pytest.raises(options.DiskFull, match=rf"^{path}: no space left on device"):
-        encoders.save_atomic({"step": 20}, path)
+    with pytest.raises(disk.DiskFull, match=rf"^{path}: no space left on device"):
+        checkpoints.save({"step": 20}, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
     assert torch.load(path, weights_only=True) == {"step": 10}
 
@@ -206,7 +209,7 @@ def test_a_full_disk_while_writing_the_config(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(options.DiskFull, match=rf"^{tmp_path / 'config.json'}: no space left on device"):
+    with pytest.raises(disk.DiskFull, match=rf"^{tmp_path / 'config.json'}: no space left on device"):
         options.write_config(_Cfg(), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
 
@@ -237,7 +240,7 @@ def small_web(tmp_path):
 
 DOWNLOAD_CHILD = """
     import json, sys, time
-    from curation import downloader
+    from curation.acquire import downloader
 
     real = downloader._fetch
 
@@ -264,7 +267,7 @@ def test_a_download_killed_mid_shard_resumes_without_refetching_or_losing_rows(s
     try:
         _wait_for(out / "00000_stats.json", child)
         assert any("hanging" in line for line in child.stdout), "the child ended before shard 1"
-        with pytest.raises(options.FolderInUse, match=rf"in use by another mithridate run \(pid {child.pid}\)"):
+        with pytest.raises(disk.FolderInUse, match=rf"in use by another mithridate run \(pid {child.pid}\)"):
             downloader.run(cfg)
     finally:
         _kill(child)
@@ -280,7 +283,7 @@ def test_a_download_killed_mid_shard_resumes_without_refetching_or_losing_rows(s
 
 @pytest.fixture(scope="module")
 def tiny_vae(tiny_train, tmp_path_factory):
-    from diffusion import vae
+    from diffusion import vae_train as vae
 
     with torch_threads(1):
         return vae.run(dataclasses.replace(vae.PRESETS["tiny"], data=str(tiny_train),
@@ -324,7 +327,7 @@ def resumed_training(tiny_train, tiny_vae, tiny_clip_checkpoint, tmp_path_factor
     try:
         _wait_for(Path(cfg.out) / "last.pt", child)
         assert any("saved 10" in line for line in child.stdout), "the child ended without saving"
-        with pytest.raises(options.FolderInUse, match=rf"\(pid {child.pid}\)"):
+        with pytest.raises(disk.FolderInUse, match=rf"\(pid {child.pid}\)"):
             training.run(cfg)
     finally:
         _kill(child)
@@ -393,7 +396,7 @@ def test_a_truncated_last_pt_stops_the_resume_instead_of_starting_over(resumed_t
 
 
 def test_a_truncated_vae_training_state_is_a_clear_error(tiny_vae, tmp_path):
-    from diffusion import vae
+    from diffusion import vae_train as vae
 
     cfg = dataclasses.replace(_saved_config(tiny_vae, vae.VaeTrainConfig), out=str(tmp_path / "vae"))
     bad = _truncate(tiny_vae / "last.pt", tmp_path / "vae" / "last.pt")

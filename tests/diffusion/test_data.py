@@ -4,8 +4,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from curation import schema
 from diffusion import data
+from mithridate.core import schema
 
 
 def test_load_images_shapes_range_and_metadata(tiny_train):

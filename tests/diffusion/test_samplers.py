@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from diffusion import samplers
-from diffusion.samplers import (PREDICTIONS, SAMPLERS, Denoiser, classifier_free, karras_sigmas, sample,
-                                timesteps)
+from diffusion.samplers import PREDICTIONS, SAMPLERS, Denoiser, classifier_free, karras_sigmas, sample, timesteps
 from diffusion.schedule import NoiseSchedule
 
 MU = torch.linspace(-1, 1, 16, dtype=torch.float64).reshape(4, 2, 2)

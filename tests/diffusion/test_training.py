@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion import classifier_train, evaluation, pipeline, sample, training, vae
+from diffusion import classifier_train, evaluation, pipeline, sample, training, vae_train as vae
 from diffusion.pipeline import Pipeline
 from mithridate.cli import main
 

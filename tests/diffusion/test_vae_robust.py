@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from diffusion import data, vae
+from diffusion import data, vae_train as vae
 from poisoning import nightshade
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings, strategies as st
 
 SLOW = os.environ.get("RUN_SLOW") == "1"
 LONG_EXAMPLES = 10_000

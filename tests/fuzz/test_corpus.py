@@ -11,14 +11,16 @@ from _fuzz import utf8_clean
 from test_fuzz_images import SEEDS, cap, gif_with_size, jpeg_with_size, png_header
 from test_fuzz_warc import ENVELOPES, WARC_SEEDS, _read, _wat_bytes
 
-from curation import funnel, schema, webcontent
-from curation.alttext import decode_html, http_url, largest_srcset, parse_page
-from curation.dedup import phash
-from curation.downloader import _header_size
-from curation.optout import parse_tdmrep, tdmrep_reserved
-from curation.pairs import write_pairs
-from curation.robots import Fetched, HostFile, parse
-from curation.warc import read_warc, read_wat
+from curation.acquire import funnel
+from curation.acquire.alttext import decode_html, http_url, largest_srcset, parse_page
+from curation.acquire.downloader import _header_size
+from curation.acquire.pairs import write_pairs
+from curation.acquire.robots import Fetched, HostFile, parse
+from curation.acquire.signals import parse_tdmrep, tdmrep_reserved
+from curation.acquire.warc import read_warc, read_wat
+from curation.select.dedup import phash
+from curation.world import webcontent
+from mithridate.core import schema
 
 PAGE = "http://example.com/gallery/page.html"
 

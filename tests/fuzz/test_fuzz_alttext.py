@@ -1,4 +1,4 @@
-"""Fuzz of the HTML → image refs parser (`curation.alttext`): generated pages and mutated real pages.
+"""Fuzz of the HTML → image refs parser (`curation.acquire.alttext`): generated pages and mutated real pages.
 
 Properties: no exception for any bytes and Content-Type; every image and link is a well-formed http(s) URL that
 parquet can store; the caps hold; and on a generated (unmutated) page, every `<img>` markup of the demo web is
@@ -7,15 +7,13 @@ found with its URL, its alt text and its markup kind.
 
 from __future__ import annotations
 
-import html
 from urllib.parse import urlsplit
 
 from _fuzz import fuzz, mutated_bytes, mutated_text, utf8_clean
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from curation import webcontent
-from curation.alttext import decode_html, http_url, largest_srcset, parse_page
+from curation.acquire.alttext import decode_html, http_url, largest_srcset, parse_page
+from curation.world import webcontent
 
 ORIGINS = ("http://example.com", "https://[2001:db8::1]:8443", "http://127.0.0.1:8080", "http://xn--bcher-kva.example",
            "https://EXAMPLE.org")

@@ -1,5 +1,5 @@
 """Fuzz of the image decode paths: the download stage's header check and pixel cap around img2dataset's `Resizer`
-(`curation.downloader._header_size`, `_PixelCap`), and `dedup.phash` on stored image bytes.
+(`curation.acquire.downloader._header_size`, `_PixelCap`), and `dedup.phash` on stored image bytes.
 
 Inputs: small valid PNG/JPEG/GIF/WebP/BMP/TIFF files, bombs and headers that announce huge sizes, then mutated
 (truncated, flipped bytes, broken chunks). Contract: an error string per image, never an exception, never a hang;
@@ -15,8 +15,7 @@ import zlib
 
 import pytest
 from _fuzz import fuzz, mutated_bytes
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from PIL import Image
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -24,9 +23,9 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "50000000")  # a guard for t
 
 from img2dataset.resizer import Resizer  # noqa: E402
 
-from curation import webcontent  # noqa: E402
-from curation.dedup import phash  # noqa: E402
-from curation.downloader import _header_size, _PixelCap  # noqa: E402
+from curation.acquire.downloader import _header_size, _PixelCap  # noqa: E402
+from curation.select.dedup import phash  # noqa: E402
+from curation.world import webcontent  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # PIL warns on every corrupt EXIF, bomb-sized header, …
 MAX_PIXELS = 1_000_000

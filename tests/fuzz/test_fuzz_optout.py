@@ -1,4 +1,4 @@
-"""Fuzz of the page-level opt-out parsers (`curation.optout`): X-Robots-Tag, meta directives, TDMRep.
+"""Fuzz of the page-level opt-out parsers (`curation.acquire.signals`): X-Robots-Tag, meta directives, TDMRep.
 
 Properties: no exception on any text; signals are sorted, unique and drawn from the AI directives; a header or
 meta directive written in plain form always gives its signal; tdmrep.json of any shape gives a list of rules and
@@ -10,11 +10,16 @@ from __future__ import annotations
 import json
 
 from _fuzz import fuzz, mutated_text
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from curation.optout import AI_DIRECTIVES, directive_signals, page_signals, parse_tdmrep, tdmrep_reserved, \
-    x_robots_directives
+from curation.acquire.signals import (
+    AI_DIRECTIVES,
+    directive_signals,
+    page_signals,
+    parse_tdmrep,
+    tdmrep_reserved,
+    x_robots_directives,
+)
 
 UA = "mithridate"
 DIRECTIVES = AI_DIRECTIVES + ("nofollow", "none", "all", "noarchive", "max-image-preview:large",

@@ -1,4 +1,4 @@
-"""Fuzz of the robots.txt / ai.txt engine (`curation.robots`) and its per-host cache.
+"""Fuzz of the robots.txt / ai.txt engine (`curation.acquire.robots`) and its per-host cache.
 
 Properties: any text parses and answers every URL and agent; a robots.txt that answered 5xx or nothing disallows
 everything, a 4xx (or an unfollowed redirect) allows everything (RFC 9309 §2.3.1); a 2xx file answers as a small
@@ -13,12 +13,11 @@ import re
 from urllib.parse import urlsplit
 
 from _fuzz import fuzz
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from curation.alttext import http_url
-from curation.optout import AI_AGENTS
-from curation.robots import FILES, Fetched, HostCache, HostFile, HostRules, origin, parse
+from curation.acquire.alttext import http_url
+from curation.acquire.robots import FILES, Fetched, HostCache, HostFile, HostRules, origin, parse
+from curation.acquire.signals import AI_AGENTS
 
 AGENTS = (*AI_AGENTS, "mithridate", "Mithridate/1.0 (+https://x)", "*", "", "bot", "Googlebot")
 KEYS = ("User-agent", "user-agent", "USER-AGENT", "Useragent", "Allow", "allow", "Disallow", "DISALLOW", "Crawl-delay",

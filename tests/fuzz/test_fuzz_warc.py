@@ -1,4 +1,4 @@
-"""Fuzz of the WARC and WAT readers (`curation.warc`): valid small files built with warcio, then mutated.
+"""Fuzz of the WARC and WAT readers (`curation.acquire.warc`): valid small files built with warcio, then mutated.
 
 Mutations: truncation, flipped and inserted bytes, corrupt gzip members, duplicated ranges, wrong Content-Length,
 non-JSON or oddly shaped WAT metadata. Contract (the module docstring): a reader never raises on bad content, a
@@ -16,12 +16,11 @@ from urllib.parse import urlsplit
 
 import pytest
 from _fuzz import fuzz, mutated_bytes, utf8_clean
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from curation.warc import WarcSink, read_warc, read_wat, wat_envelope, write_wat
+from curation.acquire.warc import read_warc, read_wat, wat_envelope, write_wat
 
 HTML = "text/html; charset=utf-8"
 PAGES = [

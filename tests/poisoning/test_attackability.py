@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from diffusion import vae
+from diffusion import vae_train as vae
 from poisoning import attackability
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from curation import encoders
+from curation.score import encoders
 from diffusion import data
 from diffusion.autoencoder import Autoencoder
 from poisoning import defences, nightshade

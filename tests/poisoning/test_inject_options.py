@@ -9,8 +9,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from curation import schema
-from diffusion import data, training, vae
+from diffusion import data, training, vae_train as vae
+from mithridate.core import schema
 from poisoning import inject, pool, quality
 
 N_STEPS = 4  # nightshade steps: enough to move pixels, cheap on one thread

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from curation.encoders import torch_threads
 from diffusion import data
+from mithridate.core.compute import torch_threads
 from poisoning import judge
 
 STEPS = 200  # enough on 36 training images; ~5 s on one thread

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from curation import art
+from curation.world import art
 from diffusion import data
 from poisoning import pool
 

@@ -6,8 +6,9 @@ import json
 import pyarrow as pa
 import pytest
 
-from curation import art, schema
-from curation.encoders import torch_threads
+from curation.world import art
+from mithridate.core import schema
+from mithridate.core.compute import torch_threads
 from poisoning import sweep
 
 

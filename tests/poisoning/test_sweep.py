@@ -71,7 +71,7 @@ def test_sweep_records_preconditions_doses_and_the_eps_curve(tiny_sweep):
 
 
 def test_positive_control_poisons_are_the_anchor_image(tiny_sweep):
-    from curation import schema
+    from mithridate.core import schema
 
     t = schema.read(tiny_sweep / "poisons" / "anchor-s0" / "90000.parquet", "train").to_pylist()
     assert len(t) == 2 and t[0]["jpg"] == t[1]["jpg"]

@@ -10,7 +10,6 @@ import torch
 from diffusion import pipeline, training
 from poisoning import victim
 
-
 HOW = victim.VictimTraining(steps=3, lr=1e-4, warmup_steps=1, batch_size=8)
 
 

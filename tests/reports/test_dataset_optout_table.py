@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from curation import schema
+from mithridate.core import schema
 from reports import dataset
 
 A, B, C, D = "127.0.0.11:40123", "127.0.0.12:40200", "127.0.0.13:40300", "127.0.0.14:40400"

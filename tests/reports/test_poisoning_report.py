@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mithridate import cli
-from poisoning.figure import pooled
+from poisoning.dose_figure import pooled
 from reports import poisoning as report
 
 SECTIONS = ("Headline", "Preconditions", "Setup", "Dose response", "ε sweep", "Attack success", "Generations", "Bleed-through", "Collateral", "Model implosion",

@@ -1,0 +1,260 @@
+"""`mithridate embed`: downloaded shards → L2-normalised CLIP image and text embeddings, one `.npz` per shard.
+
+    <out>/NNNNN.npz         uid (str, N), img_emb and txt_emb (float16, N × D, L2-normalised), encoder (0-d str);
+                            rows are the shard's success rows in shard order, minus those listed as failed
+    <out>/NNNNN_stats.json  rows, success, embedded, failed [{uid, error}], seconds — written last (shard done)
+    <out>/encoder.json      name, model, pretrained, dim
+    <out>/_stats.json       totals and images/s of the run
+
+The default `out` is `<shards>/../embeddings/<encoder name>`. A shard whose stats file exists and whose npz
+holds exactly its success uids is skipped, so a rerun resumes. Images are decoded and preprocessed in a
+background thread while the previous batch is encoded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from curation.score import encoders
+from mithridate.core import compute, disk, options, schema
+
+logger = logging.getLogger(__name__)
+
+SHARD_GLOB = "[0-9][0-9][0-9][0-9][0-9].parquet"
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    shards: str = options.opt("mithridate-out/shards", "folder of downloaded shards (NNNNN.parquet)")
+    out: str = options.opt("", "output folder ('' = <shards>/../embeddings/<encoder name>)")
+    model: str = options.opt("compact", "'compact' (our checkpoint, named by pretrained) or an open_clip model name")
+    pretrained: str = options.opt("mithridate-out/clip", "compact: clip.pt or the `clip train` folder; open_clip: a "
+                                  "pretrained tag already in the local cache, or a weights file")
+    batch_size: int = options.opt(256, "images (and texts) per forward pass")
+    device: str = options.opt("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    cache_dir: str = options.opt("", "open_clip / Hugging Face weights cache ('' = their defaults)")
+    layout: Literal["npz", "clip-retrieval"] = options.opt(
+        "npz", "npz: one NNNNN.npz per shard (what filter and aesthetic read); clip-retrieval: also <out>/"
+        "clip-retrieval/{img_emb,text_emb,metadata}/ (the input of clip-retrieval's index step)")
+
+    def __post_init__(self):
+        options.check_positive(self, "batch_size")
+        options.check_choice(self, "layout", options.literal_values(EmbedConfig, "layout"))
+        compute.resolve_device(self.device)
+
+
+PRESETS = {"default": EmbedConfig(), "tiny": EmbedConfig(batch_size=32)}
+
+
+def shard_files(folder: str | Path) -> list[Path]:
+    """The `NNNNN.parquet` shards of a download folder, in order.
+
+    Raises:
+        FileNotFoundError: the folder holds none.
+    """
+    files = sorted(Path(folder).glob(SHARD_GLOB))
+    if not files:
+        raise FileNotFoundError(f"no NNNNN.parquet shards in {folder} (run `mithridate download` first)")
+    return files
+
+
+def success_uids(shard: Path) -> list[str]:
+    """uids of a shard's success rows, in shard order."""
+    t = schema.read(shard, "shard", ["uid", "status"])
+    return t.filter(pc.equal(t["status"], schema.STATUS_SUCCESS))["uid"].to_pylist()
+
+
+# --- one shard ------------------------------------------------------------------------------------------------------
+
+
+def _prepare(encoder: encoders.Encoder, rows: list[dict]) -> tuple[torch.Tensor, list[int], list]:
+    """Decode and preprocess a batch of rows: (pixels `(n, 3, S, S)`, positions in `rows` decoded, failures)."""
+    images, ok, failed = [], [], []
+    for i, r in enumerate(rows):
+        try:
+            if r["jpg"] is None:
+                raise ValueError("success row without image bytes")
+            im = Image.open(io.BytesIO(r["jpg"]))
+            im.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            failed.append({"uid": r["uid"], "error": f"{type(err).__name__}: {err}"[:200]})
+            continue
+        images.append(im)
+        ok.append(i)
+    return encoder.preprocess_images(images), ok, failed
+
+
+def embed_rows(encoder: encoders.Encoder, rows: list[dict], batch_size: int, bar=None) -> dict:
+    """Embed rows (`uid`, `text`, `jpg`): images in batches, decoding batch k+1 in a thread while batch k is
+    encoded; then the texts of the decoded rows, all at once (distinct texts once, batched by length).
+
+    Returns:
+        `{"uid": list, "img_emb": (N, D) float32, "txt_emb": (N, D) float32, "failed": [{uid, error}]}`; rows
+        whose image does not decode are left out and listed in `failed`.
+    """
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    ok, img, failed = [], [], []
+    with ThreadPoolExecutor(1, thread_name_prefix="embed-decode") as pool:
+        nxt = pool.submit(_prepare, encoder, batches[0]) if batches else None
+        for k in range(len(batches)):
+            pixels, good, bad = nxt.result()
+            if k + 1 < len(batches):
+                nxt = pool.submit(_prepare, encoder, batches[k + 1])
+            if good:
+                img.append(encoder.encode_pixels(pixels, batch_size))
+            ok += [k * batch_size + i for i in good]
+            failed += bad
+            if bar is not None:
+                bar.update(len(batches[k]))
+    empty = np.zeros((0, encoder.dim), np.float32)
+    txt = encoder.encode_texts([rows[i]["text"] for i in ok], batch_size) if ok else empty
+    return {"uid": [rows[i]["uid"] for i in ok], "img_emb": np.concatenate(img) if img else empty, "txt_emb": txt,
+            "failed": failed}
+
+
+def _write_npz(path: Path, uid: list[str], img: np.ndarray, txt: np.ndarray, encoder_name: str) -> None:
+    with disk.atomic(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+        np.savez(fh, uid=np.array(uid, dtype=str).reshape(-1), img_emb=img.astype(np.float16),
+                 txt_emb=txt.astype(np.float16), encoder=np.array(encoder_name))
+
+
+def embed_shard(encoder: encoders.Encoder, shard: Path, out: Path, batch_size: int, bar=None) -> dict:
+    """Embed one shard's success rows into `<out>/<id>.npz`, then write `<out>/<id>_stats.json` (done marker)."""
+    t0 = time.perf_counter()
+    table = schema.read(shard, "shard", ["uid", "status", "text", "jpg"])
+    rows = table.filter(pc.equal(table["status"], schema.STATUS_SUCCESS)).select(["uid", "text", "jpg"]).to_pylist()
+    res = embed_rows(encoder, rows, batch_size, bar)
+    _write_npz(out / f"{shard.stem}.npz", res["uid"], res["img_emb"], res["txt_emb"], encoder.name)
+    if res["failed"]:
+        logger.warning("embed: shard %s: %d success rows have undecodable images; left out of the npz and listed "
+                       "in %s_stats.json (first: %s)", shard.name, len(res["failed"]), shard.stem, res["failed"][0])
+    stats = {"shard": shard.name, "rows": table.num_rows, "success": len(rows), "embedded": len(res["uid"]),
+             "failed": res["failed"], "encoder": encoder.name, "seconds": round(time.perf_counter() - t0, 3)}
+    disk.write_text(out / f"{shard.stem}_stats.json", json.dumps(stats, indent=1) + "\n")
+    return stats
+
+
+# --- folders ----------------------------------------------------------------------------------------------------------
+
+
+def _failed_uids(out: Path, shard_stem: str) -> set[str]:
+    stats = out / f"{shard_stem}_stats.json"
+    return {f["uid"] for f in json.loads(stats.read_text())["failed"]} if stats.is_file() else set()
+
+
+def _is_done(out: Path, shard: Path, encoder_name: str) -> bool:
+    npz, stats = out / f"{shard.stem}.npz", out / f"{shard.stem}_stats.json"
+    if not (npz.is_file() and stats.is_file()):
+        return False
+    failed = _failed_uids(out, shard.stem)
+    with np.load(npz) as z:
+        same = str(z["encoder"]) == encoder_name and z["uid"].tolist() == [
+            u for u in success_uids(shard) if u not in failed]
+    if not same:
+        logger.info("embed: %s is stale (shard or encoder changed); embedding it again", npz.name)
+    return same
+
+
+def _check_encoder(out: Path, encoder: encoders.Encoder) -> None:
+    path = out / "encoder.json"
+    if path.is_file() and json.loads(path.read_text()).get("name") != encoder.name:
+        old = json.loads(path.read_text()).get("name")
+        raise ValueError(f"{out} holds embeddings of encoder {old!r}, not {encoder.name!r}; choose another output "
+                         "folder (the default `out` is named after the encoder) or delete it")
+
+
+def run(cfg: EmbedConfig) -> Path:
+    """Embed every shard of `cfg.shards` (skipping finished ones); returns the output folder."""
+    files = shard_files(cfg.shards)
+    encoder = encoders.load_encoder(cfg.model, cfg.pretrained, cfg.device, cfg.cache_dir or None)
+    out = Path(cfg.out) if cfg.out else Path(cfg.shards).resolve().parent / "embeddings" / encoder.name
+    options.check_resumable(cfg, out, runtime_fields=("batch_size", "device", "layout"))
+    _check_encoder(out, encoder)
+    options.write_config(cfg, out)
+    disk.write_text(out / "encoder.json", json.dumps(encoder.info(), indent=2) + "\n")
+    todo = [f for f in files if not _is_done(out, f, encoder.name)]
+    logger.info("embed: %d shards (%d already done) with %s on %s → %s", len(files), len(files) - len(todo),
+                encoder.name, encoder.device, out)
+    t0, stats = time.perf_counter(), []
+    total = sum(len(success_uids(f)) for f in todo)
+    with tqdm(total=total, desc="embed", unit="img", leave=False, disable=None) as bar:
+        for f in todo:
+            stats.append(embed_shard(encoder, f, out, cfg.batch_size, bar))
+    seconds = time.perf_counter() - t0
+    embedded = sum(s["embedded"] for s in stats)
+    summary = {"shards": len(files), "shards_embedded": len(todo), "embedded": embedded,
+               "failed": sum(len(s["failed"]) for s in stats), "encoder": encoder.name, "device": encoder.device,
+               "seconds": round(seconds, 3), "images_per_s": round(embedded / max(seconds, 1e-9), 1)}
+    disk.write_text(out / "_stats.json", json.dumps(summary, indent=2) + "\n")
+    logger.info("embed: %d images in %.1f s (%.0f img/s), %d undecodable → %s", embedded, seconds,
+                summary["images_per_s"], summary["failed"], out)
+    if cfg.layout == "clip-retrieval":
+        from curation.score import clip_retrieval
+
+        clip_retrieval.write(out, out / "clip-retrieval", cfg.shards)
+    return out
+
+
+def _shards_folder(folder: Path, shards: str | Path | None) -> Path:
+    if shards is not None:
+        return Path(shards)
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        raise ValueError(f"{folder}: no config.json naming the shards folder; pass shards=<download folder>")
+    return Path(json.loads(cfg.read_text())["shards"])
+
+
+def load_embeddings(folder: str | Path, shard_id: int | str, shards: str | Path | None = None) -> dict:
+    """Read one shard's embeddings and check they line up with the shard's success rows.
+
+    Args:
+        folder: an `embed` output folder.
+        shard_id: 3 or "00003".
+        shards: the download folder ('None': the one named in `<folder>/config.json`).
+
+    Returns:
+        `{"uid": (N,) str, "img_emb": (N, D) float16, "txt_emb": (N, D) float16, "encoder": str}`.
+
+    Raises:
+        FileNotFoundError: no npz for this shard.
+        ValueError: the npz rows are not the shard's success rows (minus recorded failures), in order.
+    """
+    folder = Path(folder)
+    stem = f"{int(shard_id):05d}"
+    npz = folder / f"{stem}.npz"
+    if not npz.is_file():
+        raise FileNotFoundError(f"no embeddings for shard {stem} in {folder} (run `mithridate embed`)")
+    with np.load(npz) as z:
+        data = {"uid": z["uid"], "img_emb": z["img_emb"], "txt_emb": z["txt_emb"], "encoder": str(z["encoder"])}
+    shard = _shards_folder(folder, shards) / f"{stem}.parquet"
+    failed = _failed_uids(folder, stem)
+    expected = [u for u in success_uids(shard) if u not in failed]
+    got = data["uid"].tolist()
+    if got != expected:
+        pairs = enumerate(zip(got, expected, strict=False))
+        first = next((i for i, (a, b) in pairs if a != b), min(len(got), len(expected)))
+        raise ValueError(f"embeddings {npz} do not line up with shard {shard}: {len(got)} rows vs {len(expected)} "
+                         f"success rows, first difference at row {first}; rerun `mithridate embed`")
+    return data
+
+
+def load_all(folder: str | Path, shards: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every shard's embeddings, checked and concatenated: (uid `(N,)`, img_emb `(N, D)`, txt_emb `(N, D)`)."""
+    folder = Path(folder)
+    parts = [load_embeddings(folder, f.stem, shards) for f in sorted(folder.glob("[0-9][0-9][0-9][0-9][0-9].npz"))]
+    if not parts:
+        raise FileNotFoundError(f"no NNNNN.npz embeddings in {folder}")
+    return tuple(np.concatenate([p[k] for p in parts]) for k in ("uid", "img_emb", "txt_emb"))

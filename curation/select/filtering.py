@@ -1,0 +1,225 @@
+"""Filter stage (`mithridate filter`): a keep/exclude decision with reasons for every downloaded row.
+
+Order of the layers (the first reason that applies is the row's `exclusion_reason`; `reasons` has all):
+download failure → opt-out signal → do-not-train registry → re-upload of an opted-out work → caption and
+image rules → CLIP score → aesthetic score → duplicates (exact, pHash, semantic) among the survivors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from curation.select import dedup, registry, rules, subsets
+from mithridate.core import disk, options, schema
+
+logger = logging.getLogger(__name__)
+DEDUP_LAYERS = ("exact", "phash", "semantic")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    shards: str = options.opt("mithridate-out/shards", "downloaded shards (download output)")
+    embeddings: str = options.opt("", "embeddings folder (embed output); '' = no CLIP score or semantic dedup")
+    aesthetic: str = options.opt("", "aesthetic scores folder (aesthetic score output); '' = none")
+    registry: str = options.opt("", "do-not-train registry file (json/csv/tsv: url, domain, sha256, phash, artist)")
+    out: str = options.opt("mithridate-out/filter", "output folder: decisions.parquet, subsets/keep.npy, _stats.json")
+    optout: Literal["honor", "url_only", "ignore"] = options.opt(
+        "honor", "honor = signals + registry + re-uploads of opted-out works; url_only = signals and registry "
+        "URLs/domains only (re-uploads slip through); ignore = keep opted-out rows that were downloaded")
+    clip_threshold: Optional[float] = options.opt(None, "keep rows with clip_score >= this (not with top fraction)")
+    clip_top_fraction: Optional[float] = options.opt(None, "keep the top fraction by clip_score (not with threshold)")
+    aesthetic_threshold: Optional[float] = options.opt(None, "keep rows with aesthetic_score >= this")
+    min_words: int = options.opt(1, "captions need at least this many words")
+    min_chars: int = options.opt(2, "captions need at least this many characters")
+    max_chars: int = options.opt(1000, "captions longer than this are excluded")
+    min_side: int = options.opt(32, "smallest original image side in pixels")
+    max_aspect: float = options.opt(3.0, "largest original aspect ratio")
+    dedup: tuple[str, ...] = options.opt(DEDUP_LAYERS, "dedup layers, in order: exact, phash, semantic")
+    dedup_phash_k: int = options.opt(4, "pHash Hamming distance up to which two images are duplicates")
+    semantic_eps: float = options.opt(0.01, "SemDeDup: drop an image within cosine 1-eps of a kept one")
+    reupload_phash_k: int = options.opt(8, "pHash distance for a re-upload of an opted-out work (and registry)")
+    reupload_cos_eps: float = options.opt(0.06, "embedding match of a re-upload: cosine >= 1-eps")
+    seed: int = options.opt(0, "seed of the k-means in semantic dedup")
+
+    def __post_init__(self):
+        options.check_choice(self, "optout", options.literal_values(FilterConfig, "optout"))
+        if self.clip_threshold is not None and self.clip_top_fraction is not None:
+            raise ValueError("FilterConfig: give clip_threshold or clip_top_fraction, not both")
+        if self.clip_top_fraction is not None and not 0 < self.clip_top_fraction <= 1:
+            raise ValueError(f"FilterConfig.clip_top_fraction={self.clip_top_fraction}: must be within (0, 1]")
+        bad = [x for x in self.dedup if x not in DEDUP_LAYERS]
+        if bad:
+            raise ValueError(f"FilterConfig.dedup: {bad} not in {list(DEDUP_LAYERS)}")
+        options.check_positive(self, "max_chars", "max_aspect", "semantic_eps", "reupload_cos_eps")
+
+
+PRESETS = {"default": FilterConfig(), "tiny": FilterConfig()}
+
+
+def load_embeddings(folder: str, shards: str, uids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
+    """Image and text embeddings aligned with `uids` (NaN rows where a row has none) and the encoder name."""
+    from curation.score import embed  # torch-free until embeddings are asked for
+
+    got, img, txt = embed.load_all(folder, shards)
+    where = dict(zip(got.tolist(), range(len(got))))
+    idx = np.array([where.get(u, -1) for u in uids])
+    out_i = np.full((len(uids), img.shape[1]), np.nan, np.float32)
+    out_t = np.full_like(out_i, np.nan)
+    out_i[idx >= 0], out_t[idx >= 0] = img[idx[idx >= 0]], txt[idx[idx >= 0]]
+    info = Path(folder) / "encoder.json"
+    return out_i, out_t, json.loads(info.read_text()).get("name", "") if info.is_file() else ""
+
+
+def load_aesthetic(folder: str, uids: list[str]) -> np.ndarray:
+    """Aesthetic scores aligned with `uids` (NaN where missing)."""
+    table = schema.read_folder(folder, "aesthetic")
+    got = dict(zip(table["uid"].to_pylist(), table["aesthetic_score"].to_pylist()))
+    return np.array([np.nan if got.get(u) is None else got[u] for u in uids], np.float32)
+
+
+def _none(n: int) -> np.ndarray:
+    return np.full(n, None, dtype=object)
+
+
+def optout_reasons(cfg: FilterConfig, t: dict, reg) -> list[np.ndarray]:
+    """Opt-out layers: recorded signals, registry matches, re-uploads of opted-out works on other domains."""
+    n = len(t["uid"])
+    if cfg.optout == "ignore":
+        return [registry.signal_reasons(t, "ignore")]
+    out = [registry.signal_reasons(t, "honor")]
+    if reg is not None:
+        found = registry.match(t, reg, phash_k=cfg.reupload_phash_k)
+        if cfg.optout == "url_only":  # only what a URL list can say: pages, images and domains
+            found = np.where(np.isin(found, ["registry_url", "registry_domain"]), found, None)
+        out.append(found)
+    if cfg.optout == "honor":
+        originals = registry.optout_mask(t) & (t["status"] == schema.STATUS_SUCCESS)
+        cand = ~originals & (t["status"] == schema.STATUS_SUCCESS)
+        reasons = _none(n)
+        if originals.any() and cand.any():
+            emb = t.get("img_emb")
+            m = registry.reupload_matches(
+                t["phash"][cand].tolist(), None if emb is None else emb[cand],
+                t["phash"][originals].tolist(), None if emb is None else emb[originals],
+                cfg.reupload_phash_k, cfg.reupload_cos_eps, t["domain"][cand].tolist(), t["domain"][originals].tolist())
+            reasons[np.flatnonzero(cand)] = m.reasons
+        out.append(reasons)
+    return out
+
+
+def score_reasons(cfg: FilterConfig, t: dict) -> tuple[list[np.ndarray], float | None]:
+    """CLIP-score and aesthetic layers; returns (reasons, the CLIP cut applied or None)."""
+    out, cut = [], None
+    ok = t["status"] == schema.STATUS_SUCCESS
+    if "clip_score" in t and (cfg.clip_threshold is not None or cfg.clip_top_fraction is not None):
+        f = rules.clip_score_filter(t["clip_score"][ok], cfg.clip_threshold, cfg.clip_top_fraction)
+        reasons = _none(len(ok))
+        reasons[ok] = f.reasons
+        out.append(reasons)
+        cut = None if np.isnan(f.threshold) else float(f.threshold)
+    if "aesthetic_score" in t and cfg.aesthetic_threshold is not None:
+        a = t["aesthetic_score"]
+        out.append(np.where(ok & ~(a >= cfg.aesthetic_threshold), "low_aesthetic", None).astype(object))
+    return out, cut
+
+
+def dedup_reasons(cfg: FilterConfig, t: dict, survivors: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Duplicate layers over the rows no other layer excluded; returns (reasons per layer, duplicate_of)."""
+    n = len(t["uid"])
+    uids, dup_of, out = t["uid"].tolist(), _none(n), []
+    active = survivors.copy()
+    for layer in cfg.dedup:
+        if layer == "exact":
+            d = dedup.exact_duplicates(t["sha256"].tolist(), uids, active=active)
+        elif layer == "phash":
+            d = dedup.phash_duplicates(t["phash"].tolist(), uids, k=cfg.dedup_phash_k, active=active)
+        elif "img_emb" in t:
+            d = dedup.semantic_duplicates(t["img_emb"], uids, eps=cfg.semantic_eps, seed=cfg.seed, active=active)
+        else:
+            continue
+        out.append(d.reasons)
+        hit = d.mask
+        dup_of[hit] = np.asarray(d.duplicate_of, dtype=object)[hit]
+        active &= ~hit
+    return out, dup_of
+
+
+def _columns(cfg: FilterConfig) -> tuple[dict, str]:
+    table = schema.read_folder(cfg.shards, "shard")
+    t = {c: np.array(table[c].to_pylist(), dtype=object) for c in
+         ("uid", "url", "page_url", "domain", "text", "status", "optout", "sha256", "original_width", "original_height")}
+    t["signals"] = table["signals"].to_pylist()
+    jpgs = [j if st == schema.STATUS_SUCCESS else None for j, st in zip(table["jpg"].to_pylist(), t["status"])]
+    t["phash"] = np.full(len(jpgs), None, dtype=object)
+    ok = np.flatnonzero(t["status"] == schema.STATUS_SUCCESS)
+    t["phash"][ok] = dedup.phashes([jpgs[i] for i in ok])
+    encoder = ""
+    if cfg.embeddings:
+        img, txt, encoder = load_embeddings(cfg.embeddings, cfg.shards, t["uid"].tolist())
+        t["img_emb"], t["clip_score"] = img, np.sum(img * txt, axis=1)
+    if cfg.aesthetic:
+        t["aesthetic_score"] = load_aesthetic(cfg.aesthetic, t["uid"].tolist())
+    return t, encoder
+
+
+def decide(cfg: FilterConfig) -> tuple[pa.Table, dict]:
+    """The decisions table (DECISIONS_SCHEMA, one row per shard row) and its stats."""
+    t, encoder = _columns(cfg)
+    n = len(t["uid"])
+    reg = registry.load_registry(cfg.registry) if cfg.registry else None
+    failed = np.where(np.isin(t["status"], [schema.STATUS_FAILED_DOWNLOAD, schema.STATUS_FAILED_RESIZE]),
+                      "download_failed", None).astype(object)
+    basic_rules = rules.BasicRules(min_words=cfg.min_words, min_chars=cfg.min_chars, max_chars=cfg.max_chars,
+                                   min_side=cfg.min_side, max_aspect=cfg.max_aspect)
+    frame = pd.DataFrame({k: t[k] for k in ("text", "original_width", "original_height")})
+    basic = list(rules.basic_reasons(frame, basic_rules).values()) if n else []
+    scores, cut = score_reasons(cfg, t)
+    layers = [failed] + optout_reasons(cfg, t, reg) + [np.where(t["status"] == schema.STATUS_SUCCESS, b, None)
+                                                       for b in basic] + scores
+    first, _ = rules.combine_reasons(*layers) if n else (_none(0), [])
+    dups, dup_of = dedup_reasons(cfg, t, np.array([r is None for r in first], dtype=bool))
+    first, every = rules.combine_reasons(*(layers + dups)) if n else (_none(0), [])
+    table = pa.table({
+        "uid": t["uid"].tolist(), "keep": [r is None for r in first], "exclusion_reason": first.tolist(),
+        "reasons": every, "clip_score": _floats(t.get("clip_score"), n), "aesthetic_score": _floats(
+            t.get("aesthetic_score"), n), "phash": t["phash"].tolist(), "duplicate_of": dup_of.tolist()},
+        schema=schema.DECISIONS_SCHEMA)
+    return table, _stats(table, cfg, encoder, cut)
+
+
+def _floats(values, n: int) -> list:
+    if values is None:
+        return [None] * n
+    return [None if not np.isfinite(v) else float(v) for v in values]
+
+
+def _stats(table: pa.Table, cfg: FilterConfig, encoder: str, cut: float | None) -> dict:
+    first = [r for r in table["exclusion_reason"].to_pylist() if r is not None]
+    every = [r for rs in table["reasons"].to_pylist() for r in rs]
+    return {"rows": table.num_rows, "kept": table.num_rows - len(first),
+            "reasons": {r: first.count(r) for r in sorted(set(first))},
+            "all_reasons": {r: every.count(r) for r in sorted(set(every))},
+            "clip_threshold_effective": cut, "encoder": encoder, "optout": cfg.optout}
+
+
+def run(cfg: FilterConfig) -> Path:
+    """Write `<out>/decisions.parquet`, `<out>/subsets/keep.npy` and `<out>/_stats.json`."""
+    out = Path(cfg.out)
+    options.write_config(cfg, out)
+    table, stats = decide(cfg)
+    schema.write(table, out / "decisions.parquet", "decisions", {"encoder": stats["encoder"]})
+    (out / "subsets").mkdir(parents=True, exist_ok=True)
+    keep = [u for u, k in zip(table["uid"].to_pylist(), table["keep"].to_pylist()) if k]
+    with disk.atomic(out / "subsets" / "keep.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, subsets.from_uids(keep))
+    disk.write_text(out / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    logger.info("filter: kept %d of %d rows; excluded by %s", stats["kept"], stats["rows"], stats["reasons"])
+    return out
