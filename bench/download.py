@@ -43,7 +43,7 @@ from curation.acquire import crawler, netguard
 from curation.acquire.pairs import write_pairs  # noqa: E402
 from curation.acquire.signals import AI_DIRECTIVES  # noqa: E402
 from curation.world import art, web  # noqa: E402
-from mithridate.core import schema
+from mithridate.core import schema, stats_files
 
 logger = logging.getLogger("bench.download")
 
@@ -94,7 +94,7 @@ def crawl(w: web.DemoWeb, out: Path, repeats: int) -> tuple[Path, list[dict]]:
         folder = out / f"crawl-{k}"
         cfg = crawler.CrawlConfig(seeds=tuple(w.seeds), out=str(folder), allow_networks=w.networks)
         crawler.run(cfg)
-        s = json.loads((folder / "_stats.json").read_text())
+        s = stats_files.read(folder)
         stats.append({k2: s.get(k2) for k2 in ("pages_fetched", "seconds", "pages_per_s", "pairs")})
         logger.info("crawl %d/%d: %s pages in %.2f s = %.1f pages/s", k + 1, repeats, s.get("pages_fetched"),
                     s["seconds"], s["pages_per_s"])
@@ -182,9 +182,9 @@ def _successes_anchor(out: Path) -> tuple[int, float, float, set]:
 
 
 def _successes_ours(out: Path) -> tuple[int, float, float, set]:
-    """(successes, stage seconds from _stats.json, sum of shard seconds, success URLs) of a run of ours."""
-    stats = json.loads((out / "_stats.json").read_text())
-    shard_s = sum(json.loads(f.read_text())["seconds"] for f in sorted(out.glob("[0-9]*_stats.json")))
+    """(successes, stage seconds from its run stats, sum of shard seconds, success URLs) of a run of ours."""
+    stats = stats_files.read(out)
+    shard_s = sum(json.loads(f.read_text())["seconds"] for f in stats_files.shards(out))
     t = schema.read_folder(out, "shard", ["url", "status"]).to_pylist()
     urls = {r["url"] for r in t if r["status"] == schema.STATUS_SUCCESS}
     return stats["status"].get(schema.STATUS_SUCCESS, 0), stats["seconds"], shard_s, urls
@@ -218,7 +218,7 @@ def _summary(xs: list[float]) -> dict:
 def steady_state(base: dict, big: dict) -> dict:
     """Steady-state rates and fixed cost from the base and scaled runs of one repeat.
 
-    Differencing each tool's own stage clock (img2dataset: shard span; ours: `_stats.json` seconds) cancels
+    Differencing each tool's own stage clock (img2dataset: shard span; ours: `__stats__/run.json` seconds) cancels
     what does not grow with the list (imports inside ours' stage, spawns, exits) and is far less noisy than
     differencing wall clocks, which is kept as a cross-check. fixed = base wall − base images / stage rate.
     """
@@ -267,7 +267,7 @@ def report(results: dict) -> str:
                  "clock starts; no spawned process when there is one shard or "
                  "processes=1.")
     lines.append("  as each tool reports it (start-up excluded): img2dataset shard span "
-                 f"{c[ANCHOR]['stage_images_per_s']['median']:.1f} img/s; ours _stats.json "
+                 f"{c[ANCHOR]['stage_images_per_s']['median']:.1f} img/s; ours __stats__/run.json "
                  f"{c[OURS]['stage_images_per_s']['median']:.1f} img/s")
     if results["same_successes"] is not True:
         lines.append(f"  WARNING: success sets differ: {results['same_successes']}")

@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:  # run as `python bench/embed.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 from curation.score import clip_train, embed, encoders  # noqa: E402
-from mithridate.core import compute
+from mithridate.core import compute, stats_files
 from reports import demo  # noqa: E402
 
 logger = logging.getLogger("bench.embed")
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_shards(out: Path, art_preset: str, cache_dir: str, copies: int) -> Path:
     """The demo's download shards (demo run once, reused), repeated `copies` times as 00000…, 00001…, …"""
     demo_out = out / "demo"
-    if not (demo_out / "shards" / "_stats.json").is_file():
+    if not stats_files.done(demo_out / "shards"):
         demo.run(demo.DemoConfig(out=str(demo_out), art_preset=art_preset, cache_dir=cache_dir, stop_after="download"))
     originals = embed.shard_files(demo_out / "shards")
     folder = out / "shards"
@@ -128,7 +128,7 @@ def ours(shards: Path, ckpt: Path, out: Path, batch_size: int, device: str) -> i
     cfg = embed.EmbedConfig(shards=str(shards), out=str(out), model="compact", pretrained=str(ckpt),
                             batch_size=batch_size, device=device)
     embed.run(cfg)
-    return json.loads((out / "_stats.json").read_text())["embedded"]
+    return stats_files.read(out)["embedded"]
 
 
 def timed(name: str, fn, shards: Path, ckpt: Path, out: Path, args) -> dict:

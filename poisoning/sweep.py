@@ -40,7 +40,7 @@ from tqdm import tqdm
 from curation.score import encoders
 from diffusion import data, grid, pipeline
 from diffusion.pipeline import Pipeline
-from mithridate.core import disk, options, schema
+from mithridate.core import disk, options, schema, stats_files
 from poisoning import (
     candidates,
     defences,
@@ -413,7 +413,7 @@ def _defences(cfg: SweepConfig, out: Path, ckpt: dict, clean: data.ImageSet) -> 
 
 def _clip_threshold(cfg: SweepConfig, clean: data.ImageSet, text_clip) -> tuple[float, str]:
     if cfg.filter:
-        stats = json.loads((Path(cfg.filter) / "_stats.json").read_text())
+        stats = stats_files.read(cfg.filter)
         cut = stats.get("clip_threshold_effective")
         if cut is not None:
             return float(cut), f"filter stage ({cfg.filter})"

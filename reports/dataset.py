@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from mithridate.core import disk, options, schema
+from mithridate.core import disk, options, schema, stats_files
 from reports import figures, html as H
 
 logger = logging.getLogger(__name__)
@@ -55,12 +55,12 @@ def load(cfg: DatasetReportConfig) -> dict:
         manifest = schema.read(cfg.manifest, "web_manifest").to_pandas().drop_duplicates("url").set_index("url")
     return {
         "rows": rows, "manifest": manifest,
-        "crawl": _json(Path(cfg.crawl) / "_stats.json") if cfg.crawl else {},
-        "download": _json(Path(cfg.shards) / "_stats.json"),
-        "filter": _json(Path(cfg.filter) / "_stats.json"),
+        "crawl": stats_files.read_or_empty(cfg.crawl) if cfg.crawl else {},
+        "download": stats_files.read_or_empty(cfg.shards),
+        "filter": stats_files.read_or_empty(cfg.filter),
         "filter_config": _json(Path(cfg.filter) / "config.json"),
         "download_config": _json(Path(cfg.shards) / "config.json"),
-        "export": _json(Path(cfg.export) / "_stats.json") if cfg.export else {},
+        "export": stats_files.read_or_empty(cfg.export) if cfg.export else {},
         "clip": _json(Path(cfg.clip) / "eval.json") if cfg.clip else {},
     }
 

@@ -33,7 +33,7 @@ from curation.score import aesthetic, clip_train, embed
 from curation.select import dedup, export, filtering, release
 from curation.world import art, web
 from diffusion import data as diffusion_data, evaluation, training, vae_train as vae
-from mithridate.core import disk, options, schema
+from mithridate.core import disk, options, schema, stats_files
 from poisoning import attackability, candidates, concept_pair as pairs, sweep
 from poisoning.audit import artist_removal as optout
 from reports import dataset, generation, poisoning, story
@@ -178,8 +178,8 @@ def _part1(cfg: DemoConfig, out: Path, corpus: Path) -> tuple[Path, Path]:
         downloader.run(down_cfg)
         registry = _optout_registry(w, out / "registry.json")
         disk.write_text(out / "web" / "ports.json", json.dumps(list(w.ports)) + "\n")  # part 5 serves the same URLs
-    crawl_stats = json.loads((out / "crawl" / "_stats.json").read_text())
-    down_stats = json.loads((out / "shards" / "_stats.json").read_text())
+    crawl_stats = stats_files.read(out / "crawl")
+    down_stats = stats_files.read(out / "shards")
     text = funnel.format_funnel(crawl_stats, down_stats)
     disk.write_text(out / "funnel.json", json.dumps({"crawl": crawl_stats, "download": down_stats}, indent=2) + "\n")
     disk.write_text(out / "funnel.txt", text + "\n")

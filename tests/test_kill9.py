@@ -30,7 +30,7 @@ from PIL import Image
 from curation.acquire import crawler, downloader
 from curation.score import embed
 from curation.world import webserver
-from mithridate.core import schema
+from mithridate.core import schema, stats_files
 from mithridate.core.compute import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def test_a_crawl_killed_at_a_random_moment_resumes_from_its_checkpoint(site, tmp
     out = Path(cfg.out)
     _kill_during(args, lambda: (out / "_state.json").exists(), _rng("crawl").uniform(0.0, 0.4),
                  tmp_path / "killed.log")
-    assert not (out / "_stats.json").exists() and _unlocked(out)
+    assert not stats_files.done(out) and _unlocked(out)
     saved = json.loads((out / "_state.json").read_text())  # the last checkpoint is whole
     assert saved["stats"]["pages_fetched"] >= 2
     log = _rerun(args, tmp_path / "rerun.log")
@@ -188,7 +188,7 @@ def test_a_crawl_killed_at_a_random_moment_resumes_from_its_checkpoint(site, tmp
     assert len(want) == PAGES * IMAGES_PER_PAGE
     assert [r["uid"] for r in got] == [r["uid"] for r in want] and got == want  # none lost, none twice, same order
     assert sorted(p.name for p in (out / "pairs").iterdir()) == sorted(p.name for p in (ref / "pairs").iterdir())
-    stats, ref_stats = (json.loads((f / "_stats.json").read_text()) for f in (out, ref))
+    stats, ref_stats = (stats_files.read(f) for f in (out, ref))
     assert stats["pages_fetched"] == ref_stats["pages_fetched"] == PAGES + 1 and stats["pairs"] == ref_stats["pairs"]
     assert not (out / "_state.json").exists() and not (out / "_partial").exists() and not _temporary_files(out)
 
@@ -225,13 +225,13 @@ def test_a_download_killed_at_a_random_moment_resumes_after_its_finished_shards(
                                                             "timeout_s", "allow_networks")]
     rng = _rng("download")
     k = rng.randint(1, n - 4)  # killed after k finished shards, and a little more
-    _kill_during(args, lambda: len(_shard_files(out, "_stats.json")) >= k, rng.uniform(0.0, 0.1),
+    _kill_during(args, lambda: len(stats_files.shards(out)) >= k, rng.uniform(0.0, 0.1),
                  tmp_path / "killed.log")
-    finished = _shard_files(out, "_stats.json")
-    assert k <= len(finished) < n and not (out / "_stats.json").exists() and _unlocked(out)
+    finished = stats_files.shards(out)
+    assert k <= len(finished) < n and not stats_files.done(out) and _unlocked(out)
     for f in finished:  # a stats file is the promise that its shard is whole
-        assert schema.read(out / f.name.replace("_stats.json", ".parquet"), "shard").num_rows == DOWNLOAD_SHARD
-    kept = {f.name: os.stat(f).st_mtime_ns for f in finished}
+        assert schema.read(out / f"{f.stem}.parquet", "shard").num_rows == DOWNLOAD_SHARD
+    kept = {f.relative_to(out): os.stat(f).st_mtime_ns for f in finished}
     log = _rerun(args, tmp_path / "rerun.log")
     assert f"{n} shards, {len(finished)} already finished" in log
     assert {f: os.stat(out / f).st_mtime_ns for f in kept} == kept  # finished shards were not fetched again
@@ -242,7 +242,7 @@ def test_a_download_killed_at_a_random_moment_resumes_after_its_finished_shards(
         assert got[col].to_pylist() == want[col].to_pylist(), col
     assert got["status"].to_pylist().count("success") == got.num_rows - len(MISSING)
     assert [f.name for f in _shard_files(out, ".parquet")] == [f.name for f in _shard_files(shards, ".parquet")]
-    assert json.loads((out / "_stats.json").read_text())["rows"] == got.num_rows
+    assert stats_files.read(out)["rows"] == got.num_rows
     assert not _temporary_files(out)
 
 
@@ -308,10 +308,10 @@ def test_an_embed_killed_at_a_random_moment_resumes_after_its_finished_shards(bi
     args = ["curation", "embed", *_args(cfg, "shards", "out", "pretrained", "batch_size", "device")]
     rng = _rng("embed")
     k = rng.randint(1, n - 3)
-    _kill_during(args, lambda: len(_shard_files(out, "_stats.json")) >= k, rng.uniform(0.0, 0.1),
+    _kill_during(args, lambda: len(stats_files.shards(out)) >= k, rng.uniform(0.0, 0.1),
                  tmp_path / "killed.log")
-    finished = _shard_files(out, "_stats.json")
-    assert k <= len(finished) < n and not (out / "_stats.json").exists() and _unlocked(out)
+    finished = stats_files.shards(out)
+    assert k <= len(finished) < n and not stats_files.done(out) and _unlocked(out)
     log = _rerun(args, tmp_path / "rerun.log")
     assert f"embed: {n} shards ({len(finished)} already done)" in log
     with torch_threads(1):

@@ -25,7 +25,7 @@ from PIL import Image
 from curation.acquire import downloader
 from curation.score import encoders
 from curation.world import webserver
-from mithridate.core import checkpoints, disk, options, schema
+from mithridate.core import checkpoints, disk, options, schema, stats_files
 from mithridate.core.compute import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_a_corrupt_shard_names_the_file_and_how_to_refetch_it(tmp_path, kind):
         msg = str(err.value)
         assert type(err.value) is ValueError and "\n" not in msg
         assert msg.startswith(f"{path}: not a readable parquet file (")
-        assert msg.endswith(f"it is truncated or corrupt: delete it and {tmp_path / '00003_stats.json'}, then rerun "
+        assert msg.endswith(f"it is truncated or corrupt: delete it and {stats_files.path(tmp_path, '00003')}, then rerun "
                             "`download` to fetch it again")
 
 
@@ -265,20 +265,20 @@ def test_a_download_killed_mid_shard_resumes_without_refetching_or_losing_rows(s
     kw = {k: getattr(cfg, k) for k in ("pairs", "out", "shard_size", "threads", "timeout_s", "allow_networks")}
     child = _python(DOWNLOAD_CHILD, json.dumps(kw))
     try:
-        _wait_for(out / "00000_stats.json", child)
+        _wait_for(stats_files.path(out, "00000"), child)
         assert any("hanging" in line for line in child.stdout), "the child ended before shard 1"
         with pytest.raises(disk.FolderInUse, match=rf"in use by another mithridate run \(pid {child.pid}\)"):
             downloader.run(cfg)
     finally:
         _kill(child)
     assert (out / "_tmp" / "00001").is_dir() and not (out / "00001.parquet").exists()
-    done = {f: os.stat(out / f).st_mtime_ns for f in ("00000.parquet", "00000_stats.json")}
+    done = {f: os.stat(out / f).st_mtime_ns for f in ("00000.parquet", "__stats__/00000.json")}
     downloader.run(cfg)
     shards = schema.read_folder(out, "shard")
     assert shards["uid"].to_pylist() == uids  # every row once, in input order
     assert shards["status"].to_pylist() == ["success"] * 11 + ["failed_to_download"]
     assert {f: os.stat(out / f).st_mtime_ns for f in done} == done  # the finished shard was not refetched
-    assert json.loads((out / "_stats.json").read_text())["rows"] == 12
+    assert stats_files.read(out)["rows"] == 12
 
 
 @pytest.fixture(scope="module")

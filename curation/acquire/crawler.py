@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from curation.acquire import alttext, netguard, robots, signals
 from curation.acquire.pairs import write_pairs
-from mithridate.core import disk, options, schema
+from mithridate.core import disk, options, schema, stats_files
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CrawlConfig:
     seeds: tuple[str, ...] = options.opt((), "start URLs, comma separated; each one's site is crawled")
-    out: str = options.opt("mithridate-out/crawl", "output folder: config.json, pairs/, hosts.json, _stats.json, crawl.warc.gz")
+    out: str = options.opt("mithridate-out/crawl",
+                           "output folder: config.json, pairs/, hosts.json, __stats__/run.json, crawl.warc.gz")
     max_pages: int = options.opt(5000, "stop after fetching this many pages in all")
     max_depth: int = options.opt(20, "link depth from a seed")
     concurrency: int = options.opt(16, "pages fetched at once, over all hosts")
@@ -278,7 +279,7 @@ class CrawlState:
 
 
 def run(cfg: CrawlConfig) -> Path:
-    """Crawl `cfg.seeds`; writes `<out>/config.json`, `<out>/pairs/*.parquet` and `<out>/_stats.json`.
+    """Crawl `cfg.seeds`; writes `<out>/config.json`, `<out>/pairs/*.parquet` and `<out>/__stats__/run.json`.
 
     Progress is saved every `cfg.checkpoint_pages` pages; a rerun with the same config resumes from it, and a
     rerun of a finished crawl does nothing.
@@ -287,8 +288,8 @@ def run(cfg: CrawlConfig) -> Path:
         raise ValueError("CrawlConfig.seeds is empty: give at least one start URL (--seeds=http://…)")
     out = Path(cfg.out)
     options.check_resumable(cfg, out)
-    if (out / "_stats.json").exists():
-        CrawlState.clear(out)  # a crawl killed between its _stats.json and clearing its state
+    if stats_files.done(out):
+        CrawlState.clear(out)  # a crawl killed between writing its stats and clearing its state
         logger.info("crawl: %s already holds this finished crawl; nothing to do", out)
         return out
     options.write_config(cfg, out)
@@ -305,7 +306,7 @@ def run(cfg: CrawlConfig) -> Path:
             crawler.warc.close()
     stats.update(write_pairs(pairs, out / "pairs", cfg.shard_size))
     disk.write_text(out / "hosts.json", json.dumps(crawler.hosts.records(), indent=2) + "\n")
-    disk.write_text(out / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    stats_files.write(out, stats)
     CrawlState.clear(out)
     logger.info("crawl: %d pages in %.1f s (%.1f pages/s), %d pairs → %s", stats.get("pages_fetched", 0),
                 stats["seconds"], stats["pages_per_s"], stats.get("pairs", 0), out / "pairs")

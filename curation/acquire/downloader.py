@@ -3,7 +3,7 @@
 img2dataset's `Downloader` runs per shard, behind a guarded urllib opener (address policy, body cap,
 image content types, a total deadline per request) and a pixel cap. Each image host's robots.txt, ai.txt and
 tdmrep.json add their signals to its rows (`curation.acquire.robots`). Rows the opt-out policy excludes are not fetched. Every input row
-comes out with a status, in input order; a shard whose `_stats.json` exists is finished and skipped.
+comes out with a status, in input order; a shard whose `__stats__/<id>.json` exists is finished and skipped.
 Given expected hashes, img2dataset verifies the original bytes (`verify_hash_type`): a changed image fails
 with "hash mismatch"; a `gate` may turn more success rows into failures before a shard is written.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import os
 import re
@@ -34,7 +33,7 @@ import pyarrow.parquet as pq
 
 from curation.acquire import funnel, netguard, robots
 from curation.acquire.signals import AI_DIRECTIVES, directive_signals, x_robots_directives
-from mithridate.core import disk, options, progress, schema, workers
+from mithridate.core import options, progress, schema, stats_files, workers
 
 logger = logging.getLogger(__name__)
 XRT_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"
@@ -263,7 +262,7 @@ Gate = Callable[[pa.Table], pa.Table]  # a finished shard table → the same row
 
 
 def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table, gate: Gate | None = None) -> dict:
-    """Download one shard and write `<out>/<id>.parquet` then `<out>/<id>_stats.json`; returns the stats.
+    """Download one shard and write `<out>/<id>.parquet` then `<out>/__stats__/<id>.json`; returns the stats.
 
     `rows` may carry an expected `sha256` column (see `_fetch`); `gate` is applied before the shard is written."""
     out, t0 = Path(cfg.out), time.time()
@@ -276,7 +275,7 @@ def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table, gate: Gat
     table = gate(table) if gate is not None else table
     schema.write(table, out / f"{shard_id:05d}.parquet", "shard", {"policy": cfg.policy})
     stats = funnel.shard_stats(table, time.time() - t0)
-    disk.write_text(out / f"{shard_id:05d}_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    stats_files.write(out, stats, f"{shard_id:05d}")
     shutil.rmtree(tmp, ignore_errors=True)
     return stats
 
@@ -300,7 +299,7 @@ def _worker_init() -> None:
 
 
 def run(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = None, gate: Gate | None = None) -> Path:
-    """Download every pair under the opt-out policy; writes shards, per-shard stats and `<out>/_stats.json`.
+    """Download every pair under the opt-out policy; writes shards, per-shard stats and the run's (`<out>/__stats__/`).
 
     `expected_sha256` (uid → hex digest): img2dataset's `verify_hash_type` checks each image's original bytes
     and fails a changed one with "hash mismatch". `gate` (picklable with processes > 1) post-checks each shard."""
@@ -308,7 +307,7 @@ def run(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = None, g
     options.check_resumable(cfg, out, runtime_fields=("processes", "threads"))
     options.write_config(cfg, out)
     shards = _shards(cfg, expected_sha256)
-    todo = [(k, t) for k, t in shards if not (out / f"{k:05d}_stats.json").exists()]
+    todo = [(k, t) for k, t in shards if not stats_files.done(out, f"{k:05d}")]
     logger.info("download: %d shards, %d already finished, policy=%s", len(shards), len(shards) - len(todo),
                 cfg.policy)
     # OpenCV reads its decoder's pixel cap once, when it is first imported: set it before that (workers inherit it)
@@ -325,7 +324,7 @@ def run(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = None, g
             for f in progress.bar(futures, "download", "shard"):
                 f.result()
     stats = funnel.folder_stats(out, time.time() - t0)
-    disk.write_text(out / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    stats_files.write(out, stats)
     logger.info("download: %d rows, %d success (%.1f img/s) → %s", stats["rows"], stats["status"].get("success", 0),
                 stats["images_per_s"], out)
     return out

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from mithridate.core import stats_files
+
 # (pattern in the error message, reason); first match wins
 _REASONS = (
     (r"^hash mismatch", "hash_mismatch"),
@@ -61,10 +63,10 @@ def shard_stats(table: pa.Table, seconds: float) -> dict:
 
 
 def folder_stats(folder: Path, seconds: float) -> dict:
-    """Sum of every `<id>_stats.json` in a download folder, with images/s over `seconds`."""
+    """Sum of every shard's stats in a download folder, with images/s over `seconds`."""
     total = {"rows": 0, "status": collections.Counter(), "failure_reasons": collections.Counter(),
              "optout_signals": collections.Counter(), "recorded_optouts": 0, "shards": 0}
-    for f in sorted(Path(folder).glob("[0-9]*_stats.json")):
+    for f in stats_files.shards(folder):
         s = json.loads(f.read_text())
         total["rows"] += s["rows"]
         total["recorded_optouts"] += s.get("recorded_optouts", 0)

@@ -1,14 +1,13 @@
 """Stage "pairs": turn a WARC, a WAT or a URL list into sharded parquet files of image–text pairs.
 
 `run(cfg)` writes `<out>/config.json`, then `<out>/pairs/00000.parquet`, `00001.parquet` … (schema "pairs")
-and `<out>/pairs/_stats.json`. Nothing is dropped silently: rows with a non-http(s) URL are counted as
+and `<out>/pairs/__stats__/run.json`. Nothing is dropped silently: rows with a non-http(s) URL are counted as
 `invalid_url` (with their line numbers), repeated (url, text) pairs as `duplicates`, and malformed WARC/WAT
 records as `skipped_records`. `write_pairs` is the shared shard writer (the crawler uses it too).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -17,13 +16,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from mithridate.core import schema
-from mithridate.core.disk import write_text
+from mithridate.core import schema, stats_files
 from mithridate.core.options import check_choice, check_positive, literal_values, opt, write_config
 
 log = logging.getLogger(__name__)
 
-MAX_INVALID_LINES = 1000  # line numbers of invalid URLs kept in _stats.json (the count is always exact)
+MAX_INVALID_LINES = 1000  # line numbers of invalid URLs kept in the stats (the count is always exact)
 _SHARD_RE = re.compile(r"^\d{5,}\.parquet$")
 
 
@@ -37,7 +35,7 @@ class PairsConfig:
     url_col: str = opt("url", "URL-list column holding image URLs")
     caption_col: str = opt("caption", "URL-list column holding captions (empty: no captions)")
     page_col: str = opt("", "URL-list column holding page URLs (empty: none)")
-    out: str = opt("mithridate-out/pairs", "output folder (config.json, pairs/*.parquet, pairs/_stats.json)")
+    out: str = opt("mithridate-out/pairs", "output folder (config.json, pairs/*.parquet, pairs/__stats__/run.json)")
     shard_size: int = opt(10000, "pairs per parquet shard")
 
 
@@ -188,7 +186,7 @@ def run(cfg: PairsConfig) -> Path:
              "invalid_url_lines": [], "skipped_records": 0}
     written = write_pairs(_valid_rows(read_rows(cfg, stats), stats), folder, cfg.shard_size)
     stats.update(written)
-    write_text(folder / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    stats_files.write(folder, stats)
     log.info("pairs: %d from %d rows of %s (%d invalid URLs, %d duplicates, %d skipped records) → %s",
              stats["pairs"], stats["rows_read"], cfg.input, stats["invalid_url"], stats["duplicates"],
              stats["skipped_records"], folder)

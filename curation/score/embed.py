@@ -2,9 +2,9 @@
 
     <out>/NNNNN.npz         uid (str, N), img_emb and txt_emb (float16, N × D, L2-normalised), encoder (0-d str);
                             rows are the shard's success rows in shard order, minus those listed as failed
-    <out>/NNNNN_stats.json  rows, success, embedded, failed [{uid, error}], seconds — written last (shard done)
+    <out>/__stats__/NNNNN.json  rows, success, embedded, failed [{uid, error}], seconds — written last (shard done)
     <out>/encoder.json      name, model, pretrained, dim
-    <out>/_stats.json       totals and images/s of the run
+    <out>/__stats__/run.json    totals and images/s of the run
 
 The default `out` is `<shards>/../embeddings/<encoder name>`. A shard whose stats file exists and whose npz
 holds exactly its success uids is skipped, so a rerun resumes. Images are decoded and preprocessed in a
@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from curation.score import encoders
-from mithridate.core import compute, disk, options, schema
+from mithridate.core import compute, disk, options, schema, stats_files
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _write_npz(path: Path, uid: list[str], img: np.ndarray, txt: np.ndarray, enc
 
 
 def embed_shard(encoder: encoders.Encoder, shard: Path, out: Path, batch_size: int, bar=None) -> dict:
-    """Embed one shard's success rows into `<out>/<id>.npz`, then write `<out>/<id>_stats.json` (done marker)."""
+    """Embed one shard's success rows into `<out>/<id>.npz`, then write `<out>/__stats__/<id>.json` (done marker)."""
     t0 = time.perf_counter()
     table = schema.read(shard, "shard", ["uid", "status", "text", "jpg"])
     rows = table.filter(pc.equal(table["status"], schema.STATUS_SUCCESS)).select(["uid", "text", "jpg"]).to_pylist()
@@ -140,10 +140,11 @@ def embed_shard(encoder: encoders.Encoder, shard: Path, out: Path, batch_size: i
     _write_npz(out / f"{shard.stem}.npz", res["uid"], res["img_emb"], res["txt_emb"], encoder.name)
     if res["failed"]:
         logger.warning("embed: shard %s: %d success rows have undecodable images; left out of the npz and listed "
-                       "in %s_stats.json (first: %s)", shard.name, len(res["failed"]), shard.stem, res["failed"][0])
+                       "in %s (first: %s)", shard.name, len(res["failed"]), stats_files.path(out, shard.stem),
+                       res["failed"][0])
     stats = {"shard": shard.name, "rows": table.num_rows, "success": len(rows), "embedded": len(res["uid"]),
              "failed": res["failed"], "encoder": encoder.name, "seconds": round(time.perf_counter() - t0, 3)}
-    disk.write_text(out / f"{shard.stem}_stats.json", json.dumps(stats, indent=1) + "\n")
+    stats_files.write(out, stats, shard.stem, indent=1)
     return stats
 
 
@@ -151,13 +152,12 @@ def embed_shard(encoder: encoders.Encoder, shard: Path, out: Path, batch_size: i
 
 
 def _failed_uids(out: Path, shard_stem: str) -> set[str]:
-    stats = out / f"{shard_stem}_stats.json"
-    return {f["uid"] for f in json.loads(stats.read_text())["failed"]} if stats.is_file() else set()
+    return {f["uid"] for f in stats_files.read_or_empty(out, shard_stem).get("failed", [])}
 
 
 def _is_done(out: Path, shard: Path, encoder_name: str) -> bool:
-    npz, stats = out / f"{shard.stem}.npz", out / f"{shard.stem}_stats.json"
-    if not (npz.is_file() and stats.is_file()):
+    npz = out / f"{shard.stem}.npz"
+    if not (npz.is_file() and stats_files.done(out, shard.stem)):
         return False
     failed = _failed_uids(out, shard.stem)
     with np.load(npz) as z:
@@ -198,7 +198,7 @@ def run(cfg: EmbedConfig) -> Path:
     summary = {"shards": len(files), "shards_embedded": len(todo), "embedded": embedded,
                "failed": sum(len(s["failed"]) for s in stats), "encoder": encoder.name, "device": encoder.device,
                "seconds": round(seconds, 3), "images_per_s": round(embedded / max(seconds, 1e-9), 1)}
-    disk.write_text(out / "_stats.json", json.dumps(summary, indent=2) + "\n")
+    stats_files.write(out, summary)
     logger.info("embed: %d images in %.1f s (%.0f img/s), %d undecodable → %s", embedded, seconds,
                 summary["images_per_s"], summary["failed"], out)
     if cfg.layout == "clip-retrieval":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.select import subsets
-from mithridate.core import disk, options, schema
+from mithridate.core import options, schema, stats_files
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def _kept(shard: pa.Table, decisions: pa.Table, prov: dict) -> pa.Table:
 
 
 def run(cfg: ExportConfig) -> Path:
-    """Write `<out>/NNNNN.parquet` (TRAIN_SCHEMA) and `<out>/_stats.json`; returns the output folder."""
+    """Write `<out>/NNNNN.parquet` (TRAIN_SCHEMA) and `<out>/__stats__/run.json`; returns the output folder."""
     out = Path(cfg.out)
     options.write_config(cfg, out)
     decisions = schema.read(Path(cfg.filter) / "decisions.parquet", "decisions")
@@ -81,6 +80,6 @@ def run(cfg: ExportConfig) -> Path:
         schema.write(table.slice(k, cfg.shard_size), out / f"{k // cfg.shard_size:05d}.parquet", "train")
     licences = pc.value_counts(pc.fill_null(table["licence"], "unknown")).to_pylist()
     stats = {"rows": table.num_rows, "licences": {d["values"]: d["counts"] for d in licences}}
-    disk.write_text(out / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")  # last: done
+    stats_files.write(out, stats)  # last: done
     logger.info("export: %d training rows → %s", table.num_rows, out)
     return out

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from curation.select import dedup, registry, rules, subsets
-from mithridate.core import disk, options, schema
+from mithridate.core import disk, options, schema, stats_files
 
 logger = logging.getLogger(__name__)
 DEDUP_LAYERS = ("exact", "phash", "semantic")
@@ -30,7 +30,8 @@ class FilterConfig:
     embeddings: str = options.opt("", "embeddings folder (embed output); '' = no CLIP score or semantic dedup")
     aesthetic: str = options.opt("", "aesthetic scores folder (aesthetic score output); '' = none")
     registry: str = options.opt("", "do-not-train registry file (json/csv/tsv: url, domain, sha256, phash, artist)")
-    out: str = options.opt("mithridate-out/filter", "output folder: decisions.parquet, subsets/keep.npy, _stats.json")
+    out: str = options.opt("mithridate-out/filter",
+                           "output folder: decisions.parquet, subsets/keep.npy, __stats__/run.json")
     optout: Literal["honor", "url_only", "ignore"] = options.opt(
         "honor", "honor = signals + registry + re-uploads of opted-out works; url_only = signals and registry "
         "URLs/domains only (re-uploads slip through); ignore = keep opted-out rows that were downloaded")
@@ -211,7 +212,7 @@ def _stats(table: pa.Table, cfg: FilterConfig, encoder: str, cut: float | None) 
 
 
 def run(cfg: FilterConfig) -> Path:
-    """Write `<out>/decisions.parquet`, `<out>/subsets/keep.npy` and `<out>/_stats.json`."""
+    """Write `<out>/decisions.parquet`, `<out>/subsets/keep.npy` and `<out>/__stats__/run.json`."""
     out = Path(cfg.out)
     options.write_config(cfg, out)
     table, stats = decide(cfg)
@@ -220,6 +221,6 @@ def run(cfg: FilterConfig) -> Path:
     keep = [u for u, k in zip(table["uid"].to_pylist(), table["keep"].to_pylist()) if k]
     with disk.atomic(out / "subsets" / "keep.npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, subsets.from_uids(keep))
-    disk.write_text(out / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    stats_files.write(out, stats)
     logger.info("filter: kept %d of %d rows; excluded by %s", stats["kept"], stats["rows"], stats["reasons"])
     return out

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mithridate.core import disk
+from mithridate.core import disk, stats_files
 
 SCHEMA_VERSION = "1"
 
@@ -94,7 +94,7 @@ WEB_MANIFEST_SCHEMA = pa.schema(
 
 # Embeddings are not parquet: `<embed out>/<shard id>.npz` with keys `uid` (str, N), `img_emb` and `txt_emb`
 # (float16, N × D, L2-normalised), `encoder` (0-d str); rows are the shard's success rows in shard order, minus
-# those listed as undecodable in `<embed out>/<shard id>_stats.json`.
+# those listed as undecodable in `<embed out>/__stats__/<shard id>.json`.
 # `<embed out>/encoder.json` names the encoder (name, model, pretrained, dim).
 
 AESTHETIC_SCHEMA = pa.schema(
@@ -234,7 +234,8 @@ def _unreadable(path: Path, name: str, err: Exception) -> ValueError:
     """The one-line error of a truncated or garbage parquet file: which file, and how to get it back."""
     detail = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]
     if name == "shard":
-        todo = f"delete it and {path.with_name(path.stem + '_stats.json')}, then rerun `download` to fetch it again"
+        marker = stats_files.existing(path.parent, path.stem) or stats_files.path(path.parent, path.stem)
+        todo = f"delete it and {marker}, then rerun `download` to fetch it again"
     else:
         todo = f"delete it, then rerun {WRITTEN_BY.get(name, 'the stage that wrote it')} to write it again"
     return ValueError(f"{path}: not a readable parquet file ({detail}); it is truncated or corrupt: {todo}")

@@ -45,7 +45,7 @@ from curation.score import encoders
 from curation.select import export, filtering, subsets
 from diffusion import data, samplers, training, vae_train as vae_mod
 from diffusion.pipeline import Pipeline
-from mithridate.core import disk, options, schema
+from mithridate.core import disk, options, schema, stats_files
 from poisoning import intervals
 from poisoning.audit import memorisation, style_probe
 
@@ -148,7 +148,7 @@ def base_filter(cfg: OptoutConfig) -> filtering.FilterConfig:
 def build_dataset(cfg: OptoutConfig, policy: str, base: filtering.FilterConfig) -> Path:
     """filter (this policy) → export; returns the train folder (reused when finished)."""
     folder = Path(cfg.out) / "datasets" / policy
-    if (folder / "train" / "_stats.json").is_file():
+    if stats_files.done(folder / "train"):
         return folder / "train"
     filt = filtering.run(dataclasses.replace(base, optout=policy, out=str(folder / "filter")))
     return export.run(export.ExportConfig(shards=base.shards, filter=str(filt), provenance=cfg.provenance,
@@ -163,7 +163,7 @@ def minus_artist(policy: str) -> str:
 def build_without(cfg: OptoutConfig, name: str, source: Path, base: filtering.FilterConfig) -> Path:
     """`source`'s export rows without any row of the artist (provenance), exported as dataset `name`."""
     folder = Path(cfg.out) / "datasets" / name
-    if (folder / "train" / "_stats.json").is_file():
+    if stats_files.done(folder / "train"):
         return folder / "train"
     rows = train_rows(source)
     keep = rows.loc[rows["artist"] != cfg.artist, "uid"]
@@ -492,7 +492,7 @@ def _datasets(cfg: OptoutConfig) -> dict[str, Path]:
         folders[minus_artist(p)] = folders[GOLD] if p == "honor" else build_without(cfg, minus_artist(p),
                                                                                    folders[p], base)
     for name, folder in folders.items():
-        if json.loads((folder / "_stats.json").read_text())["rows"] == 0:
+        if stats_files.read(folder)["rows"] == 0:
             raise ValueError(f"optout: the {name!r} dataset kept no rows ({folder}); nothing to train on — check the "
                              f"exclusion reasons of the filter run {cfg.filter} or loosen it")
     return folders

@@ -1,10 +1,9 @@
-import json
 
 import pytest
 
 from curation.acquire import crawler
 from curation.acquire.warc import read_warc
-from mithridate.core import schema
+from mithridate.core import schema, stats_files
 
 DOWNLOAD_ONLY = {"x-robots-tag:noai", "x-robots-tag:noimageai"}  # image headers: seen only when fetching images
 
@@ -26,7 +25,7 @@ def test_crawl_finds_every_reachable_image_with_its_alt_and_signals(tiny_web, ti
 
 
 def test_crawl_obeys_robots_for_its_own_agent(tiny_web, tiny_crawl):
-    stats = json.loads((tiny_crawl / "_stats.json").read_text())
+    stats = stats_files.read(tiny_crawl)
     assert stats["pages_disallowed_by_robots"] >= 1
     assert not _pairs(tiny_crawl)["page_url"].str.contains("/private/").any()
     assert stats["pages_fetched"] > 10 and stats["pairs"] == len(_pairs(tiny_crawl))
@@ -40,7 +39,7 @@ def test_crawl_writes_a_warc_that_reads_back_to_the_same_pairs(tiny_crawl):
 def test_crawl_refuses_loopback_unless_allowed(tiny_web, tmp_path):
     cfg = crawler.CrawlConfig(seeds=tuple(tiny_web.seeds), out=str(tmp_path), timeout_s=1.0)
     crawler.run(cfg)
-    stats = json.loads((tmp_path / "_stats.json").read_text())
+    stats = stats_files.read(tmp_path)
     assert stats.get("pages_fetched", 0) == 0
     assert stats["pages_failed:refused_address"] == len(tiny_web.seeds)
 
@@ -49,7 +48,7 @@ def test_max_pages_is_respected(tiny_web, tmp_path):
     cfg = crawler.CrawlConfig(seeds=tuple(tiny_web.seeds[:1]), out=str(tmp_path), max_pages=3,
                               allow_networks=tiny_web.networks)
     crawler.run(cfg)
-    stats = json.loads((tmp_path / "_stats.json").read_text())
+    stats = stats_files.read(tmp_path)
     assert stats["pages_fetched"] + stats.get("pages_disallowed_by_robots", 0) <= 3
 
 
@@ -75,7 +74,7 @@ def test_interrupted_crawl_resumes_to_the_same_pairs(tiny_web, tiny_crawl, tmp_p
     monkeypatch.setattr(crawler.Crawler, "crawl_page", dies_after_eight_pages)
     with pytest.raises(KeyboardInterrupt):
         crawler.run(cfg)
-    assert (tmp_path / "_state.json").exists() and not (tmp_path / "_stats.json").exists()
+    assert (tmp_path / "_state.json").exists() and not stats_files.done(tmp_path)
     monkeypatch.setattr(crawler.Crawler, "crawl_page", real)
     crawler.run(cfg)
     resumed = {(r.url, r.text, r.page_url) for r in _pairs(tmp_path).itertuples()}
@@ -86,8 +85,8 @@ def test_interrupted_crawl_resumes_to_the_same_pairs(tiny_web, tiny_crawl, tmp_p
 def test_rerun_of_a_finished_crawl_does_nothing_and_another_config_is_refused(tiny_web, tiny_crawl):
     cfg = crawler.CrawlConfig(seeds=tuple(tiny_web.seeds), out=str(tiny_crawl), allow_networks=tiny_web.networks,
                               timeout_s=2.0, retries=0, warc=True)
-    before = (tiny_crawl / "_stats.json").read_text()
+    before = stats_files.path(tiny_crawl).read_text()
     crawler.run(cfg)
-    assert (tiny_crawl / "_stats.json").read_text() == before
+    assert stats_files.path(tiny_crawl).read_text() == before
     with pytest.raises(ValueError, match="max_pages"):
         crawler.run(crawler.CrawlConfig(**{**cfg.__dict__, "max_pages": 7}))

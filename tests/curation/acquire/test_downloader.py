@@ -1,13 +1,12 @@
 import hashlib
 import io
-import json
 import os
 
 import pytest
 from PIL import Image
 
 from curation.acquire import downloader, funnel
-from mithridate.core import schema
+from mithridate.core import schema, stats_files
 
 EXPECTED_REASON = {"404": "http_404", "truncated": "decode_error", "wrong-content-type": "wrong_content_type",
                    "slow": "timeout", "redirect-loop": "redirect_loop", "oversized": "too_large",
@@ -18,7 +17,7 @@ def _download(tiny_web, tiny_crawl, out, **kw):
     cfg = downloader.DownloadConfig(pairs=str(tiny_crawl / "pairs"), out=str(out), timeout_s=1.0, threads=16,
                                     allow_networks=tiny_web.networks, **kw)
     downloader.run(cfg)
-    return schema.read_folder(out, "shard").to_pandas(), json.loads((out / "_stats.json").read_text())
+    return schema.read_folder(out, "shard").to_pandas(), stats_files.read(out)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +96,7 @@ def test_rerun_resumes_from_finished_shards(tiny_web, tiny_crawl, honored):
     files = sorted(out.glob("[0-9]*.parquet"))
     assert len(files) >= 3
     before = {f.name: os.stat(f).st_mtime_ns for f in files}
-    (out / "00001_stats.json").unlink()  # as if the run died while writing shard 1
+    stats_files.path(out, "00001").unlink()  # as if the run died while writing shard 1
     (out / "00001.parquet").unlink()
     again, _ = _download(tiny_web, tiny_crawl, out, shard_size=30)
     after = {f.name: os.stat(f).st_mtime_ns for f in sorted(out.glob("[0-9]*.parquet"))}
@@ -117,7 +116,7 @@ def test_refuses_loopback_without_an_allow_list(tiny_crawl, tmp_path):
     cfg = downloader.DownloadConfig(pairs=str(tiny_crawl / "pairs"), out=str(tmp_path), timeout_s=1.0,
                                     policy="ignore")
     downloader.run(cfg)
-    stats = json.loads((tmp_path / "_stats.json").read_text())
+    stats = stats_files.read(tmp_path)
     assert stats["status"].get("success", 0) == 0
     assert stats["failure_reasons"] == {"refused_address": stats["rows"]}
 

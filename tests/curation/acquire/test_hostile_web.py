@@ -13,7 +13,7 @@ from PIL import Image
 from curation.acquire import crawler, downloader, pairs
 from curation.world import webcontent as wc
 from curation.world.webserver import Route, SiteServer
-from mithridate.core import schema
+from mithridate.core import schema, stats_files
 
 DEADLINE = 1.5
 DRIP = 0.25  # seconds per byte: a 2 KB body would take minutes
@@ -92,7 +92,7 @@ def _download(pairs, out, policy="honor"):
 def test_crawl_and_download_end_within_their_deadlines_with_no_leak(hostile, tmp_path):
     origin, truth = hostile
     crawl_s = _crawl(origin, tmp_path / "crawl")
-    stats = json.loads((tmp_path / "crawl" / "_stats.json").read_text())
+    stats = stats_files.read(tmp_path / "crawl")
     assert stats["pages_failed:timeout"] == 1 and stats["pages_disallowed_by_robots"] == 1  # drip.html, private/
     assert crawl_s < 6 * DEADLINE + 5, crawl_s  # a dripping page and a dripping robots.txt cost a deadline each
     hosts = {r["host"]: r for r in json.loads((tmp_path / "crawl" / "hosts.json").read_text())}

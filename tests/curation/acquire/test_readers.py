@@ -17,7 +17,7 @@ from warcio.warcwriter import WARCWriter
 from curation.acquire.pairs import PRESETS, PairsConfig, domain_of, run, write_pairs
 from curation.acquire.urllist import read_urllist
 from curation.acquire.warc import WarcSink, read_warc, read_wat, write_wat
-from mithridate.core import schema
+from mithridate.core import schema, stats_files
 
 HTML = "text/html; charset=utf-8"
 
@@ -322,7 +322,7 @@ def test_pairs_run_urllist_shards_stats(tmp_path):
     assert [p.name for p in sorted(folder.glob("*.parquet"))] == ["00000.parquet", "00001.parquet", "00002.parquet"]
     sizes = [schema.read(p, "pairs").num_rows for p in sorted(folder.glob("*.parquet"))]
     assert sizes == [100, 100, 30]
-    stats = json.loads((folder / "_stats.json").read_text())
+    stats = stats_files.read(folder)
     assert {k: stats[k] for k in ("source", "rows_read", "pairs", "invalid_url", "skipped_records", "duplicates")} \
         == {"source": "urllist", "rows_read": 234, "pairs": 230, "invalid_url": 3, "skipped_records": 0,
             "duplicates": 1}
@@ -340,7 +340,7 @@ def test_pairs_run_warc_and_wat(tmp_path, warc_path, fmt):
     assert [(r["page_url"], r["url"], r["text"], r["signals"]) for r in table] == [
         (p, u, t, s) for p, u, t, s in EXPECTED]
     assert {r["source"] for r in table} == {fmt}
-    stats = json.loads((folder / "_stats.json").read_text())
+    stats = stats_files.read(folder)
     assert stats["source"] == fmt and stats["pairs"] == len(EXPECTED) and stats["pages"] == 6
 
 

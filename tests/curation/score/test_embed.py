@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from curation.score import clip_train, embed, encoders
-from mithridate.core import schema
+from mithridate.core import schema, stats_files
 
 TINY = dataclasses.replace(clip_train.PRESETS["tiny"], embed_dim=32, vision_width=8, vision_head_width=8,
                            text_width=32, text_layers=1, text_heads=2, context_length=16)
@@ -57,7 +58,7 @@ def test_npz_contract_rows_are_the_success_rows_in_shard_order(embedded, shards)
             for key in ("img_emb", "txt_emb"):
                 if len(z["uid"]):
                     np.testing.assert_allclose(np.linalg.norm(z[key].astype(np.float32), axis=1), 1.0, atol=2e-3)
-    stats = json.loads((out / "_stats.json").read_text())
+    stats = stats_files.read(out)
     assert stats["embedded"] == sum(len(embed.success_uids(f)) for f in files) > 20 and stats["failed"] == 0
 
 
@@ -76,7 +77,7 @@ def test_rerun_skips_finished_shards_and_redoes_a_missing_one(embedded):
     cfg, out = embedded
     npz = sorted(out.glob("*.npz"))
     before = {p.name: os.stat(p).st_mtime_ns for p in npz}
-    (out / "00001_stats.json").unlink()  # as if the run died before finishing shard 1
+    stats_files.path(out, "00001").unlink()  # as if the run died before finishing shard 1
     embed.run(cfg)
     after = {p.name: os.stat(p).st_mtime_ns for p in sorted(out.glob("*.npz"))}
     assert {k for k in after if after[k] != before[k]} == {"00001.npz"}
@@ -85,9 +86,7 @@ def test_rerun_skips_finished_shards_and_redoes_a_missing_one(embedded):
 def test_misaligned_npz_is_a_clear_error_naming_the_shard(embedded, tmp_path):
     _, out = embedded
     copy = tmp_path / "emb"
-    copy.mkdir()
-    for p in out.iterdir():
-        copy.joinpath(p.name).write_bytes(p.read_bytes())
+    shutil.copytree(out, copy)
     with np.load(copy / "00002.npz") as z:
         data = {k: z[k] for k in z.files}
     with open(copy / "00002.npz", "wb") as fh:
@@ -110,12 +109,12 @@ def test_undecodable_success_rows_are_listed_not_silent(shards, checkpoint, tmp_
     cfg = embed.EmbedConfig(shards=str(broken), pretrained=str(checkpoint), device="cpu")
     with caplog.at_level(logging.WARNING, logger="curation.score.embed"):
         out = embed.run(cfg)
-    stats = json.loads((out / "00000_stats.json").read_text())
+    stats = stats_files.read(out, "00000")
     assert [f["uid"] for f in stats["failed"]] == [t.at[bad, "uid"]] and stats["failed"][0]["error"]
     assert "undecodable" in caplog.text
     data = embed.load_embeddings(out, 0)  # aligned with the shard minus the recorded failure
     assert t.at[bad, "uid"] not in data["uid"] and len(data["uid"]) == stats["success"] - 1
-    assert json.loads((out / "_stats.json").read_text())["failed"] == 1
+    assert stats_files.read(out)["failed"] == 1
 
 
 def test_a_retrained_checkpoint_at_the_same_path_is_refused(shards, tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from curation.select import dedup, export, filtering as selection
-from mithridate.core import schema
+from mithridate.core import schema, stats_files
 from reports import dataset
 
 
@@ -23,7 +23,7 @@ def registry_file(tiny_web, tmp_path_factory):
 
 def _decide(shards, tmp_path, **kw):
     out = selection.run(selection.FilterConfig(shards=str(shards), out=str(tmp_path / "filter"), **kw))
-    return schema.read(out / "decisions.parquet", "decisions").to_pandas(), json.loads((out / "_stats.json").read_text())
+    return schema.read(out / "decisions.parquet", "decisions").to_pandas(), stats_files.read(out)
 
 
 def test_every_row_gets_a_decision_and_every_exclusion_a_reason(shards, tmp_path):

@@ -16,7 +16,7 @@ from curation import cli
 from curation.acquire import downloader, pairs
 from curation.select import dedup, export, release
 from curation.world import web
-from mithridate.core import schema
+from mithridate.core import schema, stats_files
 
 K = 8
 
@@ -165,7 +165,7 @@ def test_rebuilt_shards_feed_the_pipeline(split_view):
     for mode in release.MODES:
         got = schema.read_folder(split_view["out"] / mode, "shard")
         assert sorted(got["uid"].to_pylist()) == sorted(split_view["published"]["uid"])
-        stats = json.loads((split_view["out"] / mode / "_stats.json").read_text())
+        stats = stats_files.read(split_view["out"] / mode)
         assert stats["rows"] == got.num_rows
         assert stats["status"]["success"] == split_view["integrity"]["modes"][mode]["unchanged_kept"] + \
             split_view["integrity"]["modes"][mode]["admitted"]
