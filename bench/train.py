@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))  # run as `python bench/train.py` from anywhere
 
 from diffusion.nn import count_parameters
 from diffusion.schedule import NoiseSchedule
-from diffusion.unet import PRESETS, UNet
+from diffusion.unet import PRESETS, create
 
 logger = logging.getLogger("bench.train")
 OURS, ANCHOR = "mithridate UNet", "diffusers UNet2DCond"
@@ -130,7 +130,7 @@ def match_channels(diffusers, cfg: dict, target: int, latent: int) -> tuple[int,
 def build_models(args: argparse.Namespace, diffusers) -> dict[str, torch.nn.Module]:
     cfg = PRESETS[args.preset]
     torch.manual_seed(args.seed)
-    ours = UNet(**cfg)
+    ours = create(args.preset)
     channels = (tuple(int(c) for c in args.diffusers_channels.split(",")) if args.diffusers_channels
                 else match_channels(diffusers, cfg, count_parameters(ours, trainable_only=True), args.latent))
     theirs = diffusers.UNet2DConditionModel(**diffusers_kwargs(cfg, channels, args.latent))

@@ -17,7 +17,7 @@ from torch import nn
 
 from diffusion.nn import timestep_embedding
 from diffusion.schedule import NoiseSchedule
-from mithridate.core import disk
+from mithridate.core import checkpoints, disk
 
 log = logging.getLogger(__name__)
 
@@ -267,12 +267,10 @@ def load_classifier(path: str | Path, device: str = "cpu") -> tuple[LatentClassi
         ValueError: the file is not a torch checkpoint or not a mithridate latent classifier (naming the file).
     """
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # torch raises several types for foreign files
-        raise ValueError(f"{path}: not a torch checkpoint ({type(exc).__name__})") from exc
+    if path.is_dir():  # one line for the CLI (checkpoints.load lets IsADirectoryError through)
+        raise ValueError(f"{path}: a folder, not a torch checkpoint; give the classifier.pt inside it")
+    ckpt = checkpoints.load(path, "rerun `mithridate classifier train` (or give another classifier.pt)",
+                            "not a torch checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: not a {FORMAT} checkpoint (found {found!r})")

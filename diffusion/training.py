@@ -44,7 +44,7 @@ class TrainConfig:
                                 "victim fine-tuned on poisoned data; its VAE, text encoder, schedule must match")
     concepts: tuple[str, ...] = options.opt((), "train only on rows whose caption names one of these concepts")
     max_rows: int = options.opt(0, "use at most this many rows (0 = all)")
-    model: Literal["tiny", "cpu", "gpu"] = options.opt("cpu", "UNet size preset (diffusion/unet.py PRESETS)")
+    model: unet_mod.PresetName = options.opt("cpu", "UNet size preset (diffusion/unet.py PRESETS)")
     cross_attention: bool = options.opt(True, "cross-attention on text tokens (false: pooled text only, via AdaGN)")
     prediction: Literal["eps", "v"] = options.opt("v", "network target: noise ε or velocity v")
     schedule: Literal["linear", "cosine"] = options.opt("cosine", "noise schedule (T = timesteps)")
@@ -130,13 +130,13 @@ def encode_dataset(images: data.ImageSet, ae, text: TextEncoder, device: str, ba
 # --- model ---------------------------------------------------------------------------------------------------------
 
 
-def unet_config(cfg: TrainConfig, latent_channels: int, text: TextEncoder) -> dict:
-    """The UNet preset `cfg.model`, fitted to the latent channels and the text encoder's widths."""
-    conf = dict(unet_mod.PRESETS[cfg.model])
-    conf.update(in_channels=latent_channels, cond_dim=text.pooled_dim, token_dim=text.token_dim)
+def unet_overrides(cfg: TrainConfig, latent_channels: int, text: TextEncoder) -> dict:
+    """What a run changes in the UNet preset `cfg.model`: the latent channels, the text encoder's widths and, without
+    cross-attention, no cross-attention levels."""
+    over = {"in_channels": latent_channels, "cond_dim": text.pooled_dim, "token_dim": text.token_dim}
     if not cfg.cross_attention:
-        conf["cross_attention_levels"] = ()
-    return conf
+        over["cross_attention_levels"] = ()
+    return over
 
 
 def init_weights(cfg: TrainConfig, model: torch.nn.Module, ema: torch.nn.Module, ae,
@@ -335,10 +335,10 @@ def run(cfg: TrainConfig) -> Path:
     lat = encode_dataset(images, ae, text, device)
     clip_x0 = round(float(lat.mean.abs().max()) * 1.2, 3)
     sched = NoiseSchedule(cfg.timesteps, cfg.schedule)
-    conf = unet_config(cfg, ae.config["latent_channels"], text)
+    over = unet_overrides(cfg, ae.config["latent_channels"], text)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = unet_mod.UNet(**conf).to(device)
+        model = unet_mod.create(cfg.model, **over).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     if cfg.init:
         init_weights(cfg, model, ema, ae, text)

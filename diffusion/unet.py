@@ -24,6 +24,7 @@ of 128 4×8×8 latents with 32 text tokens costs 0.67 CPU-seconds: ~0.37 s on 2 
 from __future__ import annotations
 
 import inspect
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -332,3 +333,22 @@ PRESETS: dict[str, dict] = {
     "gpu": {**UNET_DEFAULTS, "channels": (128, 256, 256), "attention_levels": (1, 2),
             "cross_attention_levels": (1, 2), "heads": 8},
 }
+
+# the preset names as a type, for configs' CLI choices (`TrainConfig.model`): derived from PRESETS, never retyped
+PresetName = Literal[tuple(PRESETS)]
+
+
+def create(name: str, **overrides) -> UNet:
+    """The UNet of preset `name` with some constructor arguments replaced (open_clip's `create_model(name)`); the
+    weights are drawn from torch's global RNG, as `UNet(**PRESETS[name], ...)` would.
+
+    Raises:
+        ValueError: an unknown preset name or constructor argument (naming it and the allowed ones), or a bad
+            value (see `validate`).
+    """
+    if name not in PRESETS:
+        raise _fail("name", name, f"not a UNet preset; allowed names are {', '.join(PRESETS)}")
+    unknown = sorted(set(overrides) - set(UNET_DEFAULTS))
+    if unknown:
+        raise _fail(unknown[0], overrides[unknown[0]], f"not a UNet argument; allowed are {', '.join(UNET_DEFAULTS)}")
+    return UNet(**{**PRESETS[name], **overrides})

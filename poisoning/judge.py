@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +30,7 @@ from torch.nn import functional as F
 
 from diffusion import data
 from mithridate.core import checkpoints, compute, disk
+from mithridate.core.lr import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -229,13 +229,6 @@ def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return (x * gain + shift).clamp(-1, 1)
 
 
-def _lr_at(step: int, steps: int, lr: float) -> float:
-    warm = max(1, round(WARMUP * steps))
-    if step < warm:
-        return lr * (step + 1) / warm
-    return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
-
-
 def _check_train_args(images, labels, concepts, groups, held_out, steps, batch_size, lr) -> tuple:
     images = _check_images(images)
     concepts = [str(c) for c in concepts]
@@ -266,9 +259,10 @@ def _fit(model: Net, x: torch.Tensor, y: np.ndarray, classes: int, steps: int, b
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
     model.train()
     loss = torch.tensor(float("nan"))
+    warm = max(1, round(WARMUP * steps))
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, steps, lr)
+            group["lr"] = warmup_cosine(lr, step, warm, (step - warm) / max(1, steps - warm), warmup_first=True)
         idx = torch.from_numpy(rng.choice(len(y), size=batch_size, p=p / p.sum()))
         loss = F.cross_entropy(model(_augment(x[idx], rng)), target[idx])
         opt.zero_grad(set_to_none=True)

@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from mithridate.core import checkpoints
+
 logger = logging.getLogger(__name__)
 
 PAPER_LIMIT = 0.07  # Nightshade's perceptual budget p
@@ -37,10 +39,11 @@ def load(backbone: str | Path, device: str = "cpu") -> Callable[[torch.Tensor, t
     path = Path(backbone)
     if not path.is_file():
         raise ValueError(f"lpips_backbone={str(backbone)!r}: file not found (a torchvision AlexNet state dict)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f"lpips_backbone={str(backbone)!r}: not a readable torch file ({e})") from None
+    state = checkpoints.load(path, "give lpips_backbone= a torchvision AlexNet state dict (alexnet-owt-7be5be79.pth "
+                                   "from torchvision's cache)", "not a readable torch file")
+    if not isinstance(state, dict):
+        raise ValueError(f"lpips_backbone={str(backbone)!r}: holds a {type(state).__name__}; expected a torchvision "
+                         "AlexNet state dict")
     feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     if not feats:
         raise ValueError(f"lpips_backbone={str(backbone)!r}: no `features.*` weights; expected a torchvision "

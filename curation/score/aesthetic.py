@@ -290,10 +290,8 @@ def load_head(path: str | Path, activation: str = "auto") -> LoadedHead:
     if not path.is_file():
         raise FileNotFoundError(f"head file not found: {path}")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
-        raise ValueError(f"{path}: not a loadable torch state dict ({type(err).__name__}: {err})") from None
+    obj = checkpoints.load(path, "give head.pt from `mithridate aesthetic train`, a linear state dict (weight, bias) "
+                                 "or an improved-predictor MLP state dict", "not a loadable torch state dict")
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
     if obj.get("format") == HEAD_FORMAT:

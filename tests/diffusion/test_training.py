@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion import classifier_train, evaluation, pipeline, sample, training, vae_train as vae
+from diffusion import classifier_train, evaluation, pipeline, sample, training, unet, vae_train as vae
 from diffusion.pipeline import Pipeline
 from mithridate.cli import main
+from mithridate.core import options
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +169,17 @@ def test_bad_train_config_names_the_field():
         dataclasses.replace(training.PRESETS["tiny"], caption_dropout=1.5)
     with pytest.raises(ValueError, match="prediction"):
         dataclasses.replace(training.PRESETS["tiny"], prediction="x0")
+
+
+def test_the_model_choices_are_the_unet_registry(capsys):
+    names = tuple(unet.PRESETS)
+    assert options.literal_values(training.TrainConfig, "model") == names
+    assert {cfg.model for cfg in training.PRESETS.values()} <= set(names)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert f"--model {{{','.join(names)}}}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=f"TrainConfig.model='huge': allowed values are {', '.join(names)}$"):
+        dataclasses.replace(training.PRESETS["tiny"], model="huge")
 
 
 def test_evaluate_reports_metrics_per_run_with_floor_and_chance(tiny_model, tmp_path):

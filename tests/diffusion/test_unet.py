@@ -2,12 +2,15 @@
 
 import json
 import os
+import re
+import typing
 
 import pytest
 import torch
 
 from diffusion.nn import count_parameters
-from diffusion.unet import PRESETS, UNET_DEFAULTS, UNet
+from diffusion.unet import PRESETS, UNET_DEFAULTS, PresetName, UNet, create
+from mithridate.core import checkpoints
 
 TINY = PRESETS["tiny"]
 
@@ -76,6 +79,26 @@ def test_defaults_come_from_the_constructor_and_keep_their_values():
                              "token_dim": 128, "heads": 4, "groups": 32, "dropout": 0.0, "time_dim": None}
     assert PRESETS["cpu"] == UNET_DEFAULTS and UNet(**PRESETS["cpu"]).config == UNet().config
     assert all(set(p) == set(UNET_DEFAULTS) for p in PRESETS.values())
+
+
+def test_create_builds_a_named_preset_with_overrides():
+    torch.manual_seed(3)
+    made = create("tiny", in_channels=3, cross_attention_levels=())
+    torch.manual_seed(3)
+    direct = UNet(**{**TINY, "in_channels": 3, "cross_attention_levels": ()})
+    assert made.config == direct.config and made.config["in_channels"] == 3
+    assert checkpoints.digest(made.state_dict()) == checkpoints.digest(direct.state_dict())
+    assert typing.get_args(PresetName) == tuple(PRESETS)  # the configs' type is the registry's names
+
+
+def test_create_names_an_unknown_preset_or_argument():
+    allowed = re.escape(", ".join(PRESETS))
+    with pytest.raises(ValueError, match=rf"^name='huge': not a UNet preset; allowed names are {allowed}$"):
+        create("huge")
+    with pytest.raises(ValueError, match=r"^chanels=\(8,\): not a UNet argument; allowed are in_channels, channels"):
+        create("tiny", chanels=(8,))
+    with pytest.raises(ValueError, match=r"^heads=3: must divide"):
+        create("tiny", heads=3)
 
 
 def test_cpu_preset_parameter_count():

@@ -2,13 +2,16 @@
 the compact-CLIP adapter behind the same interface."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from diffusion import data
 from mithridate.core.compute import torch_threads
+from mithridate.core.lr import warmup_cosine
 from poisoning import judge
 
 STEPS = 200  # enough on 36 training images; ~5 s on one thread
@@ -77,6 +80,24 @@ def test_training_is_deterministic_under_the_seed(corpus):
     assert np.array_equal(a.features(images), b.features(images))
     assert a.info() == b.info()
     assert not np.array_equal(a.features(images), c.features(images))
+
+
+def test_the_learning_rate_is_the_shared_warmup_cosine(corpus):
+    """5 % linear warm-up, then a cosine to 0 (`mithridate.core.lr`); in float32, as AdamW applies them, the rates
+    equal the closed form lr·½(1 + cos(π·(step − warm)/(steps − warm))), so the trained weights did not move."""
+    images, labels, artists, groups = corpus
+    steps, lr, rates = 40, 2e-3, []
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: rates.append(opt.param_groups[0]["lr"]))
+    try:
+        with torch_threads(1):
+            judge.train(images, labels, artists, groups, held_out=HELD_OUT, steps=steps, lr=lr, seed=0)
+    finally:
+        hook.remove()
+    warm = max(1, round(judge.WARMUP * steps))
+    assert rates == [warmup_cosine(lr, s, warm, (s - warm) / (steps - warm), warmup_first=True) for s in range(steps)]
+    closed = [lr * (s + 1) / warm if s < warm else lr * 0.5 * (1 + math.cos(math.pi * (s - warm) / (steps - warm)))
+              for s in range(steps)]
+    assert np.array_equal(np.float32(rates), np.float32(closed)) and rates[warm - 1] == lr
 
 
 def test_save_load_round_trip_and_clear_errors(corpus, style_judge, tmp_path):
