@@ -105,12 +105,12 @@ def url_list(pairs_folder: Path, w: web.DemoWeb) -> list[dict]:
     """Crawled pairs of real images with no planted failure and no opt-out signal (crawl or manifest), by URL."""
     truth = {r["url"]: r for r in w.manifest.select(["url", "item_id", "failure", "signals"]).to_pylist()}
     rows, seen = [], set()
-    for r in schema.read_folder(pairs_folder, "pairs", ["url", "text", "signals"]).to_pylist():
+    for r in schema.read_folder(pairs_folder, "pairs", ["url", "caption", "signals"]).to_pylist():
         t = truth.get(r["url"])
         if t is None or r["url"] in seen or r["signals"] or t["signals"] or t["failure"] or not t["item_id"]:
             continue
         seen.add(r["url"])
-        rows.append({"url": r["url"], "caption": r["text"]})
+        rows.append({"url": r["url"], "caption": r["caption"]})
     rows.sort(key=lambda r: r["url"])
     random.Random(0).shuffle(rows)  # mix the sites; same order for both contenders
     return rows
@@ -127,7 +127,7 @@ def write_inputs(rows: list[dict], folder: Path, shard_size: int) -> tuple[Path,
     urls = folder / "urls.parquet"
     pq.write_table(pa.table({"url": [r["url"] for r in rows], "caption": [r["caption"] for r in rows]}), urls)
     pairs = folder / "pairs"
-    written = write_pairs(({"url": r["url"], "text": r["caption"], "source": "urllist", "signals": []} for r in rows),
+    written = write_pairs(({"url": r["url"], "caption": r["caption"], "source": "urllist", "signals": []} for r in rows),
                           pairs, shard_size)
     if written["pairs"] != len(rows):
         raise RuntimeError(f"pairs folder holds {written['pairs']} rows, URL list {len(rows)}")

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
@@ -38,7 +37,7 @@ if str(REPO) not in sys.path:  # run as `python bench/embed.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 from curation.score import clip_train, embed, encoders  # noqa: E402
-from mithridate.core import compute, stats_files
+from mithridate.core import compute, schema, stats_files
 from reports import demo  # noqa: E402
 
 logger = logging.getLogger("bench.embed")
@@ -107,13 +106,13 @@ def anchor(shards: Path, ckpt: Path, out: Path, batch_size: int, device: str) ->
     out.mkdir(parents=True, exist_ok=True)
     n = 0
     for f in sorted(shards.glob("[0-9]*.parquet")):
-        t = pq.read_table(f, columns=["uid", "status", "text", "jpg"])
+        t = schema.read(f, "shard", ["uid", "status", "caption", "jpg"])
         t = t.filter(pc.equal(t["status"], "success")).to_pylist()
         img, txt = [], []
         for i in range(0, len(t), batch_size):
             rows = t[i : i + batch_size]
             x = torch.stack([preprocess(Image.open(io.BytesIO(r["jpg"])).convert("RGB")) for r in rows]).to(device)
-            tok = tokenizer([r["text"] for r in rows]).to(device)
+            tok = tokenizer([r["caption"] for r in rows]).to(device)
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                 fi, ft = model.encode_image(x), model.encode_text(tok)
             img.append(torch.nn.functional.normalize(fi.float(), dim=-1).cpu().numpy())

@@ -293,7 +293,7 @@ def _score_section(d: dict) -> str:
 
 
 def _grid(rows: pd.DataFrame, n: int, reason_col: str = "exclusion_reason") -> str:
-    items = [(figures.thumbnail_png(r.jpg), r.text or "(empty alt)", getattr(r, reason_col) or "kept")
+    items = [(figures.thumbnail_png(r.jpg), r.caption or "(empty alt)", getattr(r, reason_col) or "kept")
              for r in rows.head(n).itertuples() if r.jpg is not None]
     return H.grid(items) if items else "<p><em>none</em></p>"
 

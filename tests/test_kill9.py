@@ -198,7 +198,7 @@ def test_a_crawl_killed_at_a_random_moment_resumes_from_its_checkpoint(site, tmp
 
 def _download_cfg(site, tmp_path: Path, out: Path) -> downloader.DownloadConfig:
     urls = [f"{site.origin}/img/{j}.png" for j in range(DOWNLOAD_ROWS)]
-    rows = [{"uid": schema.make_uid(u, f"picture {j}"), "url": u, "text": f"picture {j}", "page_url": None,
+    rows = [{"uid": schema.make_uid(u, f"picture {j}"), "url": u, "caption": f"picture {j}", "page_url": None,
              "domain": u.split("/")[2], "source": "urllist", "signals": []} for j, u in enumerate(urls)]
     pairs = tmp_path / "pairs"
     if not pairs.exists():
@@ -291,7 +291,7 @@ def big_shards(tmp_path_factory):
     """8 download shards of 64 rows (64 px images; one failed row per shard), enough work to be killed in."""
     out = tmp_path_factory.mktemp("shards")
     for k in range(EMBED_SHARDS):
-        rows = [{"uid": f"{k:02d}{i:030x}", "url": f"http://127.0.0.1/{k}/{i}.png", "text": f"picture {i} of {k}",
+        rows = [{"uid": f"{k:02d}{i:030x}", "url": f"http://127.0.0.1/{k}/{i}.png", "caption": f"picture {i} of {k}",
                  "domain": "127.0.0.1", "source": "urllist", "signals": [],
                  **({"status": "success", "jpg": _png(100 * k + i, 64)} if i != 5 else
                     {"status": "failed_to_download", "error_message": "HTTP Error 404"})} for i in range(EMBED_ROWS)]

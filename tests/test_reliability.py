@@ -112,7 +112,7 @@ def test_the_same_process_may_write_its_folder_again_and_a_recreated_folder_is_l
 
 
 def _shard_rows(n: int) -> list[dict]:
-    return [{"uid": f"{i:032x}", "url": f"http://127.0.0.1/{i}.png", "text": f"pic {i}", "source": "urllist",
+    return [{"uid": f"{i:032x}", "url": f"http://127.0.0.1/{i}.png", "caption": f"pic {i}", "source": "urllist",
              "signals": [], "status": "failed_to_download", "error_message": "HTTP Error 404"} for i in range(n)]
 
 
@@ -231,7 +231,7 @@ def small_web(tmp_path):
         site.routes[f"/img/{i}.png"] = webserver.Route(_png(i), "image/png")
     site.start()
     urls = [f"{site.origin}/img/{i}.png" for i in range(12)]
-    rows = [{"uid": schema.make_uid(u, f"picture {i}"), "url": u, "text": f"picture {i}", "page_url": None,
+    rows = [{"uid": schema.make_uid(u, f"picture {i}"), "url": u, "caption": f"picture {i}", "page_url": None,
              "domain": u.split("/")[2], "source": "urllist", "signals": []} for i, u in enumerate(urls)]
     schema.write(schema.to_table(rows, "pairs"), tmp_path / "pairs" / "00000.parquet", "pairs")
     yield site, tmp_path / "pairs", [r["uid"] for r in rows]

@@ -150,7 +150,7 @@ class Crawler:
         pairs = []
         for ref in page.images:
             found = sorted(set(page_sig + self.hosts.get(ref.url).signals(ref.url)))
-            pairs.append({"url": ref.url, "text": schema.normalize_text(ref.alt), "page_url": final,
+            pairs.append({"url": ref.url, "caption": schema.normalize_text(ref.alt), "page_url": final,
                           "domain": urlsplit(ref.url).netloc.lower(), "source": "crawl", "signals": found})
         same = [link for link in page.links if robots.origin(link) == robots.origin(final)]
         return PageResult(url, "fetched", pairs=pairs, links=same)
@@ -246,7 +246,7 @@ class CrawlState:
         """Write new pairs to `<out>/_partial/` and the frontier (in-flight pages included) to `_state.json`."""
         new = self.pairs[self.saved_pairs :]
         if new:
-            rows = [dict(p, uid=schema.make_uid(p["url"], p["text"])) for p in new]
+            rows = [dict(p, uid=schema.make_uid(p["url"], p["caption"])) for p in new]
             schema.write(schema.to_table(rows, "pairs"), out / "_partial" / f"{self.saved_pairs:09d}.parquet", "pairs")
             self.saved_pairs = len(self.pairs)
         frontier = in_flight + [item for q in self.queues.values() for item in q]

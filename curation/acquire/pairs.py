@@ -2,7 +2,7 @@
 
 `run(cfg)` writes `<out>/config.json`, then `<out>/pairs/00000.parquet`, `00001.parquet` … (schema "pairs")
 and `<out>/pairs/__stats__/run.json`. Nothing is dropped silently: rows with a non-http(s) URL are counted as
-`invalid_url` (with their line numbers), repeated (url, text) pairs as `duplicates`, and malformed WARC/WAT
+`invalid_url` (with their line numbers), repeated (url, caption) pairs as `duplicates`, and malformed WARC/WAT
 records as `skipped_records`. `write_pairs` is the shared shard writer (the crawler uses it too).
 """
 
@@ -110,8 +110,8 @@ def _valid_rows(rows: Iterable[dict], stats: dict) -> Iterator[dict]:
 
 
 def _as_pair(row: dict) -> dict:
-    url, text = row["url"], schema.normalize_text(row.get("text"))
-    return {"uid": schema.make_uid(url, text), "url": url, "text": text, "page_url": row.get("page_url"),
+    url, caption = row["url"], schema.normalize_text(row.get("caption"))
+    return {"uid": schema.make_uid(url, caption), "url": url, "caption": caption, "page_url": row.get("page_url"),
             "domain": row.get("domain") or domain_of(url), "source": row.get("source"),
             "signals": sorted(set(row.get("signals") or ()))}
 
@@ -125,12 +125,12 @@ def _flush(rows: list[dict], out: Path, index: int) -> str:
 def write_pairs(rows: Iterable[dict], out: Path, shard_size: int) -> dict:
     """Write pair rows as parquet shards `out/00000.parquet`, `00001.parquet` … of `shard_size` pairs.
 
-    The uid is recomputed as `make_uid(url, text)` (text normalised); `domain` is filled from the URL
+    The uid is recomputed as `make_uid(url, caption)` (caption normalised); `domain` is filled from the URL
     when missing. Repeated uids are dropped and counted. With no rows, one empty shard is written so the
     next stage sees the schema. Older shards in `out` beyond those written are removed.
 
     Args:
-        rows: dicts with url, text, source and optionally page_url, domain, signals.
+        rows: dicts with url, caption, source and optionally page_url, domain, signals.
         out: the shard folder.
         shard_size: pairs per shard (> 0).
 

@@ -134,7 +134,7 @@ def _rows(path: Path, fmt: str, url_col: str, caption_col: str | None, page_col:
     wanted = [c for c in (url_col, caption_col, page_col) if c]
     for line, rec in _raw_rows(path, fmt, wanted):
         page = _cell(rec.get(page_col)) if page_col else ""
-        yield {"url": _cell(rec.get(url_col)), "text": normalize_text(rec.get(caption_col) if caption_col else None),
+        yield {"url": _cell(rec.get(url_col)), "caption": normalize_text(rec.get(caption_col) if caption_col else None),
                "page_url": page or None, "source": "urllist", "line": line}
 
 
@@ -145,12 +145,12 @@ def read_urllist(path: str | Path, url_col: str = "url", caption_col: str | None
     Args:
         path: the file (csv, tsv, jsonl, txt, optionally `.gz`; or parquet).
         url_col: column of image URLs (ignored for txt).
-        caption_col: column of captions; None or "" for no captions (text is then "").
+        caption_col: column of captions; None or "" for no captions (caption is then "").
         page_col: column of page URLs; None or "" for none.
         input_format: "auto" (from the extension) or one of `FORMATS`.
 
     Returns:
-        An iterator of dicts: url (stripped, "" when missing; not validated), text (normalised caption),
+        An iterator of dicts: url (stripped, "" when missing; not validated), caption (normalised),
         page_url (None when absent), source="urllist", line (1-based line in text files, counting the
         header; 1-based row number in parquet).
 

@@ -102,9 +102,9 @@ def _archived_headers(headers: list[tuple[str, str]], length: int) -> list[tuple
 
 
 def _pair(url: str, alt: Any, page_url: str, source: str, signals: list[str]) -> dict:
-    row = {"url": url, "text": normalize_text(alt), "page_url": page_url, "domain": domain_of(url),
+    row = {"url": url, "caption": normalize_text(alt), "page_url": page_url, "domain": domain_of(url),
            "source": source, "signals": list(signals)}
-    for text in (url, row["text"], page_url):  # a lone surrogate (WAT JSON "\ud800") cannot be stored in parquet:
+    for text in (url, row["caption"], page_url):  # a lone surrogate (WAT JSON "\ud800") cannot be stored in parquet:
         (text or "").encode("utf-8")  # UnicodeEncodeError here makes the caller skip and count the record
     return row
 
@@ -162,7 +162,7 @@ def read_warc(path: str | Path, stats: dict | None = None, ua_token: str = USER_
         ua_token: our user-agent token, for agent-scoped robots meta and X-Robots-Tag.
 
     Yields:
-        Pair dicts (url, text, page_url, domain, source="warc", signals) in record order; only
+        Pair dicts (url, caption, page_url, domain, source="warc", signals) in record order; only
         2xx responses whose Content-Type mentions html are parsed.
     """
     stats = stats if stats is not None else {}
@@ -247,7 +247,7 @@ def read_wat(path: str | Path, stats: dict | None = None, ua_token: str = USER_A
         ua_token: our user-agent token, for agent-scoped robots meta and X-Robots-Tag.
 
     Yields:
-        Pair dicts (url, text, page_url, domain, source="wat", signals).
+        Pair dicts (url, caption, page_url, domain, source="wat", signals).
     """
     stats = stats if stats is not None else {}
     stats.setdefault("skipped_records", 0)

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from curation.score import degrade
-from mithridate.core import checkpoints, compute, disk, options, schema
+from mithridate.core import checkpoints, compute, disk, options, schema, stats_files
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class AestheticScoreConfig:
         "improved-aesthetic-predictor state dict (sac+logos+ava1-l14-linearMSE.pth)")
     head_activation: Literal["auto", "none", "relu"] = options.opt(
         "auto", "foreign MLP state dicts only: ReLUs between layers (auto: when the layer indices leave room)")
-    out: str = options.opt("mithridate-out/aesthetic_scores", "output folder: <shard>.parquet, _stats.json")
+    out: str = options.opt("mithridate-out/aesthetic_scores", "output folder: <shard>.parquet, __stats__/run.json")
     batch_size: int = options.opt(8192, "embeddings per forward pass")
     device: str = options.opt("auto", "torch device: auto (cuda when available), cpu, cuda, …")
 
@@ -564,7 +564,7 @@ def _fmt(v) -> str:
 
 
 def score(cfg: AestheticScoreConfig) -> Path:
-    """Score every embeddings file with a head: `<out>/<shard>.parquet` (AESTHETIC_SCHEMA), then `_stats.json`."""
+    """Score every embeddings file with a head: `<out>/<shard>.parquet` (AESTHETIC_SCHEMA), then `__stats__/run.json`."""
     out = Path(cfg.out)
     options.check_resumable(cfg, out, runtime_fields=("device", "batch_size"))
     enc = encoder_info(cfg.embeddings)
@@ -593,7 +593,7 @@ def score(cfg: AestheticScoreConfig) -> Path:
     if len(s):
         stats.update(mean=float(s.mean()), min=float(s.min()), max=float(s.max()),
                      quantiles={str(q): float(np.quantile(s, q)) for q in (0.1, 0.5, 0.9)})
-    disk.write_text(out / "_stats.json", json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    stats_files.write(out, stats)
     logger.info("aesthetic score: %d embeddings scored with %s (%s) → %s", stats["rows"], meta["head"], head.kind,
                 out)
     return out

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.score import embed
-from mithridate.core import disk
+from mithridate.core import disk, schema
 
 logger = logging.getLogger(__name__)
 FOLDERS = ("img_emb", "text_emb", "metadata")
@@ -26,7 +26,7 @@ FOLDERS = ("img_emb", "text_emb", "metadata")
 
 def _metadata(shard: Path, uids: list[str]) -> pa.Table:
     """uid, url, caption of `uids` (a shard's success rows), in that order."""
-    table = pq.read_table(shard, columns=["uid", "url", "text"]).rename_columns(["uid", "url", "caption"])
+    table = schema.read(shard, "shard", ["uid", "url", "caption"])
     row = {u: i for i, u in enumerate(table["uid"].to_pylist())}
     return table.take(pa.array([row[u] for u in uids], pa.int64()))
 

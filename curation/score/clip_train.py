@@ -514,7 +514,7 @@ def evaluate_on_web(encoder: encoders.Encoder, shards_folder: str | Path, manife
         img, txt = img_all[at], txt_all[at]
     else:
         img = encoder.encode_images([Image.open(io.BytesIO(b)).convert("RGB") for b in rows["jpg"]])
-        txt = encoder.encode_texts(list(rows["text"]))
+        txt = encoder.encode_texts(list(rows["caption"]))
     rows = rows.assign(score=(img.astype(np.float32) * txt.astype(np.float32)).sum(1))
     out = {"encoder": encoder.name, **_web_auc(rows, "")}
     heldout = _heldout_images(encoder)
@@ -548,11 +548,11 @@ def _web_rows(shards_folder: str | Path, manifest) -> pd.DataFrame:
         manifest = schema.read(manifest, "web_manifest")
     m = manifest.to_pandas() if hasattr(manifest, "to_pandas") else manifest
     m = m[["url", "alt", "alt_kind", "alt_correct", "item_id", "concept"]].assign(
-        text=m["alt"].map(schema.normalize_text))
-    shards = schema.read_folder(shards_folder, "shard", ["uid", "url", "text", "status", "jpg"]).to_pandas()
+        caption=m["alt"].map(schema.normalize_text))
+    shards = schema.read_folder(shards_folder, "shard", ["uid", "url", "caption", "status", "jpg"]).to_pandas()
     shards = shards[shards["status"] == schema.STATUS_SUCCESS]
-    exact = shards.merge(m.drop_duplicates(["url", "text"]).drop(columns="alt"), on=["url", "text"], how="inner")
-    unique = m[~m["url"].duplicated(keep=False)].drop(columns=["alt", "text"])
+    exact = shards.merge(m.drop_duplicates(["url", "caption"]).drop(columns="alt"), on=["url", "caption"], how="inner")
+    unique = m[~m["url"].duplicated(keep=False)].drop(columns=["alt", "caption"])
     rest = shards[~shards["uid"].isin(exact["uid"])].merge(unique, on="url", how="inner")
     rows = pd.concat([exact, rest], ignore_index=True)
     if len(rows) < len(shards):

@@ -120,7 +120,7 @@ def embed_rows(encoder: encoders.Encoder, rows: list[dict], batch_size: int, bar
             if bar is not None:
                 bar.update(len(batches[k]))
     empty = np.zeros((0, encoder.dim), np.float32)
-    txt = encoder.encode_texts([rows[i]["text"] for i in ok], batch_size) if ok else empty
+    txt = encoder.encode_texts([rows[i]["caption"] for i in ok], batch_size) if ok else empty
     return {"uid": [rows[i]["uid"] for i in ok], "img_emb": np.concatenate(img) if img else empty, "txt_emb": txt,
             "failed": failed}
 
@@ -134,8 +134,8 @@ def _write_npz(path: Path, uid: list[str], img: np.ndarray, txt: np.ndarray, enc
 def embed_shard(encoder: encoders.Encoder, shard: Path, out: Path, batch_size: int, bar=None) -> dict:
     """Embed one shard's success rows into `<out>/<id>.npz`, then write `<out>/__stats__/<id>.json` (done marker)."""
     t0 = time.perf_counter()
-    table = schema.read(shard, "shard", ["uid", "status", "text", "jpg"])
-    rows = table.filter(pc.equal(table["status"], schema.STATUS_SUCCESS)).select(["uid", "text", "jpg"]).to_pylist()
+    table = schema.read(shard, "shard", ["uid", "status", "caption", "jpg"])
+    rows = table.filter(pc.equal(table["status"], schema.STATUS_SUCCESS)).select(["uid", "caption", "jpg"]).to_pylist()
     res = embed_rows(encoder, rows, batch_size, bar)
     _write_npz(out / f"{shard.stem}.npz", res["uid"], res["img_emb"], res["txt_emb"], encoder.name)
     if res["failed"]:

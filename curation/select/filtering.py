@@ -156,7 +156,7 @@ def dedup_reasons(cfg: FilterConfig, t: dict, survivors: np.ndarray) -> tuple[li
 def _columns(cfg: FilterConfig) -> tuple[dict, str]:
     table = schema.read_folder(cfg.shards, "shard")
     t = {c: np.array(table[c].to_pylist(), dtype=object) for c in
-         ("uid", "url", "page_url", "domain", "text", "status", "optout", "sha256", "original_width", "original_height")}
+         ("uid", "url", "page_url", "domain", "caption", "status", "optout", "sha256", "original_width", "original_height")}
     t["signals"] = table["signals"].to_pylist()
     jpgs = [j if st == schema.STATUS_SUCCESS else None for j, st in zip(table["jpg"].to_pylist(), t["status"])]
     t["phash"] = np.full(len(jpgs), None, dtype=object)
@@ -180,7 +180,7 @@ def decide(cfg: FilterConfig) -> tuple[pa.Table, dict]:
                       "download_failed", None).astype(object)
     basic_rules = rules.BasicRules(min_words=cfg.min_words, min_chars=cfg.min_chars, max_chars=cfg.max_chars,
                                    min_side=cfg.min_side, max_aspect=cfg.max_aspect)
-    frame = pd.DataFrame({k: t[k] for k in ("text", "original_width", "original_height")})
+    frame = pd.DataFrame({k: t[k] for k in ("caption", "original_width", "original_height")})
     basic = list(rules.basic_reasons(frame, basic_rules).values()) if n else []
     scores, cut = score_reasons(cfg, t)
     layers = [failed] + optout_reasons(cfg, t, reg) + [np.where(t["status"] == schema.STATUS_SUCCESS, b, None)

@@ -305,7 +305,7 @@ def match(rows, registry: Registry, phash_k: int = dedup.DEFAULT_PHASH_K) -> np.
         wanted = {a.casefold() for a in registry.artists}
         pattern = artist_pattern(registry.artists)
         arts = _col(rows, "artist") or [None] * n
-        texts = _col(rows, "text") or [None] * n
+        texts = _col(rows, "caption") or [None] * n
         found[REGISTRY_ARTIST] = np.array(
             [(_str(a) is not None and _str(a).casefold() in wanted) or
              (_str(t) is not None and pattern.search(_str(t)) is not None) for a, t in zip(arts, texts)], dtype=bool)

@@ -149,7 +149,7 @@ def _write_pairs(rel: pa.Table, folder: Path) -> None:
     """The release as one pairs shard (uids kept), the download stage's input."""
     n, urls = rel.num_rows, rel["url"].to_pylist()
     domains = [d or domain_of(u) for d, u in zip(rel["domain"].to_pylist(), urls)]
-    pairs = pa.table({"uid": rel["uid"], "url": rel["url"], "text": rel["caption"],
+    pairs = pa.table({"uid": rel["uid"], "url": rel["url"], "caption": rel["caption"],
                       "page_url": pa.nulls(n, pa.string()), "domain": pa.array(domains, pa.string()),
                       "source": pa.array(["urllist"] * n, pa.string()),
                       "signals": pa.array([[]] * n, pa.list_(pa.string()))})

@@ -225,11 +225,11 @@ def aspect_ratio_reasons(widths: Sequence, heights: Sequence, max_aspect: float 
 def basic_reasons(table, rules: BasicRules = BasicRules()) -> dict[str, np.ndarray]:
     """Every basic filter over a table with `text`, `original_width`, `original_height` (DataFrame or
     pyarrow Table); returns {filter name: reasons}, in filter order, ready for `combine_reasons`."""
-    cols = _columns(table, ("text", "original_width", "original_height"))
+    cols = _columns(table, ("caption", "original_width", "original_height"))
     out = {}
     if rules.junk:
-        out["caption_junk"] = caption_junk_reasons(cols["text"])
-    out["caption_length"] = caption_length_reasons(cols["text"], rules.min_words, rules.min_chars, rules.max_words,
+        out["caption_junk"] = caption_junk_reasons(cols["caption"])
+    out["caption_length"] = caption_length_reasons(cols["caption"], rules.min_words, rules.min_chars, rules.max_words,
                                                    rules.max_chars)
     out["image_size"] = image_size_reasons(cols["original_width"], cols["original_height"], rules.min_side)
     out["aspect_ratio"] = aspect_ratio_reasons(cols["original_width"], cols["original_height"], rules.max_aspect)

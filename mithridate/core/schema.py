@@ -16,6 +16,10 @@ import pyarrow.parquet as pq
 from mithridate.core import disk, stats_files
 
 SCHEMA_VERSION = "1"
+# pairs and shards v2 call the caption column `caption` (img2dataset's name); v1 files, whose column is `text`,
+# still read (as `caption`)
+VERSIONS = {"pairs": "2", "shard": "2"}
+RENAMED = {"pairs": {"1": {"text": "caption"}}, "shard": {"1": {"text": "caption"}}}
 
 # status values of a downloaded row (img2dataset's three plus opted_out)
 STATUS_SUCCESS = "success"
@@ -29,9 +33,9 @@ SOURCES = ("crawl", "wat", "warc", "urllist")
 
 PAIRS_SCHEMA = pa.schema(
     [
-        pa.field("uid", pa.string(), nullable=False),  # 32 hex chars: sha256(url + "\n" + text)[:32]
+        pa.field("uid", pa.string(), nullable=False),  # 32 hex chars: sha256(url + "\n" + caption)[:32]
         pa.field("url", pa.string(), nullable=False),  # absolute image URL
-        pa.field("text", pa.string(), nullable=False),  # alt text, whitespace-normalised ("" when empty)
+        pa.field("caption", pa.string(), nullable=False),  # alt text, whitespace-normalised ("" when empty)
         pa.field("page_url", pa.string()),  # page the pair was found on (null for URL lists)
         pa.field("domain", pa.string()),  # host[:port] of the image URL
         pa.field("source", pa.string(), nullable=False),  # one of SOURCES
@@ -216,7 +220,7 @@ def write(table: pa.Table, path: str | Path, name: str, extra_meta: dict | None 
     its schema name and version."""
     path = Path(path)
     table = validate(table, name)
-    meta = {"schema_name": name, "schema_version": SCHEMA_VERSION, **(extra_meta or {})}
+    meta = {"schema_name": name, "schema_version": version(name), **(extra_meta or {})}
     table = table.replace_schema_metadata({k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     with disk.atomic(path) as tmp:  # durable before it is visible; a full disk: a one-line DiskFull, no partial file
@@ -241,8 +245,14 @@ def _unreadable(path: Path, name: str, err: Exception) -> ValueError:
     return ValueError(f"{path}: not a readable parquet file ({detail}); it is truncated or corrupt: {todo}")
 
 
+def version(name: str) -> str:
+    """The version of schema `name` that `write` writes."""
+    return VERSIONS.get(name, SCHEMA_VERSION)
+
+
 def read(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a file written by `write`, checking its schema name and version."""
+    """Read a file written by `write`, checking its schema name and version (an older version whose columns were
+    only renamed reads under today's names)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{name} file not found: {path}")
@@ -252,14 +262,17 @@ def read(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Ta
         raise _unreadable(path, name, err) from None
     got_name = meta.get(b"schema_name", b"").decode()
     got_version = meta.get(b"schema_version", b"").decode()
-    if got_name != name or got_version != SCHEMA_VERSION:
+    renamed = RENAMED.get(name, {}).get(got_version) if got_name == name else None
+    if got_name != name or (got_version != version(name) and renamed is None):
         raise ValueError(
-            f"{path}: schema {got_name or '?'!r} v{got_version or '?'}, expected {name!r} v{SCHEMA_VERSION}"
+            f"{path}: schema {got_name or '?'!r} v{got_version or '?'}, expected {name!r} v{version(name)}"
         )
+    back = {new: old for old, new in (renamed or {}).items()}
     try:
-        return pq.read_table(path, columns=columns)
+        table = pq.read_table(path, columns=[back.get(c, c) for c in columns] if columns is not None else None)
     except (pa.ArrowException, OSError) as err:  # a readable footer over corrupt data pages
         raise _unreadable(path, name, err) from None
+    return table.rename_columns([renamed.get(c, c) for c in table.column_names]) if renamed else table
 
 
 def read_folder(folder: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:

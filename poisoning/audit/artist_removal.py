@@ -36,14 +36,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from curation.score import encoders
 from curation.select import export, filtering, subsets
-from diffusion import data, samplers, training, vae_train as vae_mod
+from diffusion import data, samplers, training, unet, vae_train as vae_mod
 from diffusion.pipeline import Pipeline
 from mithridate.core import disk, options, schema, stats_files
 from poisoning import intervals
@@ -78,7 +77,7 @@ class OptoutConfig:
     max_concepts: int = options.opt(12, "concepts chosen when concepts is ''")
     candidates: tuple[str, ...] = options.opt((), "concepts to choose from when concepts is '' ('' = every corpus "
                                               "concept; the demo gives its diffusion model's concepts)")
-    model: Literal["tiny", "cpu", "gpu"] = options.opt("cpu", "UNet size preset")
+    model: unet.PresetName = options.opt("cpu", "UNet size preset (diffusion/unet.py PRESETS)")
     steps: int = options.opt(300, "training steps of every model (the same budget)")
     batch_size: int = options.opt(64, "images per step")
     lr: float = options.opt(1e-3, "peak learning rate")

@@ -13,7 +13,7 @@ from mithridate.core import schema
 
 def pair(i=0, **kw):
     url = f"http://site.test/img/{i}.png"
-    row = {"uid": schema.make_uid(url, f"cat {i}"), "url": url, "text": f"cat {i}", "page_url": "http://site.test/",
+    row = {"uid": schema.make_uid(url, f"cat {i}"), "url": url, "caption": f"cat {i}", "page_url": "http://site.test/",
            "domain": "site.test", "source": "crawl", "signals": ["meta:noai"] if i % 2 else []}
     row.update(kw)
     return row
@@ -79,7 +79,7 @@ def test_validate_missing_and_extra_columns():
     assert str(err.value) == "pairs table: missing columns [], unexpected columns ['width']"
 
 
-@pytest.mark.parametrize("column", ["uid", "url", "text", "source", "signals"])
+@pytest.mark.parametrize("column", ["uid", "url", "caption", "source", "signals"])
 def test_validate_nulls_in_non_nullable_columns(column):
     rows = [pair(0), pair(1, **{column: None})]
     with pytest.raises(ValueError) as err:
@@ -125,7 +125,7 @@ def test_round_trip_keeps_rows_and_metadata(tmp_path):
     got = schema.read(path, "shard")
     assert got.to_pylist() == table.to_pylist()
     assert got.schema.remove_metadata() == schema.SHARD_SCHEMA
-    assert got.schema.metadata == {b"schema_name": b"shard", b"schema_version": b"1", b"stage": b"download",
+    assert got.schema.metadata == {b"schema_name": b"shard", b"schema_version": b"2", b"stage": b"download",
                                    b"count": b"5", b"opts": b'{"a": [1, 2]}'}
     assert schema.read(path, "shard", columns=["uid", "status"]).column_names == ["uid", "status"]
 
@@ -140,13 +140,13 @@ def test_read_other_schema_name(tmp_path):
     path = schema.write(schema.to_table([pair()], "pairs"), tmp_path / "p.parquet", "pairs")
     with pytest.raises(ValueError) as err:
         schema.read(path, "shard")
-    assert str(err.value) == f"{path}: schema 'pairs' v1, expected 'shard' v1"
+    assert str(err.value) == f"{path}: schema 'pairs' v2, expected 'shard' v2"
 
 
 @pytest.mark.parametrize(
     ("meta", "described"),
     [({"schema_name": "pairs", "schema_version": "0"}, "'pairs' v0"),
-     ({"schema_name": "pairs", "schema_version": "2"}, "'pairs' v2"),
+     ({"schema_name": "pairs", "schema_version": "3"}, "'pairs' v3"),
      ({"schema_name": "art", "schema_version": "7"}, "'art' v7"),
      (None, "'?' v?")],
 )
@@ -156,7 +156,26 @@ def test_read_other_schema_version(tmp_path, meta, described):
     pq.write_table(table.replace_schema_metadata(meta), path)
     with pytest.raises(ValueError) as err:
         schema.read(path, "pairs")
-    assert str(err.value) == f"{path}: schema {described}, expected 'pairs' v1"
+    assert str(err.value) == f"{path}: schema {described}, expected 'pairs' v2"
+
+
+@pytest.mark.parametrize("name", ["pairs", "shard"])
+def test_a_v1_file_with_a_text_column_reads_as_caption(tmp_path, name):
+    """v1 pairs and shards called the caption `text`; they still read, under today's name."""
+    rows = [pair(0), pair(1)]
+    if name == "shard":
+        rows = [dict(r, status="success", jpg=b"x") for r in rows]
+    table = schema.to_table(rows, name)
+    old = table.rename_columns(["text" if c == "caption" else c for c in table.column_names])
+    path = tmp_path / "00000.parquet"
+    pq.write_table(old.replace_schema_metadata({"schema_name": name, "schema_version": "1"}), path)
+    got = schema.read(path, name)
+    assert got.column_names == table.column_names and got["caption"].to_pylist() == ["cat 0", "cat 1"]
+    assert schema.read(path, name, ["uid", "caption"]).column_names == ["uid", "caption"]
+    assert schema.read_folder(tmp_path, name, ["caption"])["caption"].to_pylist() == ["cat 0", "cat 1"]
+    new = tmp_path / "new.parquet"
+    schema.write(table, new, name)
+    assert pq.read_schema(new).metadata[b"schema_version"] == b"2" and "caption" in pq.read_schema(new).names
 
 
 def _corrupt(tmp_path, kind):
@@ -203,7 +222,7 @@ def test_read_folder(tmp_path):
     got = schema.read_folder(tmp_path, "pairs")
     assert got.column("url").to_pylist() == [f"http://site.test/img/{i}.png" for i in range(4)]
     assert schema.read_folder(tmp_path, "pairs", columns=["uid"]).column_names == ["uid"]
-    with pytest.raises(ValueError, match="expected 'shard' v1"):
+    with pytest.raises(ValueError, match="expected 'shard' v2"):
         schema.read_folder(tmp_path, "shard")
 
 

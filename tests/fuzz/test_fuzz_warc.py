@@ -76,11 +76,11 @@ def _read(reader, path, data: bytes) -> tuple[list[dict], dict]:
     rows = list(reader(path, stats))
     assert isinstance(stats["skipped_records"], int) and stats["skipped_records"] >= 0
     for r in rows:
-        assert set(r) == {"url", "text", "page_url", "domain", "source", "signals"}
+        assert set(r) == {"url", "caption", "page_url", "domain", "source", "signals"}
         parts = urlsplit(r["url"])
         assert parts.scheme in ("http", "https") and parts.hostname
-        assert isinstance(r["text"], str) and isinstance(r["signals"], list)
-        assert utf8_clean(r["url"], r["text"], r["page_url"], r["domain"], *r["signals"]), r
+        assert isinstance(r["caption"], str) and isinstance(r["signals"], list)
+        assert utf8_clean(r["url"], r["caption"], r["page_url"], r["domain"], *r["signals"]), r
     return rows, stats
 
 

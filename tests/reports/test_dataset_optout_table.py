@@ -100,7 +100,7 @@ def outputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("optout_table")
     shard, decisions = [], []
     for uid, host, path, page_host, sig, status, optout, keep, reasons in ROWS:
-        shard.append({"uid": uid, "url": _url(host, path), "text": f"alt {uid}", "page_url": _url(page_host, "/g.html"),
+        shard.append({"uid": uid, "url": _url(host, path), "caption": f"alt {uid}", "page_url": _url(page_host, "/g.html"),
                       "domain": host, "source": "crawl", "signals": sig, "status": status,
                       "optout": ";".join(sig) if optout is True else optout,
                       "width": 64 if status == "success" else None})

@@ -17,7 +17,7 @@ def test_crawl_finds_every_reachable_image_with_its_alt_and_signals(tiny_web, ti
     m = tiny_web.manifest.to_pandas()
     reachable = m[~m["signals"].apply(lambda s: any(x.startswith("robots:mithridate@") for x in s))]
     expected = {(r.url, schema.normalize_text(r.alt), r.page_url) for r in reachable.itertuples()}
-    got = {(r.url, r.text, r.page_url) for r in pairs.itertuples()}
+    got = {(r.url, r.caption, r.page_url) for r in pairs.itertuples()}
     assert got == expected
     by_url = {(r.url, r.page_url): sorted(set(r.signals)) for r in pairs.itertuples()}
     for r in reachable.itertuples():
@@ -32,8 +32,8 @@ def test_crawl_obeys_robots_for_its_own_agent(tiny_web, tiny_crawl):
 
 
 def test_crawl_writes_a_warc_that_reads_back_to_the_same_pairs(tiny_crawl):
-    from_warc = {(p["url"], p["text"]) for p in read_warc(tiny_crawl / "crawl.warc.gz")}
-    assert from_warc == {(r.url, r.text) for r in _pairs(tiny_crawl).itertuples()}
+    from_warc = {(p["url"], p["caption"]) for p in read_warc(tiny_crawl / "crawl.warc.gz")}
+    assert from_warc == {(r.url, r.caption) for r in _pairs(tiny_crawl).itertuples()}
 
 
 def test_crawl_refuses_loopback_unless_allowed(tiny_web, tmp_path):
@@ -77,8 +77,8 @@ def test_interrupted_crawl_resumes_to_the_same_pairs(tiny_web, tiny_crawl, tmp_p
     assert (tmp_path / "_state.json").exists() and not stats_files.done(tmp_path)
     monkeypatch.setattr(crawler.Crawler, "crawl_page", real)
     crawler.run(cfg)
-    resumed = {(r.url, r.text, r.page_url) for r in _pairs(tmp_path).itertuples()}
-    assert resumed == {(r.url, r.text, r.page_url) for r in _pairs(tiny_crawl).itertuples()}
+    resumed = {(r.url, r.caption, r.page_url) for r in _pairs(tmp_path).itertuples()}
+    assert resumed == {(r.url, r.caption, r.page_url) for r in _pairs(tiny_crawl).itertuples()}
     assert not (tmp_path / "_state.json").exists() and not (tmp_path / "_partial").exists()
 
 

@@ -61,7 +61,7 @@ EXPECTED = [  # (page_url, url, text, signals) in record order
 
 
 def _key(row: dict) -> tuple:
-    return row["page_url"], row["url"], row["text"], row["signals"]
+    return row["page_url"], row["url"], row["caption"], row["signals"]
 
 
 def _write_warc(path, pages=PAGES):
@@ -127,7 +127,7 @@ def test_warc_sink_thread_safe(tmp_path):
     with pytest.raises(ValueError, match="closed"):
         sink.write_response("http://x.test/", 200, [], b"")
     rows = list(read_warc(path))
-    assert len(rows) == 200 and len({r["text"] for r in rows}) == 200
+    assert len(rows) == 200 and len({r["caption"] for r in rows}) == 200
 
 
 def test_read_warc_skips_malformed_record_and_continues(tmp_path):
@@ -240,7 +240,7 @@ def test_urllist_csv(tmp_path):
                 [["http://a.test/1.jpg", "  one,  with comma ", "x"], ["", "no url", ""],
                  ["ftp://a.test/2", "ftp", ""]])
     rows = list(read_urllist(path))
-    assert [(r["url"], r["text"], r["line"]) for r in rows] == [
+    assert [(r["url"], r["caption"], r["line"]) for r in rows] == [
         ("http://a.test/1.jpg", "one, with comma", 2), ("", "no url", 3), ("ftp://a.test/2", "ftp", 4)]
     assert rows[0]["page_url"] is None and rows[0]["source"] == "urllist"
 
@@ -249,7 +249,7 @@ def test_urllist_tsv_custom_columns(tmp_path):
     path = _csv(tmp_path / "l.tsv", ["URL", "TEXT", "PAGE"],
                 [["https://b.test/x.png", "ex", "https://b.test/"], ["https://b.test/y.png", "", ""]], "\t")
     rows = list(read_urllist(path, url_col="URL", caption_col="TEXT", page_col="PAGE"))
-    assert [(r["url"], r["text"], r["page_url"]) for r in rows] == [
+    assert [(r["url"], r["caption"], r["page_url"]) for r in rows] == [
         ("https://b.test/x.png", "ex", "https://b.test/"), ("https://b.test/y.png", "", None)]
 
 
@@ -258,7 +258,7 @@ def test_urllist_jsonl_gz_and_explicit_format(tmp_path):
     gz = tmp_path / "l.jsonl.gz"
     with gzip.open(gz, "wt", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-    assert [(r["url"], r["text"], r["line"]) for r in read_urllist(gz)] == [
+    assert [(r["url"], r["caption"], r["line"]) for r in read_urllist(gz)] == [
         ("http://c.test/1", "c1", 1), ("http://c.test/2", "", 3)]
     odd = tmp_path / "list.dat"
     odd.write_text("\n".join(lines) + "\n")
@@ -270,13 +270,13 @@ def test_urllist_parquet_custom_columns(tmp_path):
     pq.write_table(pa.table({"image_url": ["http://d.test/1.jpg", None], "alt": ["  d  one", None],
                              "other": [1, 2]}), path)
     rows = list(read_urllist(path, url_col="image_url", caption_col="alt"))
-    assert [(r["url"], r["text"], r["line"]) for r in rows] == [("http://d.test/1.jpg", "d one", 1), ("", "", 2)]
+    assert [(r["url"], r["caption"], r["line"]) for r in rows] == [("http://d.test/1.jpg", "d one", 1), ("", "", 2)]
 
 
 def test_urllist_txt(tmp_path):
     path = tmp_path / "urls.txt"
     path.write_text("http://e.test/1.jpg\n\n  http://e.test/2.jpg  \n")
-    assert [(r["url"], r["text"], r["line"]) for r in read_urllist(path)] == [
+    assert [(r["url"], r["caption"], r["line"]) for r in read_urllist(path)] == [
         ("http://e.test/1.jpg", "", 1), ("http://e.test/2.jpg", "", 3)]
 
 
@@ -337,7 +337,7 @@ def test_pairs_run_warc_and_wat(tmp_path, warc_path, fmt):
     src = warc_path if fmt == "warc" else write_wat(tmp_path / "c.warc.wat.gz", _html_pages())
     folder = run(PairsConfig(input=str(src), out=str(tmp_path / fmt)))
     table = schema.read_folder(folder, "pairs").to_pylist()
-    assert [(r["page_url"], r["url"], r["text"], r["signals"]) for r in table] == [
+    assert [(r["page_url"], r["url"], r["caption"], r["signals"]) for r in table] == [
         (p, u, t, s) for p, u, t, s in EXPECTED]
     assert {r["source"] for r in table} == {fmt}
     stats = stats_files.read(folder)
@@ -357,7 +357,7 @@ def test_pairs_config_errors(tmp_path):
 
 def test_write_pairs_empty_dedup_and_stale_shards(tmp_path):
     out = tmp_path / "shards"
-    rows = [{"url": f"http://g.test/{i}", "text": "t", "source": "crawl", "signals": ["b", "a", "a"]} for i in range(5)]
+    rows = [{"url": f"http://g.test/{i}", "caption": "t", "source": "crawl", "signals": ["b", "a", "a"]} for i in range(5)]
     assert write_pairs(rows + rows[:2], out, 2) == {"pairs": 5, "duplicates": 2,
                                                     "shards": ["00000.parquet", "00001.parquet", "00002.parquet"]}
     assert schema.read(out / "00000.parquet", "pairs").to_pylist()[0]["signals"] == ["a", "b"]

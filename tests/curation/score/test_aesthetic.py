@@ -18,7 +18,7 @@ from torch import nn
 from curation.acquire import downloader
 from curation.score import aesthetic, degrade
 from curation.world import art
-from mithridate.core import schema
+from mithridate.core import schema, stats_files
 
 SEVERITIES = (0.35, 0.8)
 
@@ -118,7 +118,7 @@ def test_head_learns_quality_and_scores_held_out_works(quality, trained, tmp_pat
     for kind in degrade.KINDS:  # every kind of damage lowers the score of the held-out works
         worst = test & (kinds == kind) & (quality["rating"] < 4)
         assert s[worst].mean() < s[test & (kinds == "clean")].mean() - 1, kind
-    stats = json.loads((out / "_stats.json").read_text())
+    stats = stats_files.read(out)
     assert stats["rows"] == len(s) and stats["head_kind"] == "mithridate-mlp"
 
 

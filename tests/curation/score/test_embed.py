@@ -70,7 +70,7 @@ def test_embeddings_match_the_encoder_on_the_decoded_rows(embedded, shards, chec
     enc = encoders.load_encoder("compact", str(checkpoint), device="cpu")
     img = enc.encode_images([Image.open(io.BytesIO(b)) for b in ok["jpg"]])
     np.testing.assert_allclose(data["img_emb"].astype(np.float32), img, atol=2e-3)
-    np.testing.assert_allclose(data["txt_emb"].astype(np.float32), enc.encode_texts(list(ok["text"])), atol=2e-3)
+    np.testing.assert_allclose(data["txt_emb"].astype(np.float32), enc.encode_texts(list(ok["caption"])), atol=2e-3)
 
 
 def test_rerun_skips_finished_shards_and_redoes_a_missing_one(embedded):
@@ -161,4 +161,4 @@ def test_clip_retrieval_layout_lines_up_with_the_npz_and_the_shards(embedded, sh
         assert np.array_equal(txt, data["txt_emb"])
         assert meta["uid"].tolist() == data["uid"].tolist() and list(meta.columns) == ["uid", "url", "caption"]
         rows = pq.read_table(Path(shards) / f"{npz.stem}.parquet").to_pandas().set_index("uid")
-        assert meta["caption"].tolist() == rows.loc[meta["uid"], "text"].tolist()
+        assert meta["caption"].tolist() == rows.loc[meta["uid"], "caption"].tolist()

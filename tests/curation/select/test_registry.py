@@ -120,7 +120,7 @@ def test_match_by_every_field_on_real_images(works):
         ("http://c.example/9.png", None, None, None, pngs[k], None, "cow in the open moji style"),
         ("http://c.example/10.png", None, None, None, pngs[k], None, "open mojis by open mojito"),
         ("http://c.example/11.png", None, None, None, b"broken", None, "in the style of @Open Moji"),
-    ], columns=["url", "page_url", "domain", "sha256", "jpg", "artist", "text"])
+    ], columns=["url", "page_url", "domain", "sha256", "jpg", "artist", "caption"])
     got = match(rows, reg)
     assert list(got) == ["registry_phash", "registry_sha256", "registry_url", "registry_url", "registry_domain",
                          "registry_domain", None, "registry_artist", "registry_artist", "registry_artist", None,
@@ -134,7 +134,7 @@ def test_match_by_every_field_on_real_images(works):
 def test_match_order_prefers_the_work_over_where_it_was_found():
     reg = Registry.from_entries([{"sha256": SHA, "domain": "a.example", "artist": "x"}])
     got = match({"url": ["http://a.example/1.png", "http://a.example/2.png"], "sha256": [SHA, None],
-                 "text": ["by x", "by x"]}, reg)
+                 "caption": ["by x", "by x"]}, reg)
     assert list(got) == ["registry_sha256", "registry_domain"]
 
 
@@ -305,5 +305,5 @@ def test_e2e_registry_of_artists_portfolios_also_catches_uncrawlable_originals(r
     assert (truth & _mild(ok, manifest)).sum() >= 10, msg
     assert precision >= 0.9 and recall >= 0.9 and recall_all >= 0.8, msg
     assert (got[~off_site] == "registry_phash").mean() >= 0.9  # the artists' own copies match too
-    credited = ok["text"].str.contains("|".join(f"by {a}" for a in opted_artists), case=False).to_numpy()
+    credited = ok["caption"].str.contains("|".join(f"by {a}" for a in opted_artists), case=False).to_numpy()
     assert credited.any() and all(r is not None for r in got[credited])  # "cow by openmoji" is flagged

@@ -26,7 +26,7 @@ def _release_pairs(w: web.DemoWeb) -> list[dict]:
     sites = {f"artist-{w.artists[0]}", "aggregator", "linkfarm"}  # artist 0 has the "open" profile
     m = w.manifest.to_pandas().drop_duplicates("url")
     m = m[m["site"].isin(sites) & m["failure"].isna() & (m["signals"].apply(len) == 0)]
-    return [{"url": r.url, "text": r.alt or "", "page_url": r.page_url, "source": "crawl", "signals": []}
+    return [{"url": r.url, "caption": r.alt or "", "page_url": r.page_url, "source": "crawl", "signals": []}
             for r in m.itertuples()]
 
 

@@ -91,7 +91,7 @@ def test_image_size_and_aspect_ratio():
 
 
 def test_basic_reasons_on_dataframe_and_arrow_and_combined():
-    df = pd.DataFrame({"text": ["a red cow", "IMG_0042.PNG", "", "cat", "free download hd wallpaper best"],
+    df = pd.DataFrame({"caption": ["a red cow", "IMG_0042.PNG", "", "cat", "free download hd wallpaper best"],
                        "original_width": [256, 256, 256, 20, 1000], "original_height": [256, 256, 256, 20, 200]})
     for table in (df, pa.Table.from_pandas(df)):
         got = filters.basic_reasons(table)
