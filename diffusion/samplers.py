@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from diffusion.schedule import NoiseSchedule
+from diffusion.schedule import NoiseSchedule, ddim_update, ddpm_update
 
 log = logging.getLogger(__name__)
 
@@ -300,12 +300,7 @@ def _ddpm(run: _Run, x: torch.Tensor, ts: list[int]) -> torch.Tensor:
     for t, t_prev in zip(ts, ts[1:] + [-1]):
         x0, _ = run.denoiser(x, t)
         ab, ab_prev = run.alpha_bar(t), run.alpha_bar(t_prev)
-        if t_prev < 0:
-            x = x0
-        else:
-            beta = 1 - ab / ab_prev
-            mean = (math.sqrt(ab_prev) * beta * x0 + math.sqrt(1 - beta) * (1 - ab_prev) * x) / (1 - ab)
-            x = mean + math.sqrt((1 - ab_prev) / (1 - ab) * beta) * run.noise(x)
+        x = x0 if t_prev < 0 else ddpm_update(x0, x, ab, ab_prev, lambda: run.noise(x))
         x = run.paste_vp(x, ab_prev)
     return x
 
@@ -315,13 +310,7 @@ def _ddim(run: _Run, x: torch.Tensor, ts: list[int]) -> torch.Tensor:
     for t, t_prev in zip(ts, ts[1:] + [-1]):
         x0, eps = run.denoiser(x, t)
         ab, ab_prev = run.alpha_bar(t), run.alpha_bar(t_prev)
-        if t_prev < 0:
-            x = x0
-        else:
-            sigma = run.eta * math.sqrt(max((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev), 0.0))
-            x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma ** 2, 0.0)) * eps
-            if sigma > 0:
-                x = x + sigma * run.noise(x)
+        x = x0 if t_prev < 0 else ddim_update(x0, eps, ab, ab_prev, run.eta, lambda: run.noise(x))
         x = run.paste_vp(x, ab_prev)
     return x
 

@@ -13,6 +13,7 @@ t → ᾱ = 1/(1 + σ²) consistently; integer t give the table values exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -131,7 +132,7 @@ class NoiseSchedule:
 
     def ddpm_step(self, eps_pred: torch.Tensor, t: int, x_t: torch.Tensor,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """One ancestral step x_t → x_{t−1} (Ho et al. Algorithm 2, σ_t² = β̃_t); no noise at t = 0.
+        """One ancestral step x_t → x_{t−1} (Ho et al. Algorithm 2, σ_t² = β̃_t) by `ddpm_update`; no noise at t = 0.
 
         Args:
             eps_pred: the model's ε̂(x_t, t).
@@ -139,17 +140,16 @@ class NoiseSchedule:
             x_t: current samples.
             generator: source of the injected noise.
         """
-        beta, alpha = _gather(self.betas, t, x_t), _gather(self.alphas, t, x_t)
-        ab = _gather(self.alphas_cumprod, t, x_t)
-        mean = (x_t - beta / (1 - ab).sqrt() * eps_pred) / alpha.sqrt()
+        x0 = self.predict_x0(eps_pred, t, x_t)
         if t == 0:
-            return mean
-        z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
-        return mean + _gather(self.posterior_variance, t, x_t).sqrt() * z
+            return x0
+        ab, ab_prev = float(self.alphas_cumprod[t]), float(self.alphas_cumprod_prev[t])
+        return ddpm_update(x0, x_t, ab, ab_prev, lambda: _randn_like(x_t, generator))
 
     def ddim_step(self, eps_pred: torch.Tensor, t: int, t_prev: int, x_t: torch.Tensor, eta: float = 0.0,
                   generator: torch.Generator | None = None, clip_x0: float | None = None) -> torch.Tensor:
-        """One DDIM step x_t → x_{t_prev} (Song et al. 2021, eq. 12); `eta=0` is the deterministic ODE sampler.
+        """One DDIM step x_t → x_{t_prev} (Song et al. 2021, eq. 12) by `ddim_update`; `eta=0` is the deterministic
+        ODE sampler.
 
         Args:
             eps_pred: the model's ε̂(x_t, t).
@@ -160,17 +160,13 @@ class NoiseSchedule:
             generator: source of noise when `eta > 0`.
             clip_x0: clamp the predicted x̂_0 to [−clip_x0, clip_x0] when given.
         """
-        ab = _gather(self.alphas_cumprod, t, x_t)
-        ab_prev = _gather(self.alphas_cumprod, t_prev, x_t) if t_prev >= 0 else torch.ones_like(ab)
+        ab = float(self.alphas_cumprod[t])
+        ab_prev = float(self.alphas_cumprod[t_prev]) if t_prev >= 0 else 1.0
         x0 = self.predict_x0(eps_pred, t, x_t)
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
-            eps_pred = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
-        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
-        out = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps_pred
-        if eta > 0 and t_prev >= 0:
-            out = out + sigma * torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
-        return out
+            eps_pred = (x_t - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+        return ddim_update(x0, eps_pred, ab, ab_prev, eta, lambda: _randn_like(x_t, generator))
 
     def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """The v-prediction target v = √ᾱ_t·ε − √(1 − ᾱ_t)·x_0 (Salimans & Ho, 2022)."""
@@ -238,3 +234,29 @@ class NoiseSchedule:
         hi = (lo + 1).clamp(max=self.num_timesteps - 1)
         w = t - lo
         return self.log_sigmas[lo] + w * (self.log_sigmas[hi] - self.log_sigmas[lo]), lo, w
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def ddpm_update(x0: torch.Tensor, x_t: torch.Tensor, ab: float, ab_prev: float,
+                noise: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """x_{t_prev} drawn from the posterior q(x_{t_prev} | x_t, x̂_0) with the fixed-small variance of the (respaced)
+    step: β = 1 − ᾱ_t/ᾱ_{t_prev}, mean = (√ᾱ_prev·β·x̂_0 + √(1−β)·(1−ᾱ_prev)·x_t)/(1−ᾱ_t), variance
+    (1−ᾱ_prev)/(1−ᾱ_t)·β. The one DDPM update: the samplers and `NoiseSchedule.ddpm_step` use it."""
+    beta = 1 - ab / ab_prev
+    mean = (math.sqrt(ab_prev) * beta * x0 + math.sqrt(1 - beta) * (1 - ab_prev) * x_t) / (1 - ab)
+    return mean + math.sqrt((1 - ab_prev) / (1 - ab) * beta) * noise()
+
+
+def ddim_update(x0: torch.Tensor, eps: torch.Tensor, ab: float, ab_prev: float, eta: float,
+                noise: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12): √ᾱ_prev·x̂_0 + √(1 − ᾱ_prev − σ²)·ε̂ + σ·ε', σ = η·√((1−ᾱ_prev)/(1−ᾱ_t)·
+    (1 − ᾱ_t/ᾱ_prev)); noise is drawn only when σ > 0. The one DDIM update: the samplers and
+    `NoiseSchedule.ddim_step` use it."""
+    sigma = eta * math.sqrt(max((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev), 0.0))
+    x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma ** 2, 0.0)) * eps
+    if sigma > 0:
+        x = x + sigma * noise()
+    return x

@@ -374,3 +374,23 @@ def test_karras_samplers_start_at_sigma_max_not_at_the_cosine_schedules_huge_sig
         seen.clear()
         samplers.sample(samplers.Denoiser(net, sched, "eps"), torch.randn(2, 4), sampler, 10)
         assert float(sched.sigma_at(torch.tensor(max(seen)))) == pytest.approx(samplers.SIGMA_MAX, rel=1e-3)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_the_schedules_steps_and_the_samplers_are_one_update(sampler):
+    """`NoiseSchedule.ddpm_step`/`ddim_step` (the toy's) and the samplers share `ddpm_update`/`ddim_update`: at
+    every timestep they agree bit for bit, noise draws included."""
+    sched = NoiseSchedule(20, "cosine")
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 2)
+    eps_of = lambda x, t: net(x) * 0.5  # noqa: E731
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        got = sample(Denoiser(eps_of, sched, "eps"), x, sampler, 20, generator=g1, eta=0.5 * (sampler == "ddim"))
+        want = x
+        for t in range(19, -1, -1):
+            eps = eps_of(want, torch.full((64,), float(t)))
+            want = (sched.ddpm_step(eps, t, want, g2) if sampler == "ddpm"
+                    else sched.ddim_step(eps, t, t - 1, want, eta=0.5, generator=g2))
+    assert torch.equal(got, want)
