@@ -277,11 +277,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def lr_at(progress: float, step: int, cfg: ClipTrainConfig) -> float:
-    """Linear warmup over `warmup_steps`, then cosine decay to 0 as `progress` goes 0 → 1."""
-    return warmup_cosine(cfg.lr, step, cfg.warmup_steps, progress)
-
-
 class Batcher:
     """Batches of distinct concepts: each concept once per pass, one random image and caption of it each time."""
 
@@ -362,7 +357,7 @@ def train(model: torch.nn.Module, corpus: Corpus, captions: Captions, split: Spl
         done = max(step / cfg.steps if cfg.steps else 0.0, elapsed / budget if budget else 0.0)
         if done >= 1.0:
             break
-        lr = lr_at(done, step, cfg)
+        lr = warmup_cosine(cfg.lr, step, cfg.warmup_steps, done)
         for group in opt.param_groups:
             group["lr"] = lr
         items, rows = batcher.next()
