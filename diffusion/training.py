@@ -161,6 +161,13 @@ def init_weights(cfg: TrainConfig, model: torch.nn.Module, ema: torch.nn.Module,
 def loss_fn(model, sched: NoiseSchedule, x0: torch.Tensor, cond: Conditioning, t: torch.Tensor,
             noise: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
     """Mean (min-SNR weighted) squared error of the ε or v prediction at timesteps `t`."""
+    return per_sample_loss(model, sched, x0, cond, t, noise, prediction, gamma).mean()
+
+
+def per_sample_loss(model, sched: NoiseSchedule, x0: torch.Tensor, cond: Conditioning, t: torch.Tensor,
+                    noise: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
+    """The training loss of each sample `(N,)`: its (min-SNR weighted) squared error of the ε or v prediction at its
+    timestep — what training minimises, and what the training-signal attacks (`poisoning.denoising`) aim at."""
     ab = sched.alphas_cumprod.to(x0.device)[t].float().view(-1, 1, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
     target = noise if prediction == "eps" else ab.sqrt() * noise - (1 - ab).sqrt() * x0
@@ -169,7 +176,7 @@ def loss_fn(model, sched: NoiseSchedule, x0: torch.Tensor, cond: Conditioning, t
     if gamma > 0:
         snr = (ab / (1 - ab)).flatten()
         per = per * (snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1))
-    return per.mean()
+    return per
 
 
 @torch.no_grad()

@@ -16,8 +16,9 @@ import pandas as pd  # noqa: E402
 from poisoning import doses  # noqa: E402
 
 COLOURS = {"nightshade": "tab:purple", "dirty_label": "tab:orange", "benign": "tab:green", "none": "tab:grey",
-           "anchor": "tab:red"}
-NAMES = {"anchor": "positive control (anchor image as poison)", "dirty_label": "dirty-label", "none": "control"}
+           "anchor": "tab:red", "gradient_matching": "tab:blue", "latent_target": "tab:brown"}
+NAMES = {"anchor": "positive control (anchor image as poison)", "dirty_label": "dirty-label", "none": "control",
+         "gradient_matching": "gradient matching", "latent_target": "latent target"}
 
 
 def pooled(rows: pd.DataFrame, hits: str) -> tuple[float, float, float]:

@@ -44,12 +44,12 @@ from diffusion import data, grid, pipeline, vae_train as vae
 from diffusion.text import TextEncoder
 from mithridate.core import checkpoints, disk, options, schema
 from poisoning import candidates, defences, nightshade as ns, perceptual, pool as attack_pool, quality
+from poisoning.attacks import ATTACKS, TRAINING_SIGNAL
 
 logger = logging.getLogger(__name__)
 
 POISON_SHARD = "90000.parquet"
-ATTACKS = ("dirty_label", "nightshade", "benign", "anchor")
-ANCHORS = ("data", "generated")
+ANCHORS = ("data", "generated", "nearest")
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,11 @@ class InjectConfig:
     target: str = options.opt("elephant", "target concept A that prompts for C should produce")
     pool: str = options.opt("", "attacker's images: training shards or an art corpus folder ('' = data)")
     n: int = options.opt(8, "number of poisons")
-    attack: Literal["dirty_label", "nightshade", "benign", "anchor"] = options.opt(
+    attack: Literal["dirty_label", "nightshade", "benign", "anchor", "gradient_matching",
+                    "latent_target"] = options.opt(
         "nightshade", "attack (benign: the candidates unperturbed, the control of nightshade; anchor: the anchor "
-        "image itself as every poison, the positive control)")
+        "image itself as every poison, the positive control; gradient_matching: the denoising-loss gradient of the "
+        "poisons aligned with the anchor's; latent_target: latents the clean model denoises as the target)")
     budget: Literal["linf", "ssim", "lpips"] = options.opt(
         "linf", "nightshade budget: L∞ (released code), an SSIM floor (stands in for LPIPS), or the paper's LPIPS "
         "(needs lpips_backbone)")
@@ -73,15 +75,22 @@ class InjectConfig:
     lpips_limit: float = options.opt(0.07, "nightshade: maximum LPIPS of a poison to its original (lpips budget)")
     lpips_backbone: str = options.opt("", "lpips budget: a torchvision AlexNet state dict (.pth) for LPIPS' trunk")
     steps: int = options.opt(500, "nightshade: optimisation steps")
-    anchor: Literal["data", "generated"] = options.opt("data", "anchor: a pool image of the target, or the clean "
-                                                       "model's generation for the target prompt")
+    anchor: Literal["data", "generated", "nearest"] = options.opt(
+        "data", "anchor: a pool image of the target, the clean model's generation for the target prompt, or per "
+        "source image the pool image of the target nearest to it in latent space")
     vae: str = options.opt("", "craft against this autoencoder (`vae train` folder) instead of the checkpoint's: "
                            "a transfer attack")
     min_clip_score: float = options.opt(0.0, "candidates: minimum image–caption CLIP score")
+    restarts: int = options.opt(1, "gradient_matching, latent_target: PGD restarts (the best is kept)")
+    draws: int = options.opt(4, "gradient_matching, latent_target: (timestep, noise) draws per poison")
+    timesteps: Literal["uniform", "low", "high"] = options.opt(
+        "uniform", "gradient_matching, latent_target: where the draws' timesteps lie (all, first or second half)")
+    params: Literal["cross_attention", "attention", "all"] = options.opt(
+        "cross_attention", "gradient_matching: the UNet parameters whose gradient is matched")
     seed: int = options.opt(0, "seed of candidate ties, image choice and the attack")
 
     def __post_init__(self):
-        options.check_positive(self, "n", "steps")
+        options.check_positive(self, "n", "steps", "restarts", "draws")
         options.check_choice(self, "attack", ATTACKS)
         options.check_choice(self, "anchor", ANCHORS)
         options.check_choice(self, "budget", ns.BUDGETS)
@@ -94,6 +103,11 @@ class InjectConfig:
         if self.budget == "lpips" and not self.lpips_backbone:
             raise ValueError("InjectConfig.lpips_backbone='': budget=lpips needs AlexNet weights (a torchvision "
                              "state dict .pth); without them use budget=ssim")
+        if self.attack in TRAINING_SIGNAL and self.budget != "linf":
+            raise ValueError(f"InjectConfig.budget={self.budget!r}: attack={self.attack} supports budget=linf only")
+        if self.attack in TRAINING_SIGNAL and self.vae:
+            raise ValueError(f"InjectConfig.vae={self.vae!r}: attack={self.attack} is crafted on the clean model "
+                             "itself (its autoencoder and UNet); a transfer run trains other victims instead")
         if self.source == self.target:
             raise ValueError(f"InjectConfig.target={self.target!r}: must differ from source")
 
@@ -127,6 +141,31 @@ def choose_anchor(pool: data.ImageSet, target_idx: np.ndarray, cfg: InjectConfig
         pipe = pipeline.Pipeline.load(cfg.checkpoint, "cpu")
         return data.from_uint8(pipe.generate([cfg.target], "ddim", 50, 3.0, seed=cfg.seed))[0]
     return pool.images[int(np.random.default_rng(cfg.seed).choice(target_idx))]
+
+
+def nearest_anchors(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.ndarray, ae) -> torch.Tensor:
+    """Per source image, the pool image of the target nearest to it in the autoencoder's latent space `(N, 3, S, S)`."""
+    with torch.no_grad():
+        z_src = ae.encode_latents(pool.images[source_idx]).flatten(1)
+        z_tgt = ae.encode_latents(pool.images[target_idx]).flatten(1)
+    return pool.images[target_idx[torch.cdist(z_src, z_tgt).argmin(dim=1).numpy()]]
+
+
+def training_signal(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.ndarray, cfg: InjectConfig) -> tuple:
+    """Gradient-matching or latent-target poisons of the source candidates, crafted on the clean model."""
+    from poisoning import denoising, gradient_matching, latent_target
+
+    model = denoising.CleanModel(pipeline.Pipeline.load(cfg.checkpoint, "cpu"), cfg.params)
+    images, captions = pool.images[source_idx], [pool.captions[i] for i in source_idx]
+    common = {"eps": cfg.eps, "steps": cfg.steps, "restarts": cfg.restarts, "draws": cfg.draws,
+              "timesteps": cfg.timesteps, "seed": cfg.seed}
+    if cfg.attack == "latent_target":
+        result = latent_target.craft(model, images, cfg.target, **common)
+    else:
+        anchor = (nearest_anchors(pool, source_idx, target_idx, model.vae) if cfg.anchor == "nearest"
+                  else choose_anchor(pool, target_idx, cfg))
+        result = gradient_matching.craft(model, images, captions, anchor, **common)
+    return source_idx, data.to_uint8(result.poisons), captions, result.stats
 
 
 def attack_encoder(cfg: InjectConfig, ckpt: dict) -> tuple:
@@ -198,7 +237,8 @@ def run(cfg: InjectConfig) -> Path:
     chosen = select_sources(cfg, pool, text, known)
     src = chosen.index
     tgt = np.flatnonzero(candidates.naming(pool.captions, cfg.target, known))
-    if len(tgt) == 0 and cfg.attack != "benign" and not (cfg.attack in ("nightshade", "anchor") and cfg.anchor == "generated"):
+    generated = cfg.attack in ("nightshade", "anchor", "gradient_matching") and cfg.anchor == "generated"
+    if len(tgt) == 0 and cfg.attack not in ("benign", "latent_target") and not generated:
         raise ValueError(f"target={cfg.target!r}: no pool image names it (pool={cfg.pool or cfg.data!r})")
     stats, setting = [{} for _ in src], "white_box"
     if cfg.attack == "dirty_label":
@@ -206,12 +246,16 @@ def run(cfg: InjectConfig) -> Path:
     elif cfg.attack == "benign":
         origin, pixels, captions = src, data.to_uint8(pool.images[src]), [pool.captions[i] for i in src]
     elif cfg.attack == "anchor":
-        anchor = choose_anchor(pool, tgt, cfg)
         origin, captions = src, [pool.captions[i] for i in src]
-        pixels = np.repeat(data.to_uint8(anchor[None]), len(src), axis=0)
+        if cfg.anchor == "nearest":
+            pixels = data.to_uint8(nearest_anchors(pool, src, tgt, pipeline.build_vae(ckpt["vae"])))
+        else:
+            pixels = np.repeat(data.to_uint8(choose_anchor(pool, tgt, cfg)[None]), len(src), axis=0)
+    elif cfg.attack in TRAINING_SIGNAL:
+        origin, pixels, captions, stats = training_signal(pool, src, tgt, cfg)
     else:
         ae, setting = attack_encoder(cfg, ckpt)
-        anchor = choose_anchor(pool, tgt, cfg)
+        anchor = nearest_anchors(pool, src, tgt, ae) if cfg.anchor == "nearest" else choose_anchor(pool, tgt, cfg)
         origin, pixels, captions, stats = nightshade(pool, src, anchor, ae, cfg)
         if setting == "transfer":
             victim_gap(stats, pipeline.build_vae(ckpt["vae"]), pool.images[src], pixels, anchor)

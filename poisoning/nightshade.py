@@ -36,6 +36,7 @@ from typing import Callable
 import torch
 
 from poisoning import quality
+from poisoning.pgd import pgd
 
 logger = logging.getLogger(__name__)
 
@@ -95,28 +96,12 @@ def _check(images, anchor, budget, eps, steps, step_size, ssim_floor, penalty, b
     return anchor
 
 
-def _ssim_or_nan(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if min(x.shape[-2:]) < quality.SSIM_WINDOW:
-        return torch.full((x.shape[0],), math.nan)
-    return quality.ssim(x, y)
-
-
 def _dist(encoder_fn, x: torch.Tensor, f_anchor: torch.Tensor) -> torch.Tensor:
     return (encoder_fn(x) - f_anchor).flatten(1).norm(dim=1)
 
 
 def _linf_batch(encoder_fn, x, f_anchor, eps, steps, step_size):
-    eps_pm = 2.0 * eps  # [−1, 1] units
-    eta0 = 2.0 * (eps if step_size is None else step_size)
-    delta = torch.zeros_like(x, requires_grad=True)
-    for i in range(steps):
-        eta = eta0 - (eta0 - eta0 / 100) * i / steps
-        loss = _dist(encoder_fn, x + delta, f_anchor).sum()
-        (grad,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            d = (delta - eta * grad.sign()).clamp(-eps_pm, eps_pm)
-            delta.copy_((x + d).clamp(*RANGE) - x)
-    return (x + delta).detach().clamp(*RANGE)
+    return pgd(lambda xp: _dist(encoder_fn, xp, f_anchor).sum(), x, eps, steps, step_size)[0]
 
 
 def _penalty_batch(encoder_fn, x, f_anchor, d0, steps, step_size, distance, limit, penalty):
@@ -209,7 +194,7 @@ def craft(encoder_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tens
             with torch.no_grad():
                 f_p = encoder_fn(xp).detach()
                 d1 = (f_p - f_anchor).flatten(1).norm(dim=1)
-                cols = {"linf": quality.linf(x, xp), "psnr": quality.psnr(x, xp), "ssim": _ssim_or_nan(x, xp),
+                cols = {"linf": quality.linf(x, xp), "psnr": quality.psnr(x, xp), "ssim": quality.ssim_or_nan(x, xp),
                         **({"lpips": lpips_fn(x, xp)} if lpips_fn is not None else {}),
                         "gap_closed": quality.gap_closed(f_x, f_p, f_anchor),
                         "latent_dist_before": d0, "latent_dist_after": d1}

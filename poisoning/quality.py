@@ -16,6 +16,8 @@ function returns one value per image, a float tensor of shape `(N,)`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -89,3 +91,10 @@ def gap_closed(f_x: torch.Tensor, f_poison: torch.Tensor, f_anchor: torch.Tensor
     before = (f_x - f_anchor).flatten(1).norm(dim=1)
     after = (f_poison - f_anchor).flatten(1).norm(dim=1)
     return 1.0 - after / before
+
+
+def ssim_or_nan(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`ssim`, or NaN per image where the images are smaller than the SSIM window."""
+    if min(x.shape[-2:]) < SSIM_WINDOW:
+        return torch.full((x.shape[0],), math.nan)
+    return ssim(x, y)

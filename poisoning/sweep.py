@@ -42,6 +42,7 @@ from diffusion import data, grid, pipeline
 from diffusion.pipeline import Pipeline
 from mithridate.core import disk, options, schema, stats_files
 from poisoning import (
+    attacks,
     candidates,
     defences,
     dose_figure,
@@ -97,7 +98,14 @@ class SweepConfig:
     lpips_limit: float = options.opt(0.07, "nightshade LPIPS limit (lpips budget)")
     lpips_backbone: str = options.opt("", "lpips budget: torchvision AlexNet weights (.pth) for LPIPS' trunk")
     craft_steps: int = options.opt(500, "nightshade optimisation steps")
-    anchor: Literal["data", "generated"] = options.opt("data", "anchor: a pool image or the clean model's sample")
+    anchor: Literal["data", "generated", "nearest"] = options.opt(
+        "data", "anchor: a pool image, the clean model's sample, or per source the nearest pool image in latent space")
+    craft_restarts: int = options.opt(1, "gradient_matching, latent_target: PGD restarts")
+    craft_draws: int = options.opt(4, "gradient_matching, latent_target: (timestep, noise) draws per poison")
+    craft_timesteps: Literal["uniform", "low", "high"] = options.opt(
+        "uniform", "gradient_matching, latent_target: where the draws' timesteps lie")
+    craft_params: Literal["cross_attention", "attention", "all"] = options.opt(
+        "cross_attention", "gradient_matching: the UNet parameters whose gradient is matched")
     vae: str = options.opt("", "craft against this autoencoder instead of the victim's (a transfer attack)")
     judge: str = options.opt("", "who labels generations: '' = an independent pixel classifier trained here on the "
                              "clean rows (one artist held out); a `poison pair` judge/ folder; a compact CLIP folder; "
@@ -119,12 +127,13 @@ class SweepConfig:
         for name in ("ns", "attacks", "seeds", "purify", "fractions", "eps_sweep"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
-        options.check_positive(self, "steps", "lr", "batch_size", "craft_steps", "generations", "sample_steps")
+        options.check_positive(self, "steps", "lr", "batch_size", "craft_steps", "generations", "sample_steps",
+                               "craft_restarts", "craft_draws")
         if not self.ns or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.ns):
             raise ValueError(f"SweepConfig.ns={self.ns!r}: expected positive integers (N = 0 is the control)")
-        attacks = [a for a in inject.ATTACKS if a != "benign"]
-        if not self.attacks or any(a not in attacks for a in self.attacks):
-            raise ValueError(f"SweepConfig.attacks={self.attacks!r}: expected some of {', '.join(attacks)} "
+        allowed = [a for a in attacks.ATTACKS if a != "benign"]
+        if not self.attacks or any(a not in allowed for a in self.attacks):
+            raise ValueError(f"SweepConfig.attacks={self.attacks!r}: expected some of {', '.join(allowed)} "
                              "(the benign control is the `benign` field)")
         if not self.seeds:
             raise ValueError("SweepConfig.seeds=(): expected at least one seed")
@@ -219,7 +228,7 @@ def _victims(cfg: SweepConfig, out: Path, image_size: int, n_eps: int) -> list[V
         vs.append(Victim(f"control-s{seed}", "none", 0, seed, "none", Path(cfg.data)))
         for attack in dose_attacks(cfg):
             poisons = craft(cfg, attack, seed, out)
-            eps = cfg.eps if attack == "nightshade" else float("nan")
+            eps = cfg.eps if attack in attacks.PERTURBING else float("nan")
             for n in sorted(set(cfg.ns)) if attack in cfg.attacks else [cfg.n_max]:
                 folder = folders.with_poisons(cfg.data, poisons, n, out / "data" / f"{attack}-n{n}-s{seed}")
                 vs.append(Victim(f"{attack}-n{n}-s{seed}", attack, n, seed, "none", folder, eps=eps))
@@ -326,7 +335,8 @@ def craft(cfg: SweepConfig, attack: str, seed: int, out: Path, source: str = "",
                                target=target, pool=cfg.pool, n=n, attack=attack, budget=cfg.budget,
                                eps=eps or cfg.eps, ssim_floor=cfg.ssim_floor, lpips_limit=cfg.lpips_limit,
                                lpips_backbone=cfg.lpips_backbone, steps=cfg.craft_steps, anchor=cfg.anchor,
-                               vae=cfg.vae, seed=seed)
+                               restarts=cfg.craft_restarts, draws=cfg.craft_draws, timesteps=cfg.craft_timesteps,
+                               params=cfg.craft_params, vae=cfg.vae, seed=seed)
     options.check_resumable(icfg, folder)
     if (folder / "manifest.json").is_file():
         return folder

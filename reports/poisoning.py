@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from mithridate.core import disk, options
-from poisoning import doses
+from poisoning import attacks, doses
 from poisoning.dose_figure import pooled
 from reports import html as H
 
@@ -262,7 +262,9 @@ def _training(cfg: dict) -> str:
 def _setting(sw: Sweep) -> str:
     words = {"white_box": "white-box (crafted against the victim's own autoencoder)",
              "transfer": f"TRANSFER (crafted against another autoencoder: {sw.cfg.get('vae') or '?'})"}
-    return "; ".join(f"{_name(sw, a)}: {words.get(s, s) if a == 'nightshade' else 'no perturbation crafted'}"
+    training = "white-box (crafted on the clean model's autoencoder and UNet, which the victim continues)"
+    return "; ".join(f"{_name(sw, a)}: " + (training if a in attacks.TRAINING_SIGNAL else words.get(s, s)
+                                             if a == "nightshade" else "no perturbation crafted")
                      for a, s in sw.info.get("setting", {}).items())
 
 

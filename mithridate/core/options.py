@@ -138,7 +138,8 @@ def write_config(cfg: Any, folder: str | Path, name: str = "config.json") -> Pat
 def check_resumable(cfg: Any, folder: str | Path, runtime_fields: tuple[str, ...] = ()) -> None:
     """Refuse to resume into `folder` when its `config.json` came from a different config.
 
-    Fields in `runtime_fields` (threads, processes, …) may differ: they change speed, not results.
+    Fields in `runtime_fields` (threads, processes, …) may differ: they change speed, not results. A field the saved
+    config lacks (added to the stage since) counts as its default: a folder of an older version resumes.
     """
     path = Path(folder) / "config.json"
     if not path.exists():
@@ -148,6 +149,9 @@ def check_resumable(cfg: Any, folder: str | Path, runtime_fields: tuple[str, ...
     except json.JSONDecodeError:
         raise ValueError(f"{path}: not valid JSON; delete the folder or choose another output folder") from None
     new = json.loads(json.dumps(to_dict(cfg), default=str))
+    defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(cfg)
+                                      if f.default is not dataclasses.MISSING}, default=str))
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
     diff = sorted(k for k in set(old) | set(new) if k not in runtime_fields and old.get(k) != new.get(k))
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in diff[:4])

@@ -330,3 +330,16 @@ def test_python_api_runs_a_command_and_documents_its_fields(tmp_path):
         mt.download(polcy="record")
     with pytest.raises(AttributeError, match="commands: "):
         mt.frobnicate  # noqa: B018
+
+
+def test_a_folder_of_an_older_version_resumes_unless_a_new_field_leaves_its_default(tmp_path):
+    """A field added to a stage since a folder was written counts as its default there; any real change refuses."""
+    from mithridate.core.options import check_resumable, to_dict
+
+    saved = {k: v for k, v in to_dict(ToyConfig()).items() if k != "ratio"}  # written before `ratio` existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_resumable(ToyConfig(), tmp_path)
+    with pytest.raises(ValueError, match=r"holds a run with another config \(ratio: 0\.5 → 0\.7\)"):
+        check_resumable(dataclasses.replace(ToyConfig(), ratio=0.7), tmp_path)
+    with pytest.raises(ValueError, match="holds a run with another config"):
+        check_resumable(dataclasses.replace(ToyConfig(), count=99), tmp_path)

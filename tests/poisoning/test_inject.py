@@ -68,3 +68,40 @@ def test_attack_success_is_measured_on_a_real_pipeline(clean_model):
     b = success.measure(pipe, judge, concepts, "cat", "house", n=6, steps=4, seed=1)
     assert a["images"].shape == (6, 32, 32, 3) and 0 <= a["p_target"] <= a["p_not_source"] <= 1
     assert a["p_not_source"] == b["p_not_source"]  # same seed, same model → same verdicts
+
+
+@pytest.mark.parametrize("attack", ["gradient_matching", "latent_target"])
+def test_training_signal_attacks_keep_captions_stay_in_budget_and_record_their_objective(tiny_train, clean_model,
+                                                                                         tmp_path, attack):
+    out = inject.run(_cfg(tiny_train, clean_model, tmp_path, attack=attack, n=2, eps=8 / 255, steps=6, draws=2))
+    meta = pd.read_parquet(out / "poisons.parquet")
+    poisoned, clean = data.load_images(out, 32), data.load_images(tiny_train, 32)
+    originals = {u: i for i, u in enumerate(clean.uids)}
+    for k, uid in enumerate(meta.original_uid):
+        i = originals[uid]
+        assert poisoned.captions[len(clean) + k] == clean.captions[i] and "cat" in clean.captions[i]
+        delta = (poisoned.images[len(clean) + k] - clean.images[i]).abs().max().item() / 2
+        assert 0 < delta <= 8 / 255 + 1 / 255
+    assert set(meta.attack) == {attack} and set(meta.setting) == {"white_box"}
+    if attack == "gradient_matching":
+        assert (meta.grad_cos_after > meta.grad_cos_before).all()
+    else:
+        assert meta.target_loss_after.sum() < meta.target_loss_before.sum()
+
+
+def test_nearest_anchor_gives_each_source_its_own_target_image(tiny_train, clean_model, tmp_path):
+    out = inject.run(_cfg(tiny_train, clean_model, tmp_path, attack="anchor", anchor="nearest", n=3))
+    poisoned, clean = data.load_images(out, 32), data.load_images(tiny_train, 32)
+    houses = clean.images[data.match_concepts(clean.captions, ["house"]) == 0]
+    for k in range(3):  # every poison is one of the house images (the one nearest its source in latent space)
+        assert min((poisoned.images[len(clean) + k] - h).abs().max().item() for h in houses) <= 1 / 127.5
+    ns_out = inject.run(_cfg(tiny_train, clean_model, tmp_path / "ns", attack="nightshade", anchor="nearest", n=2,
+                             eps=8 / 255))
+    assert (pd.read_parquet(ns_out / "poisons.parquet").gap_closed > 0).all()
+
+
+def test_training_signal_attacks_refuse_what_they_cannot_do(tiny_train, clean_model, tmp_path):
+    with pytest.raises(ValueError, match="budget='ssim': attack=gradient_matching supports budget=linf only"):
+        _cfg(tiny_train, clean_model, tmp_path, attack="gradient_matching", budget="ssim")
+    with pytest.raises(ValueError, match="vae='x': attack=latent_target is crafted on the clean model itself"):
+        _cfg(tiny_train, clean_model, tmp_path, attack="latent_target", vae="x")

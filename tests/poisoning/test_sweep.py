@@ -1,5 +1,6 @@
 """`poison sweep` end to end on the tiny model: poison → inject → continued training → judge, beside a control."""
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -84,3 +85,22 @@ def test_detector_is_reported_beside_its_benign_control(tiny_sweep):
     r = d["attacks"]["nightshade"]
     assert r["auc_margin_over_benign"] == pytest.approx(r["auc"] - d["benign"]["all"]["auc"])
     assert set(r["by_format"]) == set(d["formats"])
+
+
+def test_the_training_signal_attacks_run_in_a_sweep_beside_the_same_controls(tiny_train, tiny_clean_model, tmp_path):
+    """`poison sweep --attacks=gradient_matching,latent_target`: their victims, the control, the positive control,
+    the benign victim and the defences, as for the other attacks."""
+    cfg = dataclasses.replace(sweep.PRESETS["tiny"], data=str(tiny_train), checkpoint=str(tiny_clean_model),
+                              out=str(tmp_path), source="cat", target="house", ns=(2,), purify=(), eps_sweep=(),
+                              attacks=("gradient_matching", "latent_target"), craft_steps=4, craft_draws=2)
+    out = sweep.run(cfg)
+    t = pd.read_parquet(out / "results.parquet")
+    src = t[t.role == "source"]
+    assert set(src.victim) == {"control-s0", "gradient_matching-n2-s0", "latent_target-n2-s0", "anchor-n2-s0",
+                               "benign-n2-s0"}
+    assert (src[src.attack.isin(["gradient_matching", "latent_target"])].eps == cfg.eps).all()
+    d = json.loads((out / "defences.json").read_text())
+    assert set(d["clip_filter"]["attacks"]) == {"gradient_matching", "latent_target", "anchor"}
+    s = json.loads((out / "sweep.json").read_text())
+    assert set(s["verdicts"]) == {"gradient_matching", "latent_target", "anchor"}
+    assert s["setting"] == {"gradient_matching": "white_box", "latent_target": "white_box"}
