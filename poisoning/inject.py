@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -240,7 +241,7 @@ def run(cfg: InjectConfig) -> Path:
     generated = cfg.attack in ("nightshade", "anchor", "gradient_matching") and cfg.anchor == "generated"
     if len(tgt) == 0 and cfg.attack not in ("benign", "latent_target") and not generated:
         raise ValueError(f"target={cfg.target!r}: no pool image names it (pool={cfg.pool or cfg.data!r})")
-    stats, setting = [{} for _ in src], "white_box"
+    stats, setting, t0 = [{} for _ in src], "white_box", time.perf_counter()
     if cfg.attack == "dirty_label":
         origin, pixels, captions = dirty_label(pool, src, tgt, cfg.seed)
     elif cfg.attack == "benign":
@@ -259,6 +260,7 @@ def run(cfg: InjectConfig) -> Path:
         origin, pixels, captions, stats = nightshade(pool, src, anchor, ae, cfg)
         if setting == "transfer":
             victim_gap(stats, pipeline.build_vae(ckpt["vae"]), pool.images[src], pixels, anchor)
+    craft_s = time.perf_counter() - t0  # choosing the anchor(s) and crafting, per poison below
     for f in data.shard_files(cfg.data):
         shutil.copyfile(f, out / f.name)
     rows = _rows(pool, origin, pixels, captions, cfg)
@@ -272,6 +274,7 @@ def run(cfg: InjectConfig) -> Path:
     _grid(pool, origin, pixels, out / "poisons.png", cfg)
     clean_c = int(candidates.naming(clean.captions, cfg.source, known).sum())
     manifest = {**dataclasses.asdict(cfg), "setting": setting, "poisons": len(rows), "clean_source_samples": clean_c,
+                "craft_seconds_per_poison": round(craft_s / max(len(rows), 1), 4),
                 "pool_candidates": chosen.available, "pool_target_images": int(len(tgt)), "clean_rows": len(clean)}
     disk.write_text(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     logger.info("%d %s poisons (%s → %s, %s; %d clean samples of %s) → %s", len(rows), cfg.attack, cfg.source,

@@ -342,6 +342,42 @@ def _dose_table(sw: Sweep) -> str:
     return H.table(rows)
 
 
+def _poison_means(sw: Sweep, attack: str) -> dict:
+    """Mean L∞ (×255), PSNR, SSIM of an attack's poisons over the seeds, and its crafting time per poison."""
+    frames, secs = [], []
+    for seed in sw.cfg["seeds"]:
+        folder = sw.folder / "poisons" / f"{attack}-s{seed}"
+        if (folder / "poisons.parquet").is_file():
+            frames.append(pd.read_parquet(folder / "poisons.parquet"))
+        if (folder / "manifest.json").is_file():
+            secs.append(json.loads((folder / "manifest.json").read_text()).get("craft_seconds_per_poison"))
+    p = pd.concat(frames) if frames else pd.DataFrame()
+    mean = lambda c, k=1.0: k * float(p[c].replace([np.inf, -np.inf], np.nan).mean()) if c in p else math.nan  # noqa: E731
+    secs = [s for s in secs if s is not None]
+    return {"L∞ ×255": mean("linf", 255), "PSNR dB": mean("psnr"), "SSIM": mean("ssim"),
+            "craft s/poison": float(np.mean(secs)) if secs else math.nan}
+
+
+def _attack_table(sw: Sweep) -> str:
+    """Attacks side by side: P(target) at every dose (seed-level intervals, * = clears the control), the poisons'
+    budget used, crafting time, and the CLIP filter's pass rate."""
+    clip = sw.defences.get("clip_filter", {}).get("attacks", {})
+    col = lambda d: f"P({sw.info['target']}) at {100 * d['fraction']:.3g}% (N={d['n']})"  # noqa: E731
+    cols = list(dict.fromkeys(col(d) for a in sw.attacks for d in sw.info["doses"].get(a, [])))
+    rows = []
+    for attack in sw.attacks:
+        row = {"attack": _name(sw, attack), **dict.fromkeys(cols, "—")}
+        for d in sw.info["doses"].get(attack, []):
+            row[col(d)] = doses.as_rate(d["p_target"]).text() + (" *" if d.get("vs_control", {}).get("clears") else "")
+        row.update({k: "—" if math.isnan(v) else f"{v:.3g}" for k, v in _poison_means(sw, attack).items()})
+        c = clip.get(attack)
+        row["CLIP filter pass"] = _cell((c["pass_rate"], *c["pass_rate_ci"]), pct=True) if c else "—"
+        rows.append(row)
+    return H.note("Every attack on the same victims, controls and seeds: * marks a dose whose P(target) clears the "
+                  "control's (paired by seed). Budget used is measured on the poisons (NaN: no pixel change); "
+                  "crafting time is per poison on this machine.") + H.table(rows)
+
+
 def _doses(sw: Sweep) -> str:
     if "doses" not in sw.info:
         return H.note("not recorded (a sweep written before dose analysis)")
@@ -352,7 +388,8 @@ def _doses(sw: Sweep) -> str:
              "than the exact interval of the pooled counts); 'vs control' pairs each victim with the control of its "
              "own seed.")
     return (H.note(intro) + _png(sw.folder / "doses.png", "P(target) against the dose, per attack; the grey band "
-            "is the control; one small dot per training seed") + _dose_table(sw))
+            "is the control; one small dot per training seed") + _dose_table(sw) + "<h3>Attacks side by side</h3>"
+            + _attack_table(sw))
 
 
 def _eps(sw: Sweep) -> str:

@@ -124,3 +124,21 @@ def test_story_takes_other_sweeps_and_refuses_a_folder_without_results(tiny_swee
     with pytest.raises(ValueError, match="sweeps.*results.parquet"):
         story.StoryConfig(run=str(tmp_path), sweeps=(str(tmp_path / "nowhere"),))
     assert story._sweeps(tmp_path, (str(tiny_sweep),)) == [tiny_sweep]
+
+
+def test_attacks_side_by_side_table_has_every_attack_its_budget_and_craft_time(built, tiny_sweep):
+    import html as html_lib
+    import re
+
+    page, _ = built
+    text = page.read_text(encoding="utf-8")
+    seg = text[text.index("Attacks side by side"):]
+    seg = seg[:seg.index("</table>")]
+    cells = [html_lib.unescape(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", seg)]
+    header = cells[:cells.index("CLIP filter pass") + 1]
+    assert header[0] == "attack" and "P(house) at" in header[1] and "craft s/poison" in header
+    rows = [dict(zip(header, cells[i:i + len(header)])) for i in range(len(header), len(cells), len(header))]
+    by = {r["attack"]: r for r in rows}
+    assert set(by) == {"nightshade", "dirty-label", "positive control (anchor image as poison)"}
+    assert float(by["nightshade"]["L∞ ×255"]) <= 0.04 * 255 + 0.5 and float(by["nightshade"]["craft s/poison"]) > 0
+    assert by["dirty-label"]["PSNR dB"] == "—"  # no pixel change
