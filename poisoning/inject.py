@@ -81,6 +81,8 @@ class InjectConfig:
         "source image the pool image of the target nearest to it in latent space")
     vae: str = options.opt("", "craft against this autoencoder (`vae train` folder) instead of the checkpoint's: "
                            "a transfer attack")
+    craft_checkpoint: str = options.opt("", "gradient_matching, latent_target: craft on this diffusion checkpoint "
+                                        "instead of `checkpoint` (e.g. another seed's clean model): a transfer attack")
     min_clip_score: float = options.opt(0.0, "candidates: minimum image–caption CLIP score")
     restarts: int = options.opt(1, "gradient_matching, latent_target: PGD restarts (the best is kept)")
     draws: int = options.opt(4, "gradient_matching, latent_target: (timestep, noise) draws per poison")
@@ -106,6 +108,9 @@ class InjectConfig:
                              "state dict .pth); without them use budget=ssim")
         if self.attack in TRAINING_SIGNAL and self.budget != "linf":
             raise ValueError(f"InjectConfig.budget={self.budget!r}: attack={self.attack} supports budget=linf only")
+        if self.craft_checkpoint and self.attack not in TRAINING_SIGNAL:
+            raise ValueError(f"InjectConfig.craft_checkpoint={self.craft_checkpoint!r}: only "
+                             f"{', '.join(TRAINING_SIGNAL)} craft on a diffusion checkpoint (nightshade: vae=)")
         if self.attack in TRAINING_SIGNAL and self.vae:
             raise ValueError(f"InjectConfig.vae={self.vae!r}: attack={self.attack} is crafted on the clean model "
                              "itself (its autoencoder and UNet); a transfer run trains other victims instead")
@@ -152,11 +157,26 @@ def nearest_anchors(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.
     return pool.images[target_idx[torch.cdist(z_src, z_tgt).argmin(dim=1).numpy()]]
 
 
-def training_signal(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.ndarray, cfg: InjectConfig) -> tuple:
-    """Gradient-matching or latent-target poisons of the source candidates, crafted on the clean model."""
+def crafting_model(cfg: InjectConfig, ckpt: dict) -> tuple:
+    """(the diffusion checkpoint the training-signal attacks craft on, "white_box" | "transfer"): the victim's clean
+    model, or `cfg.craft_checkpoint` when its UNet differs."""
+    if not cfg.craft_checkpoint:
+        return cfg.checkpoint, "white_box"
+    other = pipeline.read_checkpoint(cfg.craft_checkpoint)
+    same = checkpoints.digest(other["unet_state"]) == checkpoints.digest(ckpt["unet_state"])
+    if not same:
+        logger.warning("craft_checkpoint=%s differs from the victim's clean model: this is a TRANSFER attack "
+                       "(recorded as setting=transfer)", cfg.craft_checkpoint)
+    return cfg.craft_checkpoint, "white_box" if same else "transfer"
+
+
+def training_signal(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.ndarray, cfg: InjectConfig,
+                    checkpoint: str) -> tuple:
+    """Gradient-matching or latent-target poisons of the source candidates, crafted on the clean model
+    `checkpoint`."""
     from poisoning import denoising, gradient_matching, latent_target
 
-    model = denoising.CleanModel(pipeline.Pipeline.load(cfg.checkpoint, "cpu"), cfg.params)
+    model = denoising.CleanModel(pipeline.Pipeline.load(checkpoint, "cpu"), cfg.params)
     images, captions = pool.images[source_idx], [pool.captions[i] for i in source_idx]
     common = {"eps": cfg.eps, "steps": cfg.steps, "restarts": cfg.restarts, "draws": cfg.draws,
               "timesteps": cfg.timesteps, "seed": cfg.seed}
@@ -253,7 +273,8 @@ def run(cfg: InjectConfig) -> Path:
         else:
             pixels = np.repeat(data.to_uint8(choose_anchor(pool, tgt, cfg)[None]), len(src), axis=0)
     elif cfg.attack in TRAINING_SIGNAL:
-        origin, pixels, captions, stats = training_signal(pool, src, tgt, cfg)
+        crafted_on, setting = crafting_model(cfg, ckpt)
+        origin, pixels, captions, stats = training_signal(pool, src, tgt, cfg, crafted_on)
     else:
         ae, setting = attack_encoder(cfg, ckpt)
         anchor = nearest_anchors(pool, src, tgt, ae) if cfg.anchor == "nearest" else choose_anchor(pool, tgt, cfg)

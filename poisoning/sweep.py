@@ -107,6 +107,8 @@ class SweepConfig:
     craft_params: Literal["cross_attention", "attention", "all"] = options.opt(
         "cross_attention", "gradient_matching: the UNet parameters whose gradient is matched")
     vae: str = options.opt("", "craft against this autoencoder instead of the victim's (a transfer attack)")
+    craft_checkpoint: str = options.opt("", "gradient_matching, latent_target: craft on this diffusion checkpoint "
+                                        "instead of the victims' clean model (a transfer attack)")
     judge: str = options.opt("", "who labels generations: '' = an independent pixel classifier trained here on the "
                              "clean rows (one artist held out); a `poison pair` judge/ folder; a compact CLIP folder; "
                              "'own' = the victim's own text CLIP (not independent: labelled so)")
@@ -336,7 +338,8 @@ def craft(cfg: SweepConfig, attack: str, seed: int, out: Path, source: str = "",
                                eps=eps or cfg.eps, ssim_floor=cfg.ssim_floor, lpips_limit=cfg.lpips_limit,
                                lpips_backbone=cfg.lpips_backbone, steps=cfg.craft_steps, anchor=cfg.anchor,
                                restarts=cfg.craft_restarts, draws=cfg.craft_draws, timesteps=cfg.craft_timesteps,
-                               params=cfg.craft_params, vae=cfg.vae, seed=seed)
+                               params=cfg.craft_params, vae=cfg.vae, seed=seed,
+                               craft_checkpoint=cfg.craft_checkpoint if attack in attacks.TRAINING_SIGNAL else "")
     options.check_resumable(icfg, folder)
     if (folder / "manifest.json").is_file():
         return folder

@@ -262,8 +262,9 @@ def _training(cfg: dict) -> str:
 def _setting(sw: Sweep) -> str:
     words = {"white_box": "white-box (crafted against the victim's own autoencoder)",
              "transfer": f"TRANSFER (crafted against another autoencoder: {sw.cfg.get('vae') or '?'})"}
-    training = "white-box (crafted on the clean model's autoencoder and UNet, which the victim continues)"
-    return "; ".join(f"{_name(sw, a)}: " + (training if a in attacks.TRAINING_SIGNAL else words.get(s, s)
+    training = {"white_box": "white-box (crafted on the clean model's autoencoder and UNet; the victim continues it)",
+                "transfer": f"TRANSFER (crafted on another clean model: {sw.cfg.get('craft_checkpoint') or '?'})"}
+    return "; ".join(f"{_name(sw, a)}: " + (training.get(s, s) if a in attacks.TRAINING_SIGNAL else words.get(s, s)
                                              if a == "nightshade" else "no perturbation crafted")
                      for a, s in sw.info.get("setting", {}).items())
 

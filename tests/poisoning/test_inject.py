@@ -105,3 +105,21 @@ def test_training_signal_attacks_refuse_what_they_cannot_do(tiny_train, clean_mo
         _cfg(tiny_train, clean_model, tmp_path, attack="gradient_matching", budget="ssim")
     with pytest.raises(ValueError, match="vae='x': attack=latent_target is crafted on the clean model itself"):
         _cfg(tiny_train, clean_model, tmp_path, attack="latent_target", vae="x")
+
+
+def test_training_signal_poisons_crafted_on_another_clean_model_are_a_transfer(tiny_train, clean_model, tmp_path):
+    from diffusion import pipeline, training
+    from mithridate.core.options import from_dict
+
+    info = pipeline.read_checkpoint(clean_model)["train_config"]
+    other = training.run(dataclasses.replace(from_dict(training.TrainConfig, info), seed=1, out=str(tmp_path / "s1")))
+    out = inject.run(_cfg(tiny_train, clean_model, tmp_path / "t", attack="latent_target", n=2, steps=3, draws=1,
+                          craft_checkpoint=str(other)))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["setting"] == "transfer" and manifest["craft_seconds_per_poison"] > 0
+    assert set(pd.read_parquet(out / "poisons.parquet").setting) == {"transfer"}
+    same = inject.run(_cfg(tiny_train, clean_model, tmp_path / "w", attack="latent_target", n=2, steps=3, draws=1,
+                           craft_checkpoint=str(clean_model)))
+    assert json.loads((same / "manifest.json").read_text())["setting"] == "white_box"
+    with pytest.raises(ValueError, match="craft_checkpoint='x': only gradient_matching, latent_target craft on"):
+        _cfg(tiny_train, clean_model, tmp_path, attack="nightshade", craft_checkpoint="x")
