@@ -35,8 +35,8 @@ def test_dirty_label_pairs_target_images_with_source_captions(tiny_train, clean_
     assert manifest["poisons"] == 3 and manifest["clean_source_samples"] == 3
 
 
-def test_nightshade_poisons_keep_captions_and_stay_in_budget(tiny_train, clean_model, tmp_path):
-    out = inject.run(_cfg(tiny_train, clean_model, tmp_path, attack="nightshade", n=2, eps=8 / 255))
+def _clean_label_poisons(out, tiny_train, eps: float) -> pd.DataFrame:
+    """The poisons' rows, after checking each keeps its original's caption (of C) and stays within the budget."""
     meta = pd.read_parquet(out / "poisons.parquet")
     poisoned, clean = data.load_images(out, 32), data.load_images(tiny_train, 32)
     originals = {u: i for i, u in enumerate(clean.uids)}
@@ -44,7 +44,13 @@ def test_nightshade_poisons_keep_captions_and_stay_in_budget(tiny_train, clean_m
         i = originals[uid]
         assert poisoned.captions[len(clean) + k] == clean.captions[i] and "cat" in clean.captions[i]
         delta = (poisoned.images[len(clean) + k] - clean.images[i]).abs().max().item() / 2  # [0, 1] units
-        assert 0 < delta <= 8 / 255 + 1 / 255  # within budget, up to PNG rounding
+        assert 0 < delta <= eps + 1 / 255  # within budget, up to PNG rounding
+    return meta
+
+
+def test_nightshade_poisons_keep_captions_and_stay_in_budget(tiny_train, clean_model, tmp_path):
+    out = inject.run(_cfg(tiny_train, clean_model, tmp_path, attack="nightshade", n=2, eps=8 / 255))
+    meta = _clean_label_poisons(out, tiny_train, 8 / 255)
     assert (meta.gap_closed > 0).all() and (meta.psnr > 25).all()
 
 
@@ -74,14 +80,7 @@ def test_attack_success_is_measured_on_a_real_pipeline(clean_model):
 def test_training_signal_attacks_keep_captions_stay_in_budget_and_record_their_objective(tiny_train, clean_model,
                                                                                          tmp_path, attack):
     out = inject.run(_cfg(tiny_train, clean_model, tmp_path, attack=attack, n=2, eps=8 / 255, steps=6, draws=2))
-    meta = pd.read_parquet(out / "poisons.parquet")
-    poisoned, clean = data.load_images(out, 32), data.load_images(tiny_train, 32)
-    originals = {u: i for i, u in enumerate(clean.uids)}
-    for k, uid in enumerate(meta.original_uid):
-        i = originals[uid]
-        assert poisoned.captions[len(clean) + k] == clean.captions[i] and "cat" in clean.captions[i]
-        delta = (poisoned.images[len(clean) + k] - clean.images[i]).abs().max().item() / 2
-        assert 0 < delta <= 8 / 255 + 1 / 255
+    meta = _clean_label_poisons(out, tiny_train, 8 / 255)
     assert set(meta.attack) == {attack} and set(meta.setting) == {"white_box"}
     if attack == "gradient_matching":
         assert (meta.grad_cos_after > meta.grad_cos_before).all()
