@@ -127,8 +127,8 @@ def write_inputs(rows: list[dict], folder: Path, shard_size: int) -> tuple[Path,
     urls = folder / "urls.parquet"
     pq.write_table(pa.table({"url": [r["url"] for r in rows], "caption": [r["caption"] for r in rows]}), urls)
     pairs = folder / "pairs"
-    written = write_pairs(({"url": r["url"], "caption": r["caption"], "source": "urllist", "signals": []} for r in rows),
-                          pairs, shard_size)
+    rows = ({"url": r["url"], "caption": r["caption"], "source": "urllist", "signals": []} for r in rows)
+    written = write_pairs(rows, pairs, shard_size)
     if written["pairs"] != len(rows):
         raise RuntimeError(f"pairs folder holds {written['pairs']} rows, URL list {len(rows)}")
     return urls, pairs

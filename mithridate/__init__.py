@@ -36,7 +36,8 @@ def __getattr__(name: str):
     if name == "__all__":
         return ["main", *sorted(_commands())]
     if name.startswith("__") or name not in _commands():
-        raise AttributeError(f"module 'mithridate' has no attribute {name!r}; commands: {', '.join(sorted(_commands()))}")
+        names = ", ".join(sorted(_commands()))
+        raise AttributeError(f"module 'mithridate' has no attribute {name!r}; commands: {names}")
     if name not in _loaded:
         from mithridate.core.commands import api_function
 

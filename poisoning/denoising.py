@@ -11,6 +11,7 @@ model: its parameters never get `.grad` (gradients are taken with `torch.autogra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -20,6 +21,7 @@ from diffusion.training import per_sample_loss
 
 PARAMS = ("cross_attention", "attention", "all")  # the UNet parameters whose gradient is matched
 TIMESTEPS = ("uniform", "low", "high")  # where the draws' timesteps lie: all of [0, T), its first or second half
+Params, Timesteps = Literal[PARAMS], Literal[TIMESTEPS]  # config fields' types, derived from the tuples
 DEFAULT_GAMMA = 5.0  # `TrainConfig.min_snr_gamma`'s default, for checkpoints that do not record theirs
 
 

@@ -44,8 +44,8 @@ from PIL import Image
 from diffusion import data, grid, pipeline, vae_train as vae
 from diffusion.text import TextEncoder
 from mithridate.core import checkpoints, disk, options, schema
-from poisoning import candidates, defences, nightshade as ns, perceptual, pool as attack_pool, quality
-from poisoning.attacks import ATTACKS, TRAINING_SIGNAL
+from poisoning import candidates, defences, denoising, nightshade as ns, perceptual, pool as attack_pool, quality
+from poisoning.attacks import ATTACKS, TRAINING_SIGNAL, Attack
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,7 @@ class InjectConfig:
     target: str = options.opt("elephant", "target concept A that prompts for C should produce")
     pool: str = options.opt("", "attacker's images: training shards or an art corpus folder ('' = data)")
     n: int = options.opt(8, "number of poisons")
-    attack: Literal["dirty_label", "nightshade", "benign", "anchor", "gradient_matching",
-                    "latent_target"] = options.opt(
+    attack: Attack = options.opt(
         "nightshade", "attack (benign: the candidates unperturbed, the control of nightshade; anchor: the anchor "
         "image itself as every poison, the positive control; gradient_matching: the denoising-loss gradient of the "
         "poisons aligned with the anchor's; latent_target: latents the clean model denoises as the target)")
@@ -86,9 +85,9 @@ class InjectConfig:
     min_clip_score: float = options.opt(0.0, "candidates: minimum image–caption CLIP score")
     restarts: int = options.opt(1, "gradient_matching, latent_target: PGD restarts (the best is kept)")
     draws: int = options.opt(4, "gradient_matching, latent_target: (timestep, noise) draws per poison")
-    timesteps: Literal["uniform", "low", "high"] = options.opt(
+    timesteps: denoising.Timesteps = options.opt(
         "uniform", "gradient_matching, latent_target: where the draws' timesteps lie (all, first or second half)")
-    params: Literal["cross_attention", "attention", "all"] = options.opt(
+    params: denoising.Params = options.opt(
         "cross_attention", "gradient_matching: the UNet parameters whose gradient is matched")
     seed: int = options.opt(0, "seed of candidate ties, image choice and the attack")
 
@@ -174,7 +173,7 @@ def training_signal(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.
                     checkpoint: str) -> tuple:
     """Gradient-matching or latent-target poisons of the source candidates, crafted on the clean model
     `checkpoint`."""
-    from poisoning import denoising, gradient_matching, latent_target
+    from poisoning import gradient_matching, latent_target
 
     model = denoising.CleanModel(pipeline.Pipeline.load(checkpoint, "cpu"), cfg.params)
     images, captions = pool.images[source_idx], [pool.captions[i] for i in source_idx]

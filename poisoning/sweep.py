@@ -45,6 +45,7 @@ from poisoning import (
     attacks,
     candidates,
     defences,
+    denoising,
     dose_figure,
     doses,
     folders,
@@ -102,9 +103,9 @@ class SweepConfig:
         "data", "anchor: a pool image, the clean model's sample, or per source the nearest pool image in latent space")
     craft_restarts: int = options.opt(1, "gradient_matching, latent_target: PGD restarts")
     craft_draws: int = options.opt(4, "gradient_matching, latent_target: (timestep, noise) draws per poison")
-    craft_timesteps: Literal["uniform", "low", "high"] = options.opt(
+    craft_timesteps: denoising.Timesteps = options.opt(
         "uniform", "gradient_matching, latent_target: where the draws' timesteps lie")
-    craft_params: Literal["cross_attention", "attention", "all"] = options.opt(
+    craft_params: denoising.Params = options.opt(
         "cross_attention", "gradient_matching: the UNet parameters whose gradient is matched")
     vae: str = options.opt("", "craft against this autoencoder instead of the victim's (a transfer attack)")
     craft_checkpoint: str = options.opt("", "gradient_matching, latent_target: craft on this diffusion checkpoint "

@@ -14,7 +14,8 @@ from pathlib import Path
 from poisoning.audit import artist_removal
 from reports import html as H
 
-NAMES = {"honor": "honoured", "url_only": "URL-only", "ignore": "ignored", artist_removal.GOLD: "retrained without X (gold)"}
+NAMES = {"honor": "honoured", "url_only": "URL-only", "ignore": "ignored",
+         artist_removal.GOLD: "retrained without X (gold)"}
 
 
 def load(folder: str | Path) -> dict:

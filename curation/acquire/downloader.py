@@ -2,8 +2,8 @@
 
 img2dataset's `Downloader` runs per shard, behind a guarded urllib opener (address policy, body cap,
 image content types, a total deadline per request) and a pixel cap. Each image host's robots.txt, ai.txt and
-tdmrep.json add their signals to its rows (`curation.acquire.robots`). Rows the opt-out policy excludes are not fetched. Every input row
-comes out with a status, in input order; a shard whose `__stats__/<id>.json` exists is finished and skipped.
+tdmrep.json add their signals to its rows (`curation.acquire.robots`). Rows the opt-out policy excludes are not
+fetched. Every input row comes out with a status, in input order; a shard whose `__stats__/<id>.json` exists is finished and skipped.
 Given expected hashes, img2dataset verifies the original bytes (`verify_hash_type`): a changed image fails
 with "hash mismatch"; a `gate` may turn more success rows into failures before a shard is written.
 """

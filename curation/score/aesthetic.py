@@ -564,7 +564,8 @@ def _fmt(v) -> str:
 
 
 def score(cfg: AestheticScoreConfig) -> Path:
-    """Score every embeddings file with a head: `<out>/<shard>.parquet` (AESTHETIC_SCHEMA), then `__stats__/run.json`."""
+    """Score every embeddings file with a head: `<out>/<shard>.parquet` (AESTHETIC_SCHEMA), then the run's stats
+    (`__stats__/run.json`)."""
     out = Path(cfg.out)
     options.check_resumable(cfg, out, runtime_fields=("device", "batch_size"))
     enc = encoder_info(cfg.embeddings)

@@ -212,8 +212,9 @@ def load_compact(path: str | Path, device: str = "auto") -> Encoder:
         raise ValueError(f"{checkpoint_path(path)}: weights do not fit the checkpoint's model_cfg "
                          f"({str(err).splitlines()[0]})") from None
     tokenizer = compact_tokenizer(ckpt["model_cfg"]["text_cfg"]["context_length"])
-    return Encoder(model, compact_transform(ckpt["preprocess"]), tokenizer, ckpt["name"], compute.resolve_device(device),
-                   COMPACT, str(checkpoint_path(path)))
+    device = compute.resolve_device(device)
+    return Encoder(model, compact_transform(ckpt["preprocess"]), tokenizer, ckpt["name"], device, COMPACT,
+                   str(checkpoint_path(path)))
 
 
 # --- open_clip models ---------------------------------------------------------------------------------------------

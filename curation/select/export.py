@@ -53,7 +53,7 @@ def _kept(shard: pa.Table, decisions: pa.Table, prov: dict) -> pa.Table:
         raise ValueError("decisions keep a row whose download did not succeed; rerun `filter` on these shards")
     urls = rows["url"].to_pylist()
     return pa.table({
-        "uid": rows["uid"], "jpg": rows["jpg"], "caption": rows["caption"], "url": rows["url"], "domain": rows["domain"],
+        **{c: rows[c] for c in ("uid", "jpg", "caption", "url", "domain")},
         "artist": [prov.get(u, (None, None))[0] for u in urls], "licence": [prov.get(u, (None, None))[1] for u in urls],
         "clip_score": joined["clip_score"], "aesthetic_score": joined["aesthetic_score"],
     }, schema=schema.TRAIN_SCHEMA)

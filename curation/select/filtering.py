@@ -155,8 +155,9 @@ def dedup_reasons(cfg: FilterConfig, t: dict, survivors: np.ndarray) -> tuple[li
 
 def _columns(cfg: FilterConfig) -> tuple[dict, str]:
     table = schema.read_folder(cfg.shards, "shard")
-    t = {c: np.array(table[c].to_pylist(), dtype=object) for c in
-         ("uid", "url", "page_url", "domain", "caption", "status", "optout", "sha256", "original_width", "original_height")}
+    t = {c: np.array(table[c].to_pylist(), dtype=object) for c in ("uid", "url", "page_url", "domain", "caption",
+                                                                   "status", "optout", "sha256", "original_width",
+                                                                   "original_height")}
     t["signals"] = table["signals"].to_pylist()
     jpgs = [j if st == schema.STATUS_SUCCESS else None for j, st in zip(table["jpg"].to_pylist(), t["status"])]
     t["phash"] = np.full(len(jpgs), None, dtype=object)

@@ -9,7 +9,7 @@ the policy would have trained on had it caught every row of X). One model per di
 training budget, on the same concepts. Each model generates on the same noise for prompts naming X ("cow emoji by
 X"), naming a control artist who did not opt out, and naming no artist. Measured per model and prompt kind:
 
-- how often a generation is in X's style (`poisoning.audit.style_probe` probe). The probe is validated on generations: its
+- how often a generation is in X's style (`poisoning.audit.style_probe`). The probe is validated on generations: its
   rate on the positive control (the `ignore` model, trained on X's works) must clear its false-positive floor
   (the gold model), else no style verdict is given;
 - copies of X's works: the ℓ2-ratio test against a fixed reference set (every work of X in the art corpus plus

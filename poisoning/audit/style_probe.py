@@ -4,8 +4,8 @@ Generations pass through the autoencoder's decoder, so the probe is trained on t
 autoencoder reconstructs them* (the best a generation can look) and tested on held-out concepts: it must
 recognise the artist's drawing, not the concept. Its held-out accuracy (reconstructions and originals) is
 reported beside every rate it produces. Held-out corpus images are not generations: the opt-out evaluation also
-validates the probe on generations (`artist_removal.probe_validation`) — its rate on a model trained on the artist's works
-must clear its false-positive floor on a model that never saw them, else it gives no style verdict.
+validates the probe on generations (`artist_removal.probe_validation`) — its rate on a model trained on the artist's
+works must clear its false-positive floor on a model that never saw them, else it gives no style verdict.
 """
 
 from __future__ import annotations
