@@ -176,3 +176,15 @@ def one_torch_thread():
 
     with torch_threads(1):
         yield
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs, started once per test session (`--engine=ray` tests); skipped without Ray."""
+    pytest.importorskip("ray")
+    from mithridate.core import engine
+
+    os.environ.pop("RAY_ADDRESS", None)
+    ray = engine.ray_init(num_cpus=2)
+    yield ray
+    ray.shutdown()
