@@ -35,6 +35,7 @@ from diffusion import (
 from diffusion.autoencoder import Autoencoder  # noqa: E402
 from mithridate.core import compute
 from poisoning import nightshade  # noqa: E402
+from poisoning.budget import Budget  # noqa: E402
 
 logger = logging.getLogger("bench.poison")
 
@@ -74,7 +75,7 @@ def crafter(args: argparse.Namespace, ae: Autoencoder, device: str):
 
     model = denoising.CleanModel(pipeline.Pipeline.load(args.checkpoint, device))
     concept = (model.pipe.info.get("concepts") or ["cat"])[0]
-    kw = {"eps": args.eps, "steps": args.steps, "draws": args.draws}
+    kw = {"budget": Budget(eps=args.eps), "steps": args.steps, "draws": args.draws}
     if args.attack == "latent_target":
         return lambda images, anchor: latent_target.craft(model, images, concept, **kw)
     return lambda images, anchor: gradient_matching.craft(model, images, [concept] * len(images), anchor, **kw)

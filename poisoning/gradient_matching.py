@@ -1,13 +1,13 @@
 """Gradient matching for a latent diffusion model ("Witches' Brew", Geiping et al. 2021, aimed at the denoiser's
 training signal instead of a classifier's).
 
-The poisons are images x + δ of the source concept C with their own captions (clean label). δ is chosen, under an
-L∞ budget, so that the gradient a training step on them sends to the UNet — the denoising loss of (E(x + δ),
-caption), summed over the poisons, with respect to a subset of the UNet's parameters (`denoising.PARAMS`, e.g. its
-cross-attention) — points the way the gradient of (E(anchor of A), caption) does: what a dirty-label poison would
-teach. The objective is 1 − cos(g_poison(δ), g_target), averaged over fixed (timestep, noise) draws, and it is
-differentiated through the frozen autoencoder and the UNet's gradient (double backward). The gradient is the clean
-model's: the victim of continued training starts from it.
+The poisons are images x + δ of the source concept C with their own captions (clean label). δ is chosen, within a budget
+(`poisoning.budget`: L∞, an SSIM floor or an LPIPS ceiling), so that the gradient a training step on them sends to the
+UNet — the denoising loss of (E(x + δ), caption), summed over the poisons, with respect to a subset of the UNet's
+parameters (`denoising.PARAMS`, e.g. its cross-attention) — points the way the gradient of (E(anchor of A), caption)
+does: what a dirty-label poison would teach. The objective is 1 − cos(g_poison(δ), g_target), averaged over fixed
+(timestep, noise) draws, and it is differentiated through the frozen autoencoder and the UNet's gradient (double
+backward). The gradient is the clean model's: the victim of continued training starts from it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from mithridate.core import compute
 from poisoning import quality
+from poisoning.budget import Budget, minimise
 from poisoning.denoising import CleanModel
 from poisoning.nightshade import CraftResult
-from poisoning.pgd import pgd
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, b, dim=0)
 
 
-def craft(model: CleanModel, images: torch.Tensor, captions: list[str], anchor: torch.Tensor, *, eps: float = 8 / 255,
-          steps: int = 100, restarts: int = 1, draws: int = 4, timesteps: str = "uniform",
+def craft(model: CleanModel, images: torch.Tensor, captions: list[str], anchor: torch.Tensor, *,
+          budget: Budget = Budget(), steps: int = 100, restarts: int = 1, draws: int = 4, timesteps: str = "uniform",
           step_size: float | None = None, seed: int = 0) -> CraftResult:
     """Craft gradient-matching poisons of `images` (captioned `captions`) toward an anchor of the target concept.
 
@@ -39,7 +39,8 @@ def craft(model: CleanModel, images: torch.Tensor, captions: list[str], anchor: 
         model: the clean model, with the parameter subset whose gradient is matched.
         images: source-concept images `(N, 3, S, S)` in [−1, 1]; captions: their N captions (kept by the poisons).
         anchor: the target-concept image `(3, S, S)` or one per image `(N, 3, S, S)` in [−1, 1].
-        eps: L∞ budget in [0, 1] pixel units; step_size: PGD's η0 (default eps); steps and restarts: PGD's.
+        budget: the perturbation budget; steps, restarts (L∞ only) and step_size: its optimiser's
+            (`budget.minimise`; [0, 1] pixel units).
         draws: (timestep, noise) draws per poison, fixed for the optimisation; timesteps: where they lie
             (`denoising.TIMESTEPS`).
         seed: seeds the draws and the restarts.
@@ -60,18 +61,18 @@ def craft(model: CleanModel, images: torch.Tensor, captions: list[str], anchor: 
         z_anchor = model.encode(anchor).expand(x.shape[0], -1, -1, -1)
     target = model.gradient(z_anchor, cond, d).detach()
 
-    def objective(xp: torch.Tensor) -> torch.Tensor:
-        return 1 - _cos(model.gradient(model.encode(xp), cond, d, create_graph=True), target)
+    def objective(xp: torch.Tensor) -> torch.Tensor:  # one batch value, repeated per image (budget.minimise)
+        return (1 - _cos(model.gradient(model.encode(xp), cond, d, create_graph=True), target)).expand(xp.shape[0])
 
     with torch.enable_grad(), compute.math_attention():  # double backward: the fused attention kernels have none
         before = float(_cos(model.gradient(model.encode(x), cond, d), target))
-        poisons, _ = pgd(objective, x, eps, steps, step_size, restarts, gen)
+        poisons = minimise(objective, x, budget, steps, step_size, restarts, gen)
         after = float(_cos(model.gradient(model.encode(poisons), cond, d), target))
     with torch.no_grad():
         f_x, f_p = model.encode(x), model.encode(poisons)
         cols = {"linf": quality.linf(x, poisons), "psnr": quality.psnr(x, poisons),
                 "ssim": quality.ssim_or_nan(x, poisons), "gap_closed": quality.gap_closed(f_x, f_p, z_anchor)}
-    stats = [{"budget": "linf", **{k: float(v[i]) for k, v in cols.items()}, "grad_cos_before": before,
+    stats = [{"budget": budget.kind, **{k: float(v[i]) for k, v in cols.items()}, "grad_cos_before": before,
               "grad_cos_after": after} for i in range(x.shape[0])]
     logger.info("gradient matching: %d poisons, gradient cosine %.3f → %.3f (%d steps × %d restarts)", x.shape[0],
                 before, after, steps, restarts)

@@ -44,12 +44,23 @@ from PIL import Image
 from diffusion import data, grid, pipeline, vae_train as vae
 from diffusion.text import TextEncoder
 from mithridate.core import checkpoints, disk, options, schema
-from poisoning import candidates, defences, denoising, nightshade as ns, perceptual, pool as attack_pool, quality
+from poisoning import (
+    candidates,
+    defences,
+    denoising,
+    nightshade as ns,
+    perceptual,
+    pool as attack_pool,
+    quality,
+    victim,
+)
 from poisoning.attacks import ATTACKS, TRAINING_SIGNAL, Attack
+from poisoning.budget import BUDGETS, Budget
 
 logger = logging.getLogger(__name__)
 
 POISON_SHARD = "90000.parquet"
+RETRAIN_DIR = "retrain"  # the retraining trick's poisoned data and model, inside the output folder
 ANCHORS = ("data", "generated", "nearest")
 
 
@@ -68,11 +79,11 @@ class InjectConfig:
         "image itself as every poison, the positive control; gradient_matching: the denoising-loss gradient of the "
         "poisons aligned with the anchor's; latent_target: latents the clean model denoises as the target)")
     budget: Literal["linf", "ssim", "lpips"] = options.opt(
-        "linf", "nightshade budget: L∞ (released code), an SSIM floor (stands in for LPIPS), or the paper's LPIPS "
-        "(needs lpips_backbone)")
-    eps: float = options.opt(0.04, "nightshade: L∞ budget in [0, 1] pixel units (linf budget)")
-    ssim_floor: float = options.opt(0.9, "nightshade: minimum SSIM of a poison to its original (ssim budget)")
-    lpips_limit: float = options.opt(0.07, "nightshade: maximum LPIPS of a poison to its original (lpips budget)")
+        "linf", "perturbation budget: L∞ (Nightshade's released code), an SSIM floor (stands in for LPIPS), or the "
+        "Nightshade paper's LPIPS (needs lpips_backbone)")
+    eps: float = options.opt(0.04, "L∞ budget in [0, 1] pixel units (linf budget)")
+    ssim_floor: float = options.opt(0.9, "minimum SSIM of a poison to its original (ssim budget)")
+    lpips_limit: float = options.opt(0.07, "maximum LPIPS of a poison to its original (lpips budget)")
     lpips_backbone: str = options.opt("", "lpips budget: a torchvision AlexNet state dict (.pth) for LPIPS' trunk")
     steps: int = options.opt(500, "nightshade: optimisation steps")
     anchor: Literal["data", "generated", "nearest"] = options.opt(
@@ -89,13 +100,19 @@ class InjectConfig:
         "uniform", "gradient_matching, latent_target: where the draws' timesteps lie (all, first or second half)")
     params: denoising.Params = options.opt(
         "cross_attention", "gradient_matching: the UNet parameters whose gradient is matched")
+    retrain_steps: int = options.opt(
+        0, "gradient_matching, latent_target: the retraining trick (Witches' Brew) — continue the crafting model on "
+        "the clean rows + the first poisons for this many steps, then craft again on it; 0 = none")
     seed: int = options.opt(0, "seed of candidate ties, image choice and the attack")
 
     def __post_init__(self):
         options.check_positive(self, "n", "steps", "restarts", "draws")
+        if self.retrain_steps < 0 or (self.retrain_steps and self.attack not in TRAINING_SIGNAL):
+            raise ValueError(f"InjectConfig.retrain_steps={self.retrain_steps!r}: must be >= 0, and > 0 only for "
+                             f"{', '.join(TRAINING_SIGNAL)}")
         options.check_choice(self, "attack", ATTACKS)
         options.check_choice(self, "anchor", ANCHORS)
-        options.check_choice(self, "budget", ns.BUDGETS)
+        options.check_choice(self, "budget", BUDGETS)
         if not 0 < self.eps <= 1:
             raise ValueError(f"InjectConfig.eps={self.eps!r}: must be within (0, 1] ([0, 1] pixel units)")
         if not 0 < self.ssim_floor < 1:
@@ -105,8 +122,9 @@ class InjectConfig:
         if self.budget == "lpips" and not self.lpips_backbone:
             raise ValueError("InjectConfig.lpips_backbone='': budget=lpips needs AlexNet weights (a torchvision "
                              "state dict .pth); without them use budget=ssim")
-        if self.attack in TRAINING_SIGNAL and self.budget != "linf":
-            raise ValueError(f"InjectConfig.budget={self.budget!r}: attack={self.attack} supports budget=linf only")
+        if self.restarts > 1 and self.budget != "linf":
+            raise ValueError(f"InjectConfig.restarts={self.restarts}: restarts are L∞ PGD's; budget={self.budget} "
+                             "runs once (restarts=1)")
         if self.craft_checkpoint and self.attack not in TRAINING_SIGNAL:
             raise ValueError(f"InjectConfig.craft_checkpoint={self.craft_checkpoint!r}: only "
                              f"{', '.join(TRAINING_SIGNAL)} craft on a diffusion checkpoint (nightshade: vae=)")
@@ -131,6 +149,17 @@ def _rows(pool: data.ImageSet, idx: np.ndarray, pixels: np.ndarray, captions: li
              "caption": captions[k], "url": f"poison://{cfg.attack}/{k}", "domain": "poison",
              "artist": pool.artists[i] or None, "licence": None, "clip_score": None, "aesthetic_score": None}
             for k, i in enumerate(idx)]
+
+
+def write_folder(out: Path, pool: data.ImageSet, origin: np.ndarray, pixels: np.ndarray, captions: list[str],
+                 cfg: InjectConfig) -> list[dict]:
+    """The poisoned training folder: the clean shards copied and the poisons' shard; returns the poison rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in data.shard_files(cfg.data):
+        shutil.copyfile(f, out / f.name)
+    rows = _rows(pool, origin, pixels, captions, cfg)
+    schema.write(pa.Table.from_pylist(rows, schema=schema.TRAIN_SCHEMA), out / POISON_SHARD, "train")
+    return rows
 
 
 def dirty_label(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.ndarray, seed: int) -> tuple:
@@ -170,14 +199,32 @@ def crafting_model(cfg: InjectConfig, ckpt: dict) -> tuple:
 
 
 def training_signal(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.ndarray, cfg: InjectConfig,
-                    checkpoint: str) -> tuple:
-    """Gradient-matching or latent-target poisons of the source candidates, crafted on the clean model
-    `checkpoint`."""
+                    checkpoint: str, out: Path) -> tuple:
+    """Gradient-matching or latent-target poisons of the source candidates, crafted on the clean model `checkpoint`
+    (and, with `retrain_steps`, crafted again on that model continued on the clean rows + the first poisons)."""
+    captions = [pool.captions[i] for i in source_idx]
+    stats, poisons = _craft_signal(pool, source_idx, target_idx, cfg, checkpoint)
+    if cfg.retrain_steps:
+        work = out / RETRAIN_DIR
+        write_folder(work / "data", pool, source_idx, data.to_uint8(poisons), captions, cfg)
+        retrained = victim.train(checkpoint, work / "data", work / "model",
+                                 victim.VictimTraining(steps=cfg.retrain_steps), cfg.seed)
+        first = stats
+        stats, poisons = _craft_signal(pool, source_idx, target_idx, cfg, str(retrained))
+        for s, f in zip(stats, first):
+            s.update({"retrain_steps": cfg.retrain_steps, **{f"first_{k}": v for k, v in f.items() if k != "budget"}})
+    return source_idx, data.to_uint8(poisons), captions, stats
+
+
+def _craft_signal(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.ndarray, cfg: InjectConfig,
+                  checkpoint: str) -> tuple[list[dict], torch.Tensor]:
     from poisoning import gradient_matching, latent_target
 
     model = denoising.CleanModel(pipeline.Pipeline.load(checkpoint, "cpu"), cfg.params)
     images, captions = pool.images[source_idx], [pool.captions[i] for i in source_idx]
-    common = {"eps": cfg.eps, "steps": cfg.steps, "restarts": cfg.restarts, "draws": cfg.draws,
+    lpips_fn = perceptual.load(cfg.lpips_backbone) if cfg.budget == "lpips" else None
+    limits = Budget(cfg.budget, cfg.eps, cfg.ssim_floor, cfg.lpips_limit, lpips_fn)
+    common = {"budget": limits, "steps": cfg.steps, "restarts": cfg.restarts, "draws": cfg.draws,
               "timesteps": cfg.timesteps, "seed": cfg.seed}
     if cfg.attack == "latent_target":
         result = latent_target.craft(model, images, cfg.target, **common)
@@ -185,7 +232,7 @@ def training_signal(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.
         anchor = (nearest_anchors(pool, source_idx, target_idx, model.vae) if cfg.anchor == "nearest"
                   else choose_anchor(pool, target_idx, cfg))
         result = gradient_matching.craft(model, images, captions, anchor, **common)
-    return source_idx, data.to_uint8(result.poisons), captions, result.stats
+    return result.stats, result.poisons
 
 
 def attack_encoder(cfg: InjectConfig, ckpt: dict) -> tuple:
@@ -273,7 +320,7 @@ def run(cfg: InjectConfig) -> Path:
             pixels = np.repeat(data.to_uint8(choose_anchor(pool, tgt, cfg)[None]), len(src), axis=0)
     elif cfg.attack in TRAINING_SIGNAL:
         crafted_on, setting = crafting_model(cfg, ckpt)
-        origin, pixels, captions, stats = training_signal(pool, src, tgt, cfg, crafted_on)
+        origin, pixels, captions, stats = training_signal(pool, src, tgt, cfg, crafted_on, out)
     else:
         ae, setting = attack_encoder(cfg, ckpt)
         anchor = nearest_anchors(pool, src, tgt, ae) if cfg.anchor == "nearest" else choose_anchor(pool, tgt, cfg)
@@ -281,10 +328,7 @@ def run(cfg: InjectConfig) -> Path:
         if setting == "transfer":
             victim_gap(stats, pipeline.build_vae(ckpt["vae"]), pool.images[src], pixels, anchor)
     craft_s = time.perf_counter() - t0  # choosing the anchor(s) and crafting, per poison below
-    for f in data.shard_files(cfg.data):
-        shutil.copyfile(f, out / f.name)
-    rows = _rows(pool, origin, pixels, captions, cfg)
-    schema.write(pa.Table.from_pylist(rows, schema=schema.TRAIN_SCHEMA), out / POISON_SHARD, "train")
+    rows = write_folder(out, pool, origin, pixels, captions, cfg)
     meta = [{"uid": r["uid"], "attack": cfg.attack, "setting": setting, "source_concept": cfg.source,
              "target_concept": cfg.target, "original_uid": pool.uids[i], "caption": r["caption"],
              "candidate_clip_score": float(chosen.clip_score[k]), **s}

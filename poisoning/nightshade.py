@@ -36,12 +36,12 @@ from typing import Callable
 import torch
 
 from poisoning import quality
+from poisoning.budget import BUDGETS
+from poisoning.penalty import penalised
 from poisoning.pgd import pgd
 
 logger = logging.getLogger(__name__)
 
-BUDGETS = ("linf", "ssim", "lpips")
-SSIM_DEFAULT_LR = 0.005  # [0, 1] pixel units
 RANGE = (-1.0, 1.0)
 RANGE_TOLERANCE = 1e-4
 
@@ -105,34 +105,10 @@ def _linf_batch(encoder_fn, x, f_anchor, eps, steps, step_size):
 
 
 def _penalty_batch(encoder_fn, x, f_anchor, d0, steps, step_size, distance, limit, penalty):
-    """Adam on δ: normalised latent distance + penalty · max(distance(x, x+δ) − limit, 0); the best iterate
-    with distance ≤ limit per image (the perceptual budgets)."""
-    lr = 2.0 * (SSIM_DEFAULT_LR if step_size is None else step_size)
-    delta = torch.zeros_like(x, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=lr)
+    """The perceptual budgets: the latent distance normalised by the clean image's, under `penalty.penalised`."""
     scale = d0.clamp_min(1e-12) ** 2
-    best = x.clone()
-    best_d = d0.clone()
-    for _ in range(steps):
-        xp = x + delta
-        d = _dist(encoder_fn, xp, f_anchor)
-        s = distance(x, xp)
-        with torch.no_grad():  # the current iterate, before stepping
-            ok = (s <= limit) & (d < best_d)
-            best[ok] = xp[ok].detach().clamp(*RANGE)
-            best_d[ok] = d[ok].detach()
-        loss = (d ** 2 / scale + penalty * (s - limit).clamp_min(0)).sum()
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta.grad = grad
-        opt.step()
-        with torch.no_grad():
-            delta.copy_((x + delta).clamp(*RANGE) - x)
-    with torch.no_grad():  # the final iterate
-        xp = x + delta
-        d, s = _dist(encoder_fn, xp, f_anchor), distance(x, xp)
-        ok = (s <= limit) & (d < best_d)
-        best[ok] = xp[ok]
-    return best
+    return penalised(lambda xp: _dist(encoder_fn, xp, f_anchor) ** 2 / scale, x, distance, limit, steps, step_size,
+                     penalty)
 
 
 def craft(encoder_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, anchor: torch.Tensor,

@@ -2,8 +2,8 @@
 
 A judge (`poisoning.judge`: an independent pixel classifier, or a compact CLIP) labels each generation among a
 fixed concept list; P(top-1 ≠ C) and P(top-1 = A) come with exact (Clopper–Pearson) 95% intervals, which are
-never zero-width (over several training seeds, use `poisoning.intervals.seed_level`). The same seed gives every model the same
-initial noise, so a poisoned victim and its control differ only by their weights.
+never zero-width (over several training seeds, use `poisoning.intervals.seed_level`). The same seed gives every
+model the same initial noise, so a poisoned victim and its control differ only by their weights.
 """
 
 from __future__ import annotations

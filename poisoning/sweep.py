@@ -93,20 +93,23 @@ class SweepConfig:
     batch_size: int = options.opt(64, "victim batch size")
     from_scratch: bool = options.opt(False, "train victims from scratch (the clean model's steps) instead of "
                                      "continuing the clean model")
-    budget: Literal["linf", "ssim", "lpips"] = options.opt("linf", "nightshade budget (see `poison inject --help`)")
-    eps: float = options.opt(0.04, "nightshade L∞ budget in [0, 1] pixel units")
-    ssim_floor: float = options.opt(0.9, "nightshade SSIM floor (ssim budget)")
-    lpips_limit: float = options.opt(0.07, "nightshade LPIPS limit (lpips budget)")
+    budget: Literal["linf", "ssim", "lpips"] = options.opt("linf", "perturbation budget of every crafted attack (see "
+                                                                   "`poison inject --help`)")
+    eps: float = options.opt(0.04, "L∞ budget in [0, 1] pixel units (linf budget)")
+    ssim_floor: float = options.opt(0.9, "SSIM floor (ssim budget)")
+    lpips_limit: float = options.opt(0.07, "LPIPS limit (lpips budget)")
     lpips_backbone: str = options.opt("", "lpips budget: torchvision AlexNet weights (.pth) for LPIPS' trunk")
-    craft_steps: int = options.opt(500, "nightshade optimisation steps")
+    craft_steps: int = options.opt(500, "optimisation steps of every crafted attack")
     anchor: Literal["data", "generated", "nearest"] = options.opt(
         "data", "anchor: a pool image, the clean model's sample, or per source the nearest pool image in latent space")
-    craft_restarts: int = options.opt(1, "gradient_matching, latent_target: PGD restarts")
+    craft_restarts: int = options.opt(1, "gradient_matching, latent_target: PGD restarts (linf budget)")
     craft_draws: int = options.opt(4, "gradient_matching, latent_target: (timestep, noise) draws per poison")
     craft_timesteps: denoising.Timesteps = options.opt(
         "uniform", "gradient_matching, latent_target: where the draws' timesteps lie")
     craft_params: denoising.Params = options.opt(
         "cross_attention", "gradient_matching: the UNet parameters whose gradient is matched")
+    craft_retrain_steps: int = options.opt(
+        0, "gradient_matching, latent_target: the retraining trick's steps (see `poison inject --help`); 0 = none")
     vae: str = options.opt("", "craft against this autoencoder instead of the victim's (a transfer attack)")
     craft_checkpoint: str = options.opt("", "gradient_matching, latent_target: craft on this diffusion checkpoint "
                                         "instead of the victims' clean model (a transfer attack)")
@@ -172,7 +175,8 @@ class SweepConfig:
         if self.budget == "lpips" and not self.lpips_backbone:
             raise ValueError("SweepConfig.lpips_backbone='': budget=lpips needs AlexNet weights (a torchvision "
                              "state dict .pth); without them use budget=ssim")
-        for name in ("bleed", "bleed_generations", "collateral_per_concept", "warmup_steps", "guidance", "implosion"):
+        for name in ("bleed", "bleed_generations", "collateral_per_concept", "warmup_steps", "guidance", "implosion",
+                     "craft_retrain_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SweepConfig.{name}={getattr(self, name)!r}: must be >= 0")
         if self.source == self.target:
@@ -340,7 +344,8 @@ def craft(cfg: SweepConfig, attack: str, seed: int, out: Path, source: str = "",
                                lpips_backbone=cfg.lpips_backbone, steps=cfg.craft_steps, anchor=cfg.anchor,
                                restarts=cfg.craft_restarts, draws=cfg.craft_draws, timesteps=cfg.craft_timesteps,
                                params=cfg.craft_params, vae=cfg.vae, seed=seed,
-                               craft_checkpoint=cfg.craft_checkpoint if attack in attacks.TRAINING_SIGNAL else "")
+                               craft_checkpoint=cfg.craft_checkpoint if attack in attacks.TRAINING_SIGNAL else "",
+                               retrain_steps=cfg.craft_retrain_steps if attack in attacks.TRAINING_SIGNAL else 0)
     options.check_resumable(icfg, folder)
     if (folder / "manifest.json").is_file():
         return folder

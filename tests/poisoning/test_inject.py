@@ -28,7 +28,8 @@ def test_dirty_label_pairs_target_images_with_source_captions(tiny_train, clean_
     assert len(meta) == 3 and set(meta.attack) == {"dirty_label"}
     rows = poisoned.subset(np.arange(len(clean), len(poisoned)))
     assert all(data.match_concepts(rows.captions, ["cat"]) == 0)  # captions say "cat" …
-    houses = {clean.uids[i]: clean.images[i] for i in np.flatnonzero(data.match_concepts(clean.captions, ["house"]) == 0)}
+    house_rows = np.flatnonzero(data.match_concepts(clean.captions, ["house"]) == 0)
+    houses = {clean.uids[i]: clean.images[i] for i in house_rows}
     for k, uid in enumerate(meta.original_uid):  # … the pixels are a house
         assert uid in houses and (rows.images[k] - houses[uid]).abs().max() <= 1 / 127.5
     manifest = json.loads((out / "manifest.json").read_text())
@@ -88,6 +89,31 @@ def test_training_signal_attacks_keep_captions_stay_in_budget_and_record_their_o
         assert meta.target_loss_after.sum() < meta.target_loss_before.sum()
 
 
+def test_gradient_matching_under_the_ssim_budget_keeps_every_poison_above_the_floor(tiny_train, clean_model,
+                                                                                    tmp_path):
+    out = inject.run(_cfg(tiny_train, clean_model, tmp_path, attack="gradient_matching", n=2, budget="ssim",
+                          ssim_floor=0.95, steps=6, draws=2))
+    meta = pd.read_parquet(out / "poisons.parquet")
+    assert set(meta.budget) == {"ssim"} and (meta.ssim >= 0.95 - 1e-6).all() and (meta.linf > 0).any()
+
+
+def test_the_retraining_trick_crafts_again_on_the_model_continued_on_the_first_poisons(tiny_train, clean_model,
+                                                                                      tmp_path):
+    kw = {"attack": "gradient_matching", "n": 2, "eps": 8 / 255, "steps": 4, "draws": 1}
+    once = inject.run(_cfg(tiny_train, clean_model, tmp_path / "once", **kw))
+    out = inject.run(_cfg(tiny_train, clean_model, tmp_path / "twice", retrain_steps=2, **kw))
+    retrained = out / inject.RETRAIN_DIR
+    assert (retrained / "model" / "train.json").is_file()
+    assert json.loads((retrained / "model" / "train.json").read_text())["steps"] == 2
+    first, meta = pd.read_parquet(once / "poisons.parquet"), pd.read_parquet(out / "poisons.parquet")
+    assert np.allclose(meta.first_grad_cos_after, first.grad_cos_after)  # round one is the plain attack …
+    assert not np.allclose(meta.grad_cos_before, first.grad_cos_before)  # … round two sees another model
+    assert (meta.retrain_steps == 2).all() and (meta.linf <= 8 / 255 + 1e-3).all()
+    assert len(data.load_images(out, 32)) == len(data.load_images(once, 32))  # the retraining data is not read
+    with pytest.raises(ValueError, match="retrain_steps=3: must be >= 0, and > 0 only for gradient_matching"):
+        _cfg(tiny_train, clean_model, tmp_path, attack="nightshade", retrain_steps=3)
+
+
 def test_nearest_anchor_gives_each_source_its_own_target_image(tiny_train, clean_model, tmp_path):
     out = inject.run(_cfg(tiny_train, clean_model, tmp_path, attack="anchor", anchor="nearest", n=3))
     poisoned, clean = data.load_images(out, 32), data.load_images(tiny_train, 32)
@@ -100,8 +126,8 @@ def test_nearest_anchor_gives_each_source_its_own_target_image(tiny_train, clean
 
 
 def test_training_signal_attacks_refuse_what_they_cannot_do(tiny_train, clean_model, tmp_path):
-    with pytest.raises(ValueError, match="budget='ssim': attack=gradient_matching supports budget=linf only"):
-        _cfg(tiny_train, clean_model, tmp_path, attack="gradient_matching", budget="ssim")
+    with pytest.raises(ValueError, match="restarts=2: restarts are L∞ PGD's; budget=ssim runs once"):
+        _cfg(tiny_train, clean_model, tmp_path, attack="gradient_matching", budget="ssim", restarts=2)
     with pytest.raises(ValueError, match="vae='x': attack=latent_target is crafted on the clean model itself"):
         _cfg(tiny_train, clean_model, tmp_path, attack="latent_target", vae="x")
 
