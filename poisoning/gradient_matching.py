@@ -25,6 +25,8 @@ from poisoning.nightshade import CraftResult
 
 logger = logging.getLogger(__name__)
 
+HELDOUT_SEED = 7919  # the held-out draws' seed offset: draws never used in crafting
+
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a, b, dim=0)
@@ -32,7 +34,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def craft(model: CleanModel, images: torch.Tensor, captions: list[str], anchor: torch.Tensor, *,
           budget: Budget = Budget(), steps: int = 100, restarts: int = 1, draws: int = 4, timesteps: str = "uniform",
-          step_size: float | None = None, seed: int = 0) -> CraftResult:
+          step_size: float | None = None, seed: int = 0, resample: bool = False) -> CraftResult:
     """Craft gradient-matching poisons of `images` (captioned `captions`) toward an anchor of the target concept.
 
     Args:
@@ -44,11 +46,14 @@ def craft(model: CleanModel, images: torch.Tensor, captions: list[str], anchor: 
         draws: (timestep, noise) draws per poison, fixed for the optimisation; timesteps: where they lie
             (`denoising.TIMESTEPS`).
         seed: seeds the draws and the restarts.
+        resample: draw new (timestep, noise) draws at every step (the expectation over draws a victim's training
+            takes) instead of fixing them.
 
     Returns:
-        `CraftResult`: poisons, and per image linf, psnr, ssim, the batch's gradient cosine before and after
-        (`grad_cos_before`, `grad_cos_after`) and its gap closed toward the anchor in latent space (for comparison
-        with Nightshade's objective).
+        `CraftResult`: poisons, and per image linf, psnr, ssim, the batch's gradient cosine before and after on the
+        crafting draws (`grad_cos_before`, `grad_cos_after`) and on as many held-out draws (`grad_cos_heldout_before`,
+        `grad_cos_heldout_after`: does the alignment carry to draws it was not optimised on?), and its gap closed
+        toward the anchor in latent space (for comparison with Nightshade's objective).
     """
     if len(captions) != images.shape[0]:
         raise ValueError(f"captions: {len(captions)} for {images.shape[0]} images")
@@ -59,21 +64,30 @@ def craft(model: CleanModel, images: torch.Tensor, captions: list[str], anchor: 
     cond = model.condition(captions)
     with torch.no_grad():
         z_anchor = model.encode(anchor).expand(x.shape[0], -1, -1, -1)
-    target = model.gradient(z_anchor, cond, d).detach()
+    heldout = model.draws(x.shape[0], draws, timesteps, torch.Generator().manual_seed(seed + HELDOUT_SEED))
+    target, target_h = model.gradient(z_anchor, cond, d).detach(), model.gradient(z_anchor, cond, heldout).detach()
+
+    def cos(xp: torch.Tensor, dd, goal: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        return _cos(model.gradient(model.encode(xp), cond, dd, create_graph=create_graph), goal)
 
     def objective(xp: torch.Tensor) -> torch.Tensor:  # one batch value, repeated per image (budget.minimise)
-        return (1 - _cos(model.gradient(model.encode(xp), cond, d, create_graph=True), target)).expand(xp.shape[0])
+        if not resample:
+            return (1 - cos(xp, d, target, create_graph=True)).expand(xp.shape[0])
+        dd = model.draws(x.shape[0], draws, timesteps, gen)
+        return (1 - cos(xp, dd, model.gradient(z_anchor, cond, dd).detach(), create_graph=True)).expand(xp.shape[0])
 
     with torch.enable_grad(), compute.math_attention():  # double backward: the fused attention kernels have none
-        before = float(_cos(model.gradient(model.encode(x), cond, d), target))
+        before, before_h = float(cos(x, d, target)), float(cos(x, heldout, target_h))
         poisons = minimise(objective, x, budget, steps, step_size, restarts, gen)
-        after = float(_cos(model.gradient(model.encode(poisons), cond, d), target))
+        after, after_h = float(cos(poisons, d, target)), float(cos(poisons, heldout, target_h))
     with torch.no_grad():
         f_x, f_p = model.encode(x), model.encode(poisons)
         cols = {"linf": quality.linf(x, poisons), "psnr": quality.psnr(x, poisons),
                 "ssim": quality.ssim_or_nan(x, poisons), "gap_closed": quality.gap_closed(f_x, f_p, z_anchor)}
     stats = [{"budget": budget.kind, **{k: float(v[i]) for k, v in cols.items()}, "grad_cos_before": before,
-              "grad_cos_after": after} for i in range(x.shape[0])]
-    logger.info("gradient matching: %d poisons, gradient cosine %.3f → %.3f (%d steps × %d restarts)", x.shape[0],
-                before, after, steps, restarts)
+              "grad_cos_after": after, "grad_cos_heldout_before": before_h, "grad_cos_heldout_after": after_h}
+             for i in range(x.shape[0])]
+    logger.info("gradient matching: %d poisons, gradient cosine %.3f → %.3f (held-out draws %.3f → %.3f; %d steps × %d "
+                "restarts%s)", x.shape[0], before, after, before_h, after_h, steps, restarts,
+                ", draws resampled" if resample else "")
     return CraftResult(poisons=poisons.to(images.dtype), stats=stats)

@@ -100,6 +100,8 @@ class InjectConfig:
         "uniform", "gradient_matching, latent_target: where the draws' timesteps lie (all, first or second half)")
     params: denoising.Params = options.opt(
         "cross_attention", "gradient_matching: the UNet parameters whose gradient is matched")
+    resample: bool = options.opt(False, "gradient_matching: new (timestep, noise) draws at every step instead of "
+                                 "fixed ones (the expectation over draws the victim's training takes)")
     retrain_steps: int = options.opt(
         0, "gradient_matching, latent_target: the retraining trick (Witches' Brew) — continue the crafting model on "
         "the clean rows + the first poisons for this many steps, then craft again on it; 0 = none")
@@ -125,6 +127,9 @@ class InjectConfig:
         if self.restarts > 1 and self.budget != "linf":
             raise ValueError(f"InjectConfig.restarts={self.restarts}: restarts are L∞ PGD's; budget={self.budget} "
                              "runs once (restarts=1)")
+        if self.resample and self.attack != "gradient_matching":
+            raise ValueError(f"InjectConfig.resample=True: only attack=gradient_matching resamples its draws, not "
+                             f"attack={self.attack}")
         if self.craft_checkpoint and self.attack not in TRAINING_SIGNAL:
             raise ValueError(f"InjectConfig.craft_checkpoint={self.craft_checkpoint!r}: only "
                              f"{', '.join(TRAINING_SIGNAL)} craft on a diffusion checkpoint (nightshade: vae=)")
@@ -231,7 +236,7 @@ def _craft_signal(pool: data.ImageSet, source_idx: np.ndarray, target_idx: np.nd
     else:
         anchor = (nearest_anchors(pool, source_idx, target_idx, model.vae) if cfg.anchor == "nearest"
                   else choose_anchor(pool, target_idx, cfg))
-        result = gradient_matching.craft(model, images, captions, anchor, **common)
+        result = gradient_matching.craft(model, images, captions, anchor, resample=cfg.resample, **common)
     return result.stats, result.poisons
 
 

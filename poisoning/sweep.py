@@ -108,6 +108,7 @@ class SweepConfig:
         "uniform", "gradient_matching, latent_target: where the draws' timesteps lie")
     craft_params: denoising.Params = options.opt(
         "cross_attention", "gradient_matching: the UNet parameters whose gradient is matched")
+    craft_resample: bool = options.opt(False, "gradient_matching: new (timestep, noise) draws at every step")
     craft_retrain_steps: int = options.opt(
         0, "gradient_matching, latent_target: the retraining trick's steps (see `poison inject --help`); 0 = none")
     vae: str = options.opt("", "craft against this autoencoder instead of the victim's (a transfer attack)")
@@ -345,7 +346,8 @@ def craft(cfg: SweepConfig, attack: str, seed: int, out: Path, source: str = "",
                                restarts=cfg.craft_restarts, draws=cfg.craft_draws, timesteps=cfg.craft_timesteps,
                                params=cfg.craft_params, vae=cfg.vae, seed=seed,
                                craft_checkpoint=cfg.craft_checkpoint if attack in attacks.TRAINING_SIGNAL else "",
-                               retrain_steps=cfg.craft_retrain_steps if attack in attacks.TRAINING_SIGNAL else 0)
+                               retrain_steps=cfg.craft_retrain_steps if attack in attacks.TRAINING_SIGNAL else 0,
+                               resample=cfg.craft_resample and attack == "gradient_matching")
     options.check_resumable(icfg, folder)
     if (folder / "manifest.json").is_file():
         return folder

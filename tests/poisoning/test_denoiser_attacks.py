@@ -61,6 +61,19 @@ def test_gradient_matching_raises_the_cosine_within_budget_and_leaves_the_model_
     assert torch.equal(res.poisons, again.poisons)  # deterministic under the seed
 
 
+def test_gradient_matching_with_resampled_draws_reports_the_alignment_on_held_out_draws(setup):
+    pipe, cats, captions, house = setup
+    model = denoising.CleanModel(pipe, "cross_attention")
+    kw = {"budget": Budget(eps=EPS), "steps": 12, "draws": 2, "seed": 0}
+    fixed = gradient_matching.craft(model, cats, captions, house, **kw)
+    fresh = gradient_matching.craft(model, cats, captions, house, resample=True, **kw)
+    assert not torch.equal(fixed.poisons, fresh.poisons)
+    f, r = fixed.stats[0], fresh.stats[0]
+    assert f["grad_cos_heldout_before"] == r["grad_cos_heldout_before"]  # the same held-out draws for both …
+    assert f["grad_cos_heldout_before"] != f["grad_cos_before"]  # … and not the crafting ones
+    assert r["grad_cos_heldout_after"] > r["grad_cos_heldout_before"], r  # expectation over draws: it carries
+
+
 def test_latent_target_lowers_the_target_prompts_loss_within_budget(setup):
     pipe, cats, _, _ = setup
     model = denoising.CleanModel(pipe, "all")
