@@ -3,7 +3,11 @@
 img2dataset's `Downloader` runs per shard, behind a guarded urllib opener (address policy, body cap,
 image content types, a total deadline per request) and a pixel cap. Each image host's robots.txt, ai.txt and
 tdmrep.json add their signals to its rows (`curation.acquire.robots`). Rows the opt-out policy excludes are not
-fetched. Every input row comes out with a status, in input order; a shard whose `__stats__/<id>.json` exists is finished and skipped.
+fetched. Every input row comes out with a status, in input order; a shard whose `__stats__/<id>.json` exists is
+finished and skipped.
+The pairs are cut into shards of `shard_size` rows from the files' footers (`shard_plan`); with `engine=ray` each
+shard is one Ray task that reads only its own rows, tried `shard_retries` more times when it fails; both engines
+write the same shards.
 Given expected hashes, img2dataset verifies the original bytes (`verify_hash_type`): a changed image fails
 with "hash mismatch"; a `gate` may turn more success rows into failures before a shard is written.
 """
@@ -33,7 +37,7 @@ import pyarrow.parquet as pq
 
 from curation.acquire import funnel, netguard, robots
 from curation.acquire.signals import AI_DIRECTIVES, directive_signals, x_robots_directives
-from mithridate.core import options, progress, schema, stats_files, workers
+from mithridate.core import engine, options, progress, schema, shard_plan, stats_files, workers
 
 logger = logging.getLogger(__name__)
 XRT_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"
@@ -65,6 +69,11 @@ class DownloadConfig:
     shard_size: int = options.opt(10000, "rows per output shard")
     allow_networks: tuple[str, ...] = options.opt((), "private/loopback networks that may be contacted (CIDR)")
     contact_url: str = options.opt("https://github.com/mithridate/mithridate", "contact URL in the user agent")
+    engine: engine.Engine = options.opt("local", "where shards are downloaded: local (this machine: processes) or "
+                                        "ray (one Ray task per shard on the cluster RAY_ADDRESS names, else a local "
+                                        "one); switching resumes the same folder")
+    shard_retries: int = options.opt(2, "engine ray: more tries of a shard that fails (an error, a dead worker) "
+                                     "before the run fails naming it")
 
     def __post_init__(self):
         options.check_positive(self, "image_size", "processes", "threads", "timeout_s", "deadline_s",
@@ -75,6 +84,9 @@ class DownloadConfig:
             raise ValueError(f"DownloadConfig.encode_quality={self.encode_quality}: must be within [0, 100]")
         if self.retries < 0 or self.min_image_size < 0:
             raise ValueError("DownloadConfig: retries and min_image_size must be >= 0")
+        if self.shard_retries < 0:
+            raise ValueError(f"DownloadConfig.shard_retries={self.shard_retries!r}: must be >= 0")
+        engine.check(self.engine)
         netguard.parse_networks(self.allow_networks)
 
 
@@ -280,15 +292,28 @@ def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table, gate: Gat
     return stats
 
 
-def _shards(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = None) -> list[tuple[int, pa.Table]]:
-    table = schema.read_folder(cfg.pairs, "pairs")
-    dup = table.num_rows - pc.count_distinct(table["uid"]).as_py()
+def _plan(cfg: DownloadConfig) -> list[tuple[int, shard_plan.Shard]]:
+    """The input shards: (id, segments of the pairs files), checked for repeated uids (only uids are read)."""
+    dup = shard_plan.count_duplicates(cfg.pairs, "pairs")
     if dup:
         raise ValueError(f"pairs {cfg.pairs}: {dup} duplicate uids; write pairs with `mithridate pairs`/`crawl`")
-    if expected_sha256 is not None:  # a uid without an expected hash fails verification
-        table = table.append_column("sha256", pa.array([expected_sha256.get(u) for u in table["uid"].to_pylist()],
-                                                       pa.string()))
-    return [(k, table.slice(k * cfg.shard_size, cfg.shard_size)) for k in range(-(-table.num_rows // cfg.shard_size))]
+    return list(enumerate(shard_plan.plan(cfg.pairs, "pairs", cfg.shard_size)))
+
+
+def _rows(shard: shard_plan.Shard, expected_sha256: Mapping[str, str] | None) -> pa.Table:
+    """The pairs of one shard; with `expected_sha256`, a `sha256` column of expected hashes (a uid without one fails
+    verification)."""
+    table = shard_plan.read(shard, "pairs")
+    if expected_sha256 is None:
+        return table
+    return table.append_column("sha256", pa.array([expected_sha256.get(u) for u in table["uid"].to_pylist()],
+                                                   pa.string()))
+
+
+def download_planned(cfg: DownloadConfig, shard_id: int, shard: shard_plan.Shard,
+                     expected_sha256: Mapping[str, str] | None = None, gate: Gate | None = None) -> dict:
+    """`download_shard` of a planned shard, reading only its rows (the unit of work of `engine=ray`)."""
+    return download_shard(cfg, shard_id, _rows(shard, expected_sha256), gate)
 
 
 def _worker_init() -> None:
@@ -298,31 +323,52 @@ def _worker_init() -> None:
     import img2dataset.downloader  # noqa: F401
 
 
+RUNTIME_FIELDS = ("processes", "threads", "engine", "shard_retries")  # speed, not results: a rerun may change them
+
+
+def _run_local(cfg: DownloadConfig, todo: list, expected_sha256: Mapping[str, str] | None, gate: Gate | None) -> None:
+    """The shards in this process, or in `cfg.processes` worker processes."""
+    if cfg.processes == 1 or len(todo) <= 1:
+        for k, shard in progress.bar(todo, "download", "shard"):
+            download_shard(cfg, k, _rows(shard, expected_sha256), gate)
+        return
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(cfg.processes, mp_context=ctx, initializer=_worker_init) as pool:
+        futures = [pool.submit(download_shard, cfg, k, _rows(shard, expected_sha256), gate) for k, shard in todo]
+        for f in progress.bar(futures, "download", "shard"):
+            f.result()
+
+
+def _run_ray(cfg: DownloadConfig, todo: list, expected_sha256: Mapping[str, str] | None, gate: Gate | None) -> None:
+    """One Ray task per shard, reading its own rows; the expected hashes and the gate go to the cluster once."""
+    if not todo:
+        return
+    ray = engine.ray_init()
+    env = {"env_vars": {"OPENCV_IO_MAX_IMAGE_PIXELS": str(cfg.max_pixels), "NO_ALBUMENTATIONS_UPDATE": "1"}}
+    shared = (ray.put(dict(expected_sha256)) if expected_sha256 is not None else None, ray.put(gate))
+    calls = {f"{k:05d}": (cfg, k, shard, *shared) for k, shard in todo}
+    engine.run_tasks(download_planned, calls, cfg.shard_retries, "download", runtime_env=env)
+
+
 def run(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = None, gate: Gate | None = None) -> Path:
     """Download every pair under the opt-out policy; writes shards, per-shard stats and the run's (`<out>/__stats__/`).
 
     `expected_sha256` (uid → hex digest): img2dataset's `verify_hash_type` checks each image's original bytes
-    and fails a changed one with "hash mismatch". `gate` (picklable with processes > 1) post-checks each shard."""
+    and fails a changed one with "hash mismatch". `gate` (picklable with processes > 1 or engine ray) post-checks
+    each shard. With engine ray, a shard failing on every try raises `engine.ShardsFailed` naming it."""
     out = Path(cfg.out)
-    options.check_resumable(cfg, out, runtime_fields=("processes", "threads"))
+    options.check_resumable(cfg, out, runtime_fields=RUNTIME_FIELDS)
     options.write_config(cfg, out)
-    shards = _shards(cfg, expected_sha256)
+    shards = _plan(cfg)
     todo = [(k, t) for k, t in shards if not stats_files.done(out, f"{k:05d}")]
     logger.info("download: %d shards, %d already finished, policy=%s", len(shards), len(shards) - len(todo),
                 cfg.policy)
     # OpenCV reads its decoder's pixel cap once, when it is first imported: set it before that (workers inherit it)
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(cfg.max_pixels)
-    _worker_init()
+    if cfg.engine == "local":
+        _worker_init()
     t0 = time.time()
-    if cfg.processes == 1 or len(todo) <= 1:
-        for k, t in progress.bar(todo, "download", "shard"):
-            download_shard(cfg, k, t, gate)
-    else:
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(cfg.processes, mp_context=ctx, initializer=_worker_init) as pool:
-            futures = [pool.submit(download_shard, cfg, k, t, gate) for k, t in todo]
-            for f in progress.bar(futures, "download", "shard"):
-                f.result()
+    (_run_ray if cfg.engine == "ray" else _run_local)(cfg, todo, expected_sha256, gate)
     stats = funnel.folder_stats(out, time.time() - t0)
     stats_files.write(out, stats)
     logger.info("download: %d rows, %d success (%.1f img/s) → %s", stats["rows"], stats["status"].get("success", 0),

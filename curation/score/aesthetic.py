@@ -2,7 +2,9 @@
 
 `train(cfg)` fits a head from a ratings table (uid → rating) and the embeddings folder
 (`<shard>.npz` with `uid`, `img_emb`; `encoder.json`); `score(cfg)` applies a head to every embeddings file
-and writes `<out>/<shard>.parquet` (AESTHETIC_SCHEMA).
+and writes `<out>/<shard>.parquet` (AESTHETIC_SCHEMA), then `<out>/__stats__/<shard>.json` (done: a rerun with the
+same head skips the file while its npz is unchanged). With `engine=ray` a pool of Ray actors (GPU actors when the
+cluster has GPUs: `num_gpus` each), each loading the head once, is fed the files; both engines write the same files.
 
 The recipe (christophschuhmann/improved-aesthetic-predictor, train_predictor.py): input = the L2-normalised
 image embedding; Linear(D,1024) → Dropout(0.2) → Linear(1024,128) → Dropout(0.2) → Linear(128,64) →
@@ -37,6 +39,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 import zipfile
@@ -52,7 +55,7 @@ import torch
 from torch import nn
 
 from curation.score import degrade
-from mithridate.core import checkpoints, compute, disk, options, schema, stats_files
+from mithridate.core import checkpoints, compute, disk, engine, options, progress, schema, stats_files
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +112,22 @@ class AestheticScoreConfig:
     out: str = options.opt("mithridate-out/aesthetic_scores", "output folder: <shard>.parquet, __stats__/run.json")
     batch_size: int = options.opt(8192, "embeddings per forward pass")
     device: str = options.opt("auto", "torch device: auto (cuda when available), cpu, cuda, …")
+    engine: engine.Engine = options.opt("local", "where files are scored: local (this process) or ray (a pool of "
+                                        "actors on the cluster RAY_ADDRESS names, else a local one, each loading the "
+                                        "head once); switching resumes the same folder")
+    num_gpus: float = options.opt(1.0, "engine ray: GPUs per actor when the cluster has GPUs (0.5: two actors share "
+                                  "one); a cluster without GPUs runs CPU actors")
+    actors: int = options.opt(0, "engine ray: actors in the pool (0: as many as the GPUs hold, else one per 2 CPUs)")
+    shard_retries: int = options.opt(2, "engine ray: more tries of a file that fails (an error, a dead actor) "
+                                     "before the run fails naming it")
 
     def __post_init__(self):
         options.check_positive(self, "batch_size")
         options.check_choice(self, "head_activation", options.literal_values(type(self), "head_activation"))
+        for name in ("num_gpus", "actors", "shard_retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AestheticScoreConfig.{name}={getattr(self, name)!r}: must be >= 0")
+        engine.check(self.engine)
 
 
 TRAIN_PRESETS = {
@@ -563,37 +578,102 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+SCORE_RUNTIME_FIELDS = ("device", "batch_size", "engine", "num_gpus", "actors", "shard_retries")
+
+
+def _npz_stamp(path: Path) -> list[int]:
+    """(size, mtime) of an embeddings file: a scored file is stale when its npz was written again."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _scored(out: Path, npz: Path, head_sha256: str) -> bool:
+    """Whether `<out>/<stem>.parquet` holds this head's scores of this npz (its marker says so)."""
+    marker = stats_files.read_or_empty(out, npz.stem)
+    return ((out / f"{npz.stem}.parquet").is_file() and marker.get("head_sha256") == head_sha256
+            and marker.get("npz") == _npz_stamp(npz))
+
+
+def score_file(head: LoadedHead, npz: Path, out: Path, dev: torch.device, batch_size: int, meta: dict) -> dict:
+    """Score one embeddings file: `<out>/<stem>.parquet`, then its marker `__stats__/<stem>.json` (rows, null)."""
+    uid, emb, _ = _read_npz(npz)
+    x = _normalised(emb)
+    ok = np.isfinite(x).all(axis=1)
+    s = np.full(len(uid), np.nan, np.float32)
+    s[ok] = _predict(head.module, x[ok], dev, batch_size)
+    table = pa.table({"uid": pa.array(uid, pa.string()),
+                      "aesthetic_score": pa.array(s, pa.float32(), mask=~np.isfinite(s))})
+    schema.write(table, out / f"{npz.stem}.parquet", "aesthetic", meta)
+    stats = {"rows": int(len(uid)), "null": int((~np.isfinite(s)).sum()), "head_sha256": head.sha256,
+             "npz": _npz_stamp(npz)}
+    stats_files.write(out, stats, npz.stem)
+    return stats
+
+
+class Scorer:
+    """The unit of work of `engine=ray`: a Ray actor holding the head, loaded once, fed embeddings files."""
+
+    def __init__(self, cfg: AestheticScoreConfig, meta: dict, cwd: str):
+        engine.enter(cwd)
+        self.cfg, self.meta = cfg, meta
+        self.head = load_head(cfg.head_path, cfg.head_activation)
+        self.dev = torch.device(compute.resolve_device(cfg.device))
+
+    def score(self, npz: str, out: str) -> dict | None:
+        """`score_file`, unless the file is already scored (then None)."""
+        if _scored(Path(out), Path(npz), self.head.sha256):
+            return None
+        return score_file(self.head, Path(npz), Path(out), self.dev, self.cfg.batch_size, self.meta)
+
+
+def _score_all(cfg: AestheticScoreConfig, head: LoadedHead, files: list[Path], out: Path, meta: dict) -> None:
+    """Score every file not already scored, here or on Ray actors."""
+    if cfg.engine == "local":
+        dev = torch.device(compute.resolve_device(cfg.device))
+        todo = [f for f in files if not _scored(out, f, head.sha256)]
+        logger.info("aesthetic score: %d of %d files already scored", len(files) - len(todo), len(files))
+        for f in progress.bar(todo, "aesthetic score", "file"):
+            score_file(head, f, out, dev, cfg.batch_size, meta)
+        return
+    n, gpus, cpus = engine.pool_size(cfg.actors, cfg.num_gpus)
+    actors = engine.start_actors(Scorer, (cfg, meta, os.getcwd()), n, cfg.shard_retries, num_cpus=cpus,
+                                 num_gpus=gpus)
+    calls = {f.stem: (str(f.resolve()), str(out.resolve())) for f in files}
+    engine.run_on_actors(actors, "score", calls, cfg.shard_retries, "aesthetic score", "file")
+
+
+def _run_stats(out: Path, files: list[Path], meta: dict) -> dict:
+    """The run's stats, from every file's marker and scores (whichever engine and run wrote them)."""
+    stats = {**meta, "files": {}, "rows": 0, "null": 0}
+    all_scores = []
+    for f in files:
+        marker = stats_files.read(out, f.stem)
+        stats["files"][f.stem] = marker["rows"]
+        stats["rows"] += marker["rows"]
+        stats["null"] += marker["null"]
+        s = schema.read(out / f"{f.stem}.parquet", "aesthetic", ["aesthetic_score"])["aesthetic_score"]
+        all_scores.append(s.drop_null().to_numpy().astype(np.float32))
+    s = np.concatenate(all_scores) if all_scores else np.zeros(0, np.float32)
+    if len(s):
+        stats.update(mean=float(s.mean()), min=float(s.min()), max=float(s.max()),
+                     quantiles={str(q): float(np.quantile(s, q)) for q in (0.1, 0.5, 0.9)})
+    return stats
+
+
 def score(cfg: AestheticScoreConfig) -> Path:
-    """Score every embeddings file with a head: `<out>/<shard>.parquet` (AESTHETIC_SCHEMA), then the run's stats
-    (`__stats__/run.json`)."""
+    """Score every embeddings file with a head: `<out>/<shard>.parquet` (AESTHETIC_SCHEMA) and its marker, skipping
+    files already scored, then the run's stats (`__stats__/run.json`)."""
     out = Path(cfg.out)
-    options.check_resumable(cfg, out, runtime_fields=("device", "batch_size"))
+    options.check_resumable(cfg, out, runtime_fields=SCORE_RUNTIME_FIELDS)
     enc = encoder_info(cfg.embeddings)
     head = load_head(cfg.head_path, cfg.head_activation)
     check_compatible(head, enc, cfg.head_path, cfg.embeddings)
     options.write_config(cfg, out)
-    dev = torch.device(compute.resolve_device(cfg.device))
     meta = {"head": Path(cfg.head_path).name, "head_kind": head.kind, "head_sha256": head.sha256,
             "encoder": enc.get("name") or enc.get("model") or "unknown"}
-    stats = {**meta, "files": {}, "rows": 0, "null": 0}
-    all_scores = []
-    for f in embedding_files(cfg.embeddings):
-        uid, emb, _ = _read_npz(f)
-        x = _normalised(emb)
-        ok = np.isfinite(x).all(axis=1)
-        s = np.full(len(uid), np.nan, np.float32)
-        s[ok] = _predict(head.module, x[ok], dev, cfg.batch_size)
-        table = pa.table({"uid": pa.array(uid, pa.string()),
-                          "aesthetic_score": pa.array(s, pa.float32(), mask=~np.isfinite(s))})
-        schema.write(table, out / f"{f.stem}.parquet", "aesthetic", meta)
-        stats["files"][f.stem] = int(len(uid))
-        stats["rows"] += int(len(uid))
-        stats["null"] += int((~np.isfinite(s)).sum())
-        all_scores.append(s[np.isfinite(s)])
-    s = np.concatenate(all_scores)
-    if len(s):
-        stats.update(mean=float(s.mean()), min=float(s.min()), max=float(s.max()),
-                     quantiles={str(q): float(np.quantile(s, q)) for q in (0.1, 0.5, 0.9)})
+    files = embedding_files(cfg.embeddings)
+    _score_all(cfg, head, files, out, meta)
+    stats = _run_stats(out, files, meta)
     stats_files.write(out, stats)
     logger.info("aesthetic score: %d embeddings scored with %s (%s) → %s", stats["rows"], meta["head"], head.kind,
                 out)

@@ -8,7 +8,9 @@
 
 The default `out` is `<shards>/../embeddings/<encoder name>`. A shard whose stats file exists and whose npz
 holds exactly its success uids is skipped, so a rerun resumes. Images are decoded and preprocessed in a
-background thread while the previous batch is encoded.
+background thread while the previous batch is encoded. With `engine=ray` a pool of Ray actors (GPU actors when the
+cluster has GPUs: `num_gpus` each) loads the encoder once each and is fed shards; each actor skips finished ones.
+Both engines write the same files.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from curation.score import encoders
-from mithridate.core import compute, disk, options, schema, stats_files
+from mithridate.core import compute, disk, engine, options, schema, stats_files
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +52,21 @@ class EmbedConfig:
     layout: Literal["npz", "clip-retrieval"] = options.opt(
         "npz", "npz: one NNNNN.npz per shard (what filter and aesthetic read); clip-retrieval: also <out>/"
         "clip-retrieval/{img_emb,text_emb,metadata}/ (the input of clip-retrieval's index step)")
+    engine: engine.Engine = options.opt("local", "where shards are embedded: local (this process) or ray (a pool of "
+                                        "actors on the cluster RAY_ADDRESS names, else a local one, each loading the "
+                                        "encoder once); switching resumes the same folder")
+    num_gpus: float = options.opt(1.0, "engine ray: GPUs per actor when the cluster has GPUs (0.5: two actors share "
+                                  "one); a cluster without GPUs runs CPU actors")
+    actors: int = options.opt(0, "engine ray: actors in the pool (0: as many as the GPUs hold, else one per 2 CPUs)")
+    shard_retries: int = options.opt(2, "engine ray: more tries of a shard that fails (an error, a dead actor) "
+                                     "before the run fails naming it")
 
     def __post_init__(self):
         options.check_positive(self, "batch_size")
+        for name in ("num_gpus", "actors", "shard_retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"EmbedConfig.{name}={getattr(self, name)!r}: must be >= 0")
+        engine.check(self.engine)
         options.check_choice(self, "layout", options.literal_values(EmbedConfig, "layout"))
         compute.resolve_device(self.device)
 
@@ -168,35 +183,78 @@ def _is_done(out: Path, shard: Path, encoder_name: str) -> bool:
     return same
 
 
-def _check_encoder(out: Path, encoder: encoders.Encoder) -> None:
+def _check_encoder(out: Path, name: str) -> None:
     path = out / "encoder.json"
-    if path.is_file() and json.loads(path.read_text()).get("name") != encoder.name:
+    if path.is_file() and json.loads(path.read_text()).get("name") != name:
         old = json.loads(path.read_text()).get("name")
-        raise ValueError(f"{out} holds embeddings of encoder {old!r}, not {encoder.name!r}; choose another output "
+        raise ValueError(f"{out} holds embeddings of encoder {old!r}, not {name!r}; choose another output "
                          "folder (the default `out` is named after the encoder) or delete it")
+
+
+RUNTIME_FIELDS = ("batch_size", "device", "layout", "engine", "num_gpus", "actors", "shard_retries")
+
+
+class Embedder:
+    """The unit of work of `engine=ray`: a Ray actor holding the encoder, loaded once, fed shards."""
+
+    def __init__(self, cfg: EmbedConfig, cwd: str):
+        engine.enter(cwd)
+        self.cfg = cfg
+        self.encoder = encoders.load_encoder(cfg.model, cfg.pretrained, cfg.device, cfg.cache_dir or None)
+
+    def info(self) -> tuple[dict, str]:
+        """(the encoder's `info()`, its device)."""
+        return self.encoder.info(), self.encoder.device
+
+    def embed(self, shard: str, out: str) -> dict | None:
+        """`embed_shard`, unless the shard is finished (then None)."""
+        if _is_done(Path(out), Path(shard), self.encoder.name):
+            return None
+        return embed_shard(self.encoder, Path(shard), Path(out), self.cfg.batch_size)
+
+
+def _start(cfg: EmbedConfig) -> tuple[dict, str, object]:
+    """(encoder info, device, what embeds the shards: the encoder here, or the Ray actors)."""
+    if cfg.engine == "local":
+        encoder = encoders.load_encoder(cfg.model, cfg.pretrained, cfg.device, cfg.cache_dir or None)
+        return encoder.info(), encoder.device, encoder
+    n, gpus, cpus = engine.pool_size(cfg.actors, cfg.num_gpus)
+    actors = engine.start_actors(Embedder, (cfg, os.getcwd()), n, cfg.shard_retries, num_cpus=cpus, num_gpus=gpus)
+    info, device = engine.ray_init().get(actors[0].info.remote())
+    logger.info("embed: %d Ray actors (%s CPUs, %s GPUs each) on %s", n, cpus, gpus, device)
+    return info, device, actors
+
+
+def _embed_local(encoder: encoders.Encoder, files: list[Path], out: Path, cfg: EmbedConfig) -> list[dict]:
+    todo = [f for f in files if not _is_done(out, f, encoder.name)]
+    logger.info("embed: %d of %d shards already done", len(files) - len(todo), len(files))
+    total = sum(len(success_uids(f)) for f in todo)
+    with tqdm(total=total, desc="embed", unit="img", leave=False, disable=None) as bar:
+        return [embed_shard(encoder, f, out, cfg.batch_size, bar) for f in todo]
+
+
+def _embed_ray(actors: list, files: list[Path], out: Path, cfg: EmbedConfig) -> list[dict]:
+    calls = {f.stem: (str(f.resolve()), str(out.resolve())) for f in files}
+    done = engine.run_on_actors(actors, "embed", calls, cfg.shard_retries, "embed")
+    return [done[f.stem] for f in files if done[f.stem] is not None]
 
 
 def run(cfg: EmbedConfig) -> Path:
     """Embed every shard of `cfg.shards` (skipping finished ones); returns the output folder."""
     files = shard_files(cfg.shards)
-    encoder = encoders.load_encoder(cfg.model, cfg.pretrained, cfg.device, cfg.cache_dir or None)
-    out = Path(cfg.out) if cfg.out else Path(cfg.shards).resolve().parent / "embeddings" / encoder.name
-    options.check_resumable(cfg, out, runtime_fields=("batch_size", "device", "layout"))
-    _check_encoder(out, encoder)
+    info, device, worker = _start(cfg)
+    out = Path(cfg.out) if cfg.out else Path(cfg.shards).resolve().parent / "embeddings" / info["name"]
+    options.check_resumable(cfg, out, runtime_fields=RUNTIME_FIELDS)
+    _check_encoder(out, info["name"])
     options.write_config(cfg, out)
-    disk.write_text(out / "encoder.json", json.dumps(encoder.info(), indent=2) + "\n")
-    todo = [f for f in files if not _is_done(out, f, encoder.name)]
-    logger.info("embed: %d shards (%d already done) with %s on %s → %s", len(files), len(files) - len(todo),
-                encoder.name, encoder.device, out)
-    t0, stats = time.perf_counter(), []
-    total = sum(len(success_uids(f)) for f in todo)
-    with tqdm(total=total, desc="embed", unit="img", leave=False, disable=None) as bar:
-        for f in todo:
-            stats.append(embed_shard(encoder, f, out, cfg.batch_size, bar))
+    disk.write_text(out / "encoder.json", json.dumps(info, indent=2) + "\n")
+    logger.info("embed: %d shards with %s on %s (%s) → %s", len(files), info["name"], device, cfg.engine, out)
+    t0 = time.perf_counter()
+    stats = (_embed_ray if cfg.engine == "ray" else _embed_local)(worker, files, out, cfg)
     seconds = time.perf_counter() - t0
     embedded = sum(s["embedded"] for s in stats)
-    summary = {"shards": len(files), "shards_embedded": len(todo), "embedded": embedded,
-               "failed": sum(len(s["failed"]) for s in stats), "encoder": encoder.name, "device": encoder.device,
+    summary = {"shards": len(files), "shards_embedded": len(stats), "embedded": embedded,
+               "failed": sum(len(s["failed"]) for s in stats), "encoder": info["name"], "device": device,
                "seconds": round(seconds, 3), "images_per_s": round(embedded / max(seconds, 1e-9), 1)}
     stats_files.write(out, summary)
     logger.info("embed: %d images in %.1f s (%.0f img/s), %d undecodable → %s", embedded, seconds,

@@ -1,8 +1,14 @@
-"""Export stage: the rows a filter kept → train-ready shards (image, caption, uid, artist, licence, scores)."""
+"""Export stage: the rows a filter kept → train-ready shards (image, caption, uid, artist, licence, scores).
+
+With `engine=ray` the work is two rounds of Ray tasks: one per download shard writes its kept rows to
+`<out>/_parts/`, then one per training shard cuts them (`shard_plan`: file, offset, count); the driver holds neither
+the images nor the rows. Both engines write the same shards.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.select import subsets
-from mithridate.core import options, schema, stats_files
+from mithridate.core import engine, options, schema, shard_plan, stats_files
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +30,15 @@ class ExportConfig:
     subset: str = options.opt("", "export this uid subset (.npy, e.g. from `subset`) instead of the filter's keep set")
     out: str = options.opt("mithridate-out/train", "output folder of training shards")
     shard_size: int = options.opt(5000, "rows per training shard")
+    engine: engine.Engine = options.opt("local", "where shards are cut: local (this process) or ray (Ray tasks on the "
+                                        "cluster RAY_ADDRESS names, else a local one)")
+    shard_retries: int = options.opt(2, "engine ray: more tries of a shard that fails before the run fails naming it")
 
     def __post_init__(self):
         options.check_positive(self, "shard_size")
+        if self.shard_retries < 0:
+            raise ValueError(f"ExportConfig.shard_retries={self.shard_retries!r}: must be >= 0")
+        engine.check(self.engine)
 
 
 PRESETS = {"default": ExportConfig(), "tiny": ExportConfig(shard_size=100)}
@@ -59,6 +71,72 @@ def _kept(shard: pa.Table, decisions: pa.Table, prov: dict) -> pa.Table:
     }, schema=schema.TRAIN_SCHEMA)
 
 
+def _licences(table: pa.Table) -> dict[str, int]:
+    """Rows per licence ('unknown' when none), in order of first appearance."""
+    return {d["values"]: d["counts"] for d in pc.value_counts(pc.fill_null(table["licence"], "unknown")).to_pylist()}
+
+
+def _shard_name(k: int) -> str:
+    return f"{k:05d}.parquet"
+
+
+def _replace_old(cfg: ExportConfig, decisions: pa.Table, rows: int, out: Path) -> None:
+    """Check that every kept uid was found, then remove the shards of an earlier export (kept on an error)."""
+    n_keep = pc.sum(decisions["keep"]).as_py() or 0
+    if rows != n_keep:
+        raise ValueError(f"{cfg.filter}: {n_keep} kept uids but {rows} found in {cfg.shards}")
+    for old in out.glob("[0-9]*.parquet"):
+        old.unlink()
+
+
+def _export_local(cfg: ExportConfig, files: list[Path], decisions: pa.Table, prov: dict, out: Path) -> tuple:
+    """Every kept row in memory, cut into shards; returns (rows, licences)."""
+    parts = [_kept(schema.read(f, "shard"), decisions, prov) for f in files]
+    table = pa.concat_tables(parts) if parts else schema.TRAIN_SCHEMA.empty_table()
+    _replace_old(cfg, decisions, table.num_rows, out)
+    for k in range(0, max(table.num_rows, 1), cfg.shard_size):
+        schema.write(table.slice(k, cfg.shard_size), out / _shard_name(k // cfg.shard_size), "train")
+    return table.num_rows, _licences(table)
+
+
+def kept_part(shard: str, decisions: pa.Table, prov: dict, part: str) -> tuple[int, dict[str, int]]:
+    """The kept rows of one download shard → `part` (train schema); returns (rows, licences): round one on Ray."""
+    table = _kept(schema.read(shard, "shard"), decisions, prov)
+    schema.write(table, part, "train")
+    return table.num_rows, _licences(table)
+
+
+def cut_shard(shard: shard_plan.Shard, path: str) -> int:
+    """One training shard from the segments of the parts that hold its rows: round two on Ray."""
+    table = shard_plan.read(shard, "train")
+    schema.write(table, path, "train")
+    return table.num_rows
+
+
+def _export_ray(cfg: ExportConfig, files: list[Path], decisions: pa.Table, prov: dict, out: Path) -> tuple:
+    """Kept rows per download shard to `<out>/_parts/`, then training shards cut from them; returns (rows,
+    licences)."""
+    ray, parts = engine.ray_init(), (out / "_parts").resolve()
+    shutil.rmtree(parts, ignore_errors=True)
+    shared = ray.put(decisions), ray.put(prov)
+    calls = {f.stem: (str(f.resolve()), *shared, str(parts / f.name)) for f in files}
+    counts = engine.run_tasks(kept_part, calls, cfg.shard_retries, "export kept rows")
+    licences: dict[str, int] = {}
+    for f in files:  # in shard order: the same first-appearance order as one table's
+        for name, n in counts[f.stem][1].items():
+            licences[name] = licences.get(name, 0) + n
+    rows = sum(n for n, _ in counts.values())
+    _replace_old(cfg, decisions, rows, out)
+    plan = shard_plan.plan(parts, "train", cfg.shard_size) if rows else []
+    if plan:
+        calls = {f"{k:05d}": (shard, str(out.resolve() / _shard_name(k))) for k, shard in enumerate(plan)}
+        engine.run_tasks(cut_shard, calls, cfg.shard_retries, "export")
+    else:
+        schema.write(schema.TRAIN_SCHEMA.empty_table(), out / _shard_name(0), "train")
+    shutil.rmtree(parts, ignore_errors=True)
+    return rows, licences
+
+
 def run(cfg: ExportConfig) -> Path:
     """Write `<out>/NNNNN.parquet` (TRAIN_SCHEMA) and `<out>/__stats__/run.json`; returns the output folder."""
     out = Path(cfg.out)
@@ -69,17 +147,9 @@ def run(cfg: ExportConfig) -> Path:
         decisions = decisions.set_column(decisions.schema.get_field_index("keep"), "keep",
                                          pc.is_in(decisions["uid"], value_set=wanted))
     prov = _provenance(cfg.provenance)
-    parts = [_kept(schema.read(f, "shard"), decisions, prov) for f in sorted(Path(cfg.shards).glob("[0-9]*.parquet"))]
-    table = pa.concat_tables(parts) if parts else schema.TRAIN_SCHEMA.empty_table()
-    n_keep = pc.sum(decisions["keep"]).as_py() or 0
-    if table.num_rows != n_keep:
-        raise ValueError(f"{cfg.filter}: {n_keep} kept uids but {table.num_rows} found in {cfg.shards}")
-    for old in out.glob("[0-9]*.parquet"):
-        old.unlink()
-    for k in range(0, max(table.num_rows, 1), cfg.shard_size):
-        schema.write(table.slice(k, cfg.shard_size), out / f"{k // cfg.shard_size:05d}.parquet", "train")
-    licences = pc.value_counts(pc.fill_null(table["licence"], "unknown")).to_pylist()
-    stats = {"rows": table.num_rows, "licences": {d["values"]: d["counts"] for d in licences}}
+    files = sorted(Path(cfg.shards).glob("[0-9]*.parquet"))
+    rows, licences = (_export_ray if cfg.engine == "ray" else _export_local)(cfg, files, decisions, prov, out)
+    stats = {"rows": rows, "licences": licences}
     stats_files.write(out, stats)  # last: done
-    logger.info("export: %d training rows → %s", table.num_rows, out)
+    logger.info("export: %d training rows → %s", rows, out)
     return out

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from curation.acquire import downloader, funnel, netguard
 from curation.acquire.pairs import domain_of
 from curation.select import dedup
-from mithridate.core import disk, options, schema
+from mithridate.core import disk, engine, options, schema
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ class RebuildConfig:
     retries: int = options.opt(0, "retries of a failed image request")
     shard_size: int = options.opt(10000, "rows per output shard")
     allow_networks: tuple[str, ...] = options.opt((), "private/loopback networks that may be contacted (CIDR)")
+    engine: engine.Engine = options.opt("local", "where each mode's shards are downloaded: local (processes) or ray "
+                                        "(one Ray task per shard on the cluster RAY_ADDRESS names, else a local one)")
+    shard_retries: int = options.opt(2, "engine ray: more tries of a shard that fails before the run fails naming it")
 
     def __post_init__(self):
         if not self.modes or len(set(self.modes)) != len(self.modes) or set(self.modes) - set(MODES):
@@ -76,8 +79,10 @@ class RebuildConfig:
         options.check_positive(self, "image_size", "processes", "threads", "timeout_s", "deadline_s", "shard_size")
         for name in ("policy", "resize_mode"):
             options.check_choice(self, name, options.literal_values(RebuildConfig, name))
-        if self.retries < 0:
-            raise ValueError(f"RebuildConfig.retries={self.retries!r}: must be >= 0")
+        if self.retries < 0 or self.shard_retries < 0:
+            raise ValueError(f"RebuildConfig.retries={self.retries!r}, shard_retries={self.shard_retries!r}: must be "
+                             ">= 0")
+        engine.check(self.engine)
         netguard.parse_networks(self.allow_networks)
 
 
@@ -160,8 +165,9 @@ def _download_config(cfg: RebuildConfig, mode: str) -> downloader.DownloadConfig
     out = Path(cfg.out)
     return downloader.DownloadConfig(
         pairs=str(out / "pairs"), out=str(out / mode), policy=cfg.policy, image_size=cfg.image_size,
-        resize_mode=cfg.resize_mode, processes=cfg.processes, threads=cfg.threads, timeout_s=cfg.timeout_s, deadline_s=cfg.deadline_s,
-        retries=cfg.retries, shard_size=cfg.shard_size, allow_networks=cfg.allow_networks)
+        resize_mode=cfg.resize_mode, processes=cfg.processes, threads=cfg.threads, timeout_s=cfg.timeout_s,
+        deadline_s=cfg.deadline_s, retries=cfg.retries, shard_size=cfg.shard_size, allow_networks=cfg.allow_networks,
+        engine=cfg.engine, shard_retries=cfg.shard_retries)
 
 
 def _rebuild_mode(cfg: RebuildConfig, rel: pa.Table, mode: str) -> Path:
@@ -211,7 +217,7 @@ def rebuild(cfg: RebuildConfig) -> Path:
     if not Path(cfg.release).is_file():
         raise FileNotFoundError(f"RebuildConfig.release={cfg.release!r}: file not found; write one with `release`")
     out = Path(cfg.out)
-    options.check_resumable(cfg, out, runtime_fields=("processes", "threads", "modes"))
+    options.check_resumable(cfg, out, runtime_fields=("processes", "threads", "modes", "engine", "shard_retries"))
     options.write_config(cfg, out)
     rel = schema.read(cfg.release, "release")
     _write_pairs(rel, out / "pairs")
