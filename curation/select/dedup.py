@@ -18,7 +18,8 @@ Costs:
   (2 cores, numpy 2.4): 0.14 s for u = 10k, 1.5 s for 30k, 17 s for 100k, ~70 MiB peak. Past ~100k,
   bucket by hash prefix or use multi-index hashing (k + 1 chunks: a pair within k agrees on one chunk).
   Identical hashes (exact re-uploads, placeholder icons) cost nothing extra.
-- semantic: k-means (scikit-learn `KMeans`, Lloyd, seeded, fit on at most `sample_size` rows), then
+- semantic: k-means (scikit-learn `KMeans`, Lloyd, seeded, fit on at most `sample_size` rows: those with the
+  smallest hash of (uid, seed), so every engine picks the same sample), rows assigned to the nearest centroid, then
   all pairs within each cluster in row blocks: O(Σ cᵢ² · d) time, O(block · max cᵢ) memory. k defaults to
   ⌈√n⌉ (balances the two costs). A duplicate pair split across two clusters is missed, as in SemDeDup.
   `python bench/dedup.py` measures 100k × 128-D.
@@ -26,6 +27,7 @@ Costs:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -42,6 +44,7 @@ DUPLICATE_PHASH = "duplicate_phash"
 DUPLICATE_SEMANTIC = "duplicate_semantic"
 DEFAULT_PHASH_K = 8  # Hamming radius on 64-bit pHash: a re-encode or resize moves a work 0-4 bits (see the tests)
 DEFAULT_EPS = 0.01  # SemDeDup ε: duplicates have cosine ≥ 1 − ε
+DEFAULT_SAMPLE_SIZE = 50_000  # SemDeDup: k-means is fitted on at most this many rows
 
 
 @dataclass(frozen=True)
@@ -259,12 +262,42 @@ def normalize_rows(embs) -> tuple[np.ndarray, np.ndarray]:
     return x, ok
 
 
-def kmeans_labels(x: np.ndarray, n_clusters: int, seed: int = 0, sample_size: int = 50_000,
-                  max_iter: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, unit centroids) of seeded k-means (scikit-learn, Lloyd, one init) on unit rows `x`.
+def sample_keys(uids: Sequence[str], seed: int = 0) -> np.ndarray:
+    """uint64 key of each (uid, seed): the k-means sample is the rows with the smallest keys (`sample_rows`), so any
+    engine, shard split or row order picks the same sample."""
+    out = np.empty(len(uids), dtype=np.uint64)
+    prefix = f"{int(seed)}\0".encode()
+    for i, u in enumerate(uids):
+        out[i] = int.from_bytes(hashlib.blake2b(prefix + str(u).encode(), digest_size=8).digest(), "little")
+    return out
 
-    Fits on a seeded sample of at most `sample_size` rows (DataComp and SemDeDup also cluster a sample), then
-    assigns every row to its nearest centroid.
+
+def sample_rows(keys: np.ndarray, uids: Sequence[str], size: int) -> np.ndarray:
+    """Sorted indices of the `size` rows with the smallest (key, uid): the seeded k-means sample."""
+    order = np.lexsort((np.asarray(list(uids), dtype=object).astype(str), np.asarray(keys, dtype=np.uint64)))
+    return np.sort(order[:size])
+
+
+def fit_centroids(fit: np.ndarray, n_clusters: int, seed: int = 0, max_iter: int = 50) -> np.ndarray:
+    """Unit centroids of seeded k-means (scikit-learn, Lloyd, one random init) fitted on unit rows `fit`, in the
+    order given (the init draws rows by position)."""
+    from sklearn.cluster import KMeans
+
+    # random init (seeded rows as centroids, as faiss does): k-means++ costs more than the whole dedup here
+    km = KMeans(n_clusters=n_clusters, init="random", n_init=1, max_iter=max_iter, random_state=seed).fit(fit)
+    centroids = km.cluster_centers_.astype(np.float32)
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    return centroids
+
+
+def kmeans_labels(x: np.ndarray, n_clusters: int, seed: int = 0, sample_size: int = DEFAULT_SAMPLE_SIZE,
+                  max_iter: int = 50, uids: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, unit centroids) of seeded k-means on unit rows `x` (in priority order).
+
+    Fits on a sample of at most `sample_size` rows (DataComp and SemDeDup also cluster a sample): the rows whose
+    key `sample_keys(uids, seed)` is smallest (`uids` None: row positions stand in for uids), kept in the given
+    order; then assigns every row to its nearest unit centroid (`assign_clusters`). Both depend only on each row's
+    uid and embedding, so the Ray engine, which assigns clusters shard by shard, gets the same labels.
     """
     n = len(x)
     if n_clusters < 1 or n_clusters > max(1, n):
@@ -272,16 +305,18 @@ def kmeans_labels(x: np.ndarray, n_clusters: int, seed: int = 0, sample_size: in
     if n_clusters == 1:
         c = x.mean(axis=0, keepdims=True)
         return np.zeros(n, dtype=np.int64), c / max(float(np.linalg.norm(c)), 1e-12)
-    from sklearn.cluster import KMeans
+    if n <= sample_size:
+        fit = x
+    else:
+        ids = [str(i) for i in range(n)] if uids is None else uids
+        fit = x[sample_rows(sample_keys(ids, seed), ids, max(sample_size, n_clusters))]
+    centroids = fit_centroids(fit, n_clusters, seed=seed, max_iter=max_iter)
+    return assign_clusters(x, centroids), centroids
 
-    rng = np.random.default_rng(seed)
-    fit = x if n <= sample_size else x[np.sort(rng.choice(n, size=max(sample_size, n_clusters), replace=False))]
-    # random init (seeded rows as centroids, as faiss does): k-means++ costs more than the whole dedup here
-    km = KMeans(n_clusters=n_clusters, init="random", n_init=1, max_iter=max_iter, random_state=seed).fit(fit)
-    centroids = km.cluster_centers_.astype(np.float32)
-    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-    labels = km.labels_.astype(np.int64) if fit is x else _nearest(x, centroids)
-    return labels, centroids
+
+def assign_clusters(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest unit centroid (largest cosine) of each unit row."""
+    return _nearest(x, centroids) if len(x) else np.zeros(0, dtype=np.int64)
 
 
 def _nearest(x: np.ndarray, c: np.ndarray, block: int = 8192) -> np.ndarray:
@@ -320,7 +355,7 @@ def _earlier_max(s: np.ndarray, r0: int) -> np.ndarray:
 
 def semantic_duplicates(embs, uids: Sequence[str], eps: float = DEFAULT_EPS, n_clusters: int | None = None,
                         seed: int = 0, rank: Sequence[float] | None = None, active: Sequence[bool] | None = None,
-                        keep: Literal["first", "hard", "easy"] = "first", sample_size: int = 50_000,
+                        keep: Literal["first", "hard", "easy"] = "first", sample_size: int = DEFAULT_SAMPLE_SIZE,
                         block_bytes: int = 64 << 20) -> Duplicates:
     """SemDeDup: k-means the (L2-normalised) embeddings, then within each cluster drop every row whose cosine
     to an already kept row is ≥ 1 − eps: reason `duplicate_semantic`.
@@ -344,7 +379,7 @@ def semantic_duplicates(embs, uids: Sequence[str], eps: float = DEFAULT_EPS, n_c
     k = n_clusters if n_clusters is not None else math.ceil(math.sqrt(n))
     k = min(k, n)
     xs = x[rows]
-    labels, centroids = kmeans_labels(xs, k, seed=seed, sample_size=sample_size)
+    labels, centroids = kmeans_labels(xs, k, seed=seed, sample_size=sample_size, uids=uids[rows])
     to_centroid = np.einsum("ij,ij->i", xs, centroids[labels])
     thr = np.float32(1.0 - eps)
     dup_rows, of_rows = [], []
