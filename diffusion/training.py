@@ -65,6 +65,9 @@ class TrainConfig:
     guidance: float = options.opt(3.0, "guidance scale of the sample grids")
     checkpoint_every: int = options.opt(200, "steps between last.pt saves (resume points)")
     compile: bool = options.opt(False, "torch.compile the UNet (GPU runs)")
+    compile_backend: str = options.opt("inductor", "torch.compile backend: inductor (generates kernels), aot_eager "
+                                       "(traces forward and backward, no code generation), …")
+    precision: Literal["auto", "fp32", "bf16"] = options.opt("auto", "autocast precision (auto = bf16 on CUDA)")
     seed: int = options.opt(0, "seed of initialisation, batches, noise and caption dropout")
     device: str = options.opt("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
 
@@ -73,7 +76,7 @@ class TrainConfig:
             object.__setattr__(self, "concepts", tuple(self.concepts))
             object.__setattr__(self, "sample_prompts", tuple(self.sample_prompts))
         options.check_positive(self, "timesteps", "steps", "batch_size", "lr", "sample_steps", "checkpoint_every")
-        for name in ("model", "prediction", "schedule"):
+        for name in ("model", "prediction", "schedule", "precision"):
             options.check_choice(self, name, options.literal_values(TrainConfig, name))
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"TrainConfig.caption_dropout={self.caption_dropout!r}: must be within [0, 1)")
@@ -279,7 +282,7 @@ def _step(st: State, lat: Latents, sched: NoiseSchedule, cfg: TrainConfig, devic
     progress = (st.step - cfg.warmup_steps) / max(1, st.total - cfg.warmup_steps)
     for group in st.opt.param_groups:  # to 10% of the peak
         group["lr"] = warmup_cosine(cfg.lr, st.step, cfg.warmup_steps, progress, floor=0.1, warmup_first=True)
-    with compute.autocast(device, compute.use_bf16("auto", device)):
+    with compute.autocast(device, compute.use_bf16(cfg.precision, device)):
         loss = loss_fn(st.model, sched, x0, cond.to(device), t, noise, cfg.prediction, cfg.min_snr_gamma)
     if not torch.isfinite(loss):
         return float(loss.detach())
@@ -331,7 +334,7 @@ def train_loop(st: State, lat: Latents, sched: NoiseSchedule, cfg: TrainConfig, 
 def run(cfg: TrainConfig) -> Path:
     """Train; writes `model.pt`, `train.json`, `curve.png`/`.csv`, `samples/*.png`; returns the output folder."""
     out = Path(cfg.out)
-    options.check_resumable(cfg, out, runtime_fields=("device", "compile"))
+    options.check_resumable(cfg, out, runtime_fields=("device", "compile", "compile_backend"))
     options.write_config(cfg, out)
     device = compute.resolve_device(cfg.device)
     vae_ckpt = vae_mod.read_checkpoint(cfg.vae)
@@ -357,7 +360,7 @@ def run(cfg: TrainConfig) -> Path:
     logger.info("training a %.2fM-parameter UNet on %d images (%d captions) at %s, latents %s, %s", n_params / 1e6,
                 len(images), len(set(images.captions)), device, tuple(lat.mean.shape[1:]), sched)
     if cfg.compile:
-        st.model = torch.compile(model)
+        st.model = torch.compile(model, backend=cfg.compile_backend)
     prompts = sample_prompts(cfg, images.captions)
     (out / "samples").mkdir(exist_ok=True)
 
