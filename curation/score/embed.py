@@ -227,7 +227,8 @@ def _start(cfg: EmbedConfig) -> tuple[dict, str, object]:
 
 def _embed_local(encoder: encoders.Encoder, files: list[Path], out: Path, cfg: EmbedConfig) -> list[dict]:
     todo = [f for f in files if not _is_done(out, f, encoder.name)]
-    logger.info("embed: %d of %d shards already done", len(files) - len(todo), len(files))
+    logger.info("embed: %d shards (%d already done) with %s on %s → %s", len(files), len(files) - len(todo),
+                encoder.name, encoder.device, out)
     total = sum(len(success_uids(f)) for f in todo)
     with tqdm(total=total, desc="embed", unit="img", leave=False, disable=None) as bar:
         return [embed_shard(encoder, f, out, cfg.batch_size, bar) for f in todo]
@@ -248,7 +249,8 @@ def run(cfg: EmbedConfig) -> Path:
     _check_encoder(out, info["name"])
     options.write_config(cfg, out)
     disk.write_text(out / "encoder.json", json.dumps(info, indent=2) + "\n")
-    logger.info("embed: %d shards with %s on %s (%s) → %s", len(files), info["name"], device, cfg.engine, out)
+    if cfg.engine == "ray":  # the actors skip finished shards themselves
+        logger.info("embed: %d shards with %s on %d Ray actors → %s", len(files), info["name"], len(worker), out)
     t0 = time.perf_counter()
     stats = (_embed_ray if cfg.engine == "ray" else _embed_local)(worker, files, out, cfg)
     seconds = time.perf_counter() - t0
