@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -77,6 +78,30 @@ def test_a_download_shard_failing_on_every_try_is_named(downloads, tmp_path):
     assert list(err.value.failed) == [bad]
     others = sorted(set(_marker_stats(out["local"])) - {bad})
     assert [k for k in others if stats_files.done(folder, k)] == others and not stats_files.done(folder, bad)
+
+
+def test_a_worker_killed_mid_shard_is_retried_and_the_output_is_the_same(downloads, tmp_path):
+    class DieOnce:  # defined here, so that Ray pickles it by value (workers cannot import test modules)
+        """A download gate that kills its worker process (SIGKILL, mid-shard: fetched, not yet written) the first
+        time it sees the rows of `uid`'s shard, leaving a flag file so that the retry lives."""
+
+        def __init__(self, uid: str, flag: str):
+            self.uid, self.flag = uid, flag
+
+        def __call__(self, table):
+            if self.uid in table["uid"].to_pylist() and not os.path.exists(self.flag):
+                open(self.flag, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return table
+
+    cfg, out = downloads
+    victim = schema.read(sorted(out["local"].glob("*.parquet"))[1], "shard")["uid"][0].as_py()
+    folder, flag = tmp_path / "shards", tmp_path / "killed"
+    downloader.run(dataclasses.replace(cfg, out=str(folder), engine="ray", shard_retries=1),
+                   gate=DieOnce(victim, str(flag)))
+    assert flag.is_file()  # the worker did die once …
+    assert schema.read_folder(folder, "shard").equals(schema.read_folder(out["local"], "shard"))  # … and nothing shows
+    assert _marker_stats(folder) == _marker_stats(out["local"])
 
 
 @pytest.fixture(scope="module")
