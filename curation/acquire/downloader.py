@@ -15,11 +15,13 @@ with "hash mismatch"; a `gate` may turn more success rows into failures before a
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -37,7 +39,7 @@ import pyarrow.parquet as pq
 
 from curation.acquire import funnel, netguard, robots
 from curation.acquire.signals import AI_DIRECTIVES, directive_signals, x_robots_directives
-from mithridate.core import engine, options, progress, schema, shard_plan, stats_files, workers
+from mithridate.core import engine, options, progress, schema, shard_plan, stats_files, storage, workers
 
 logger = logging.getLogger(__name__)
 XRT_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"
@@ -45,8 +47,10 @@ XRT_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"
 
 @dataclass(frozen=True)
 class DownloadConfig:
-    pairs: str = options.opt("mithridate-out/crawl/pairs", "folder of pairs parquet shards (crawl or pairs output)")
-    out: str = options.opt("mithridate-out/shards", "output folder of image shards and stats")
+    pairs: str = options.opt("mithridate-out/crawl/pairs", "folder of pairs parquet shards (crawl or pairs output); "
+                             "a local path or an fsspec URL (s3://bucket/prefix)")
+    out: str = options.opt("mithridate-out/shards", "output folder of image shards and stats; a local path or an "
+                           "fsspec URL (s3://bucket/prefix: every node writes its shards there)")
     policy: Literal["honor", "record", "ignore"] = options.opt(
         "honor", "opt-out policy: honor = do not fetch opted-out rows (and honour X-Robots-Tag), record = fetch "
         "but flag them, ignore = behave like a scraper that ignores opt-outs")
@@ -87,6 +91,7 @@ class DownloadConfig:
         if self.shard_retries < 0:
             raise ValueError(f"DownloadConfig.shard_retries={self.shard_retries!r}: must be >= 0")
         engine.check(self.engine)
+        storage.check_fields(self, "pairs", "out")
         netguard.parse_networks(self.allow_networks)
 
 
@@ -273,19 +278,31 @@ def _merge(rows: pa.Table, got: pa.Table, seen_xrt: dict, cfg: DownloadConfig) -
 Gate = Callable[[pa.Table], pa.Table]  # a finished shard table → the same rows, some success rows turned failures
 
 
+def _scratch(out: Path | str, shard_id: int) -> Path:
+    """img2dataset's working folder of a shard: `<out>/_tmp/<id>` for a local output; for object storage a folder
+    of this node's temporary directory (named after the output, emptied first: a killed try's leftovers go)."""
+    if not storage.is_remote(out):
+        return out / "_tmp" / f"{shard_id:05d}"
+    tag = hashlib.sha256(str(out).encode()).hexdigest()[:12]
+    tmp = Path(tempfile.gettempdir()) / "mithridate-download" / tag / f"{shard_id:05d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
 def download_shard(cfg: DownloadConfig, shard_id: int, rows: pa.Table, gate: Gate | None = None) -> dict:
-    """Download one shard and write `<out>/<id>.parquet` then `<out>/__stats__/<id>.json`; returns the stats.
+    """Download one shard and write `<out>/<id>.parquet` then `<out>/__stats__/<id>.json`; returns the stats. On
+    object storage each is one upload of the finished file, the shard before its marker.
 
     `rows` may carry an expected `sha256` column (see `_fetch`); `gate` is applied before the shard is written."""
-    out, t0 = Path(cfg.out), time.time()
+    out, t0 = storage.location(cfg.out), time.time()
     rows = host_signals(cfg, rows)
     has_signal = pc.greater(pc.list_value_length(rows["signals"]), 0)
     fetch = rows.filter(pc.invert(has_signal)) if cfg.policy == "honor" else rows
-    tmp = out / "_tmp" / f"{shard_id:05d}"
+    tmp = _scratch(out, shard_id)
     got, seen_xrt = _fetch(cfg, shard_id, fetch, tmp)
     table = _merge(rows, got, seen_xrt, cfg)
     table = gate(table) if gate is not None else table
-    schema.write(table, out / f"{shard_id:05d}.parquet", "shard", {"policy": cfg.policy})
+    schema.write(table, storage.join(out, f"{shard_id:05d}.parquet"), "shard", {"policy": cfg.policy})
     stats = funnel.shard_stats(table, time.time() - t0)
     stats_files.write(out, stats, f"{shard_id:05d}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -350,13 +367,14 @@ def _run_ray(cfg: DownloadConfig, todo: list, expected_sha256: Mapping[str, str]
     engine.run_tasks(download_planned, calls, cfg.shard_retries, "download", runtime_env=env)
 
 
-def run(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = None, gate: Gate | None = None) -> Path:
+def run(cfg: DownloadConfig, expected_sha256: Mapping[str, str] | None = None,
+        gate: Gate | None = None) -> Path | str:
     """Download every pair under the opt-out policy; writes shards, per-shard stats and the run's (`<out>/__stats__/`).
 
     `expected_sha256` (uid → hex digest): img2dataset's `verify_hash_type` checks each image's original bytes
     and fails a changed one with "hash mismatch". `gate` (picklable with processes > 1 or engine ray) post-checks
     each shard. With engine ray, a shard failing on every try raises `engine.ShardsFailed` naming it."""
-    out = Path(cfg.out)
+    out = storage.location(cfg.out)
     options.check_resumable(cfg, out, runtime_fields=RUNTIME_FIELDS)
     options.write_config(cfg, out)
     shards = _plan(cfg)

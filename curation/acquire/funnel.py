@@ -7,7 +7,6 @@ Failure messages from urllib, img2dataset and the guards are grouped into short 
 from __future__ import annotations
 
 import collections
-import json
 import re
 from pathlib import Path
 
@@ -62,12 +61,11 @@ def shard_stats(table: pa.Table, seconds: float) -> dict:
             "optout_signals": dict(optouts), "recorded_optouts": recorded, "seconds": round(seconds, 3)}
 
 
-def folder_stats(folder: Path, seconds: float) -> dict:
+def folder_stats(folder: Path | str, seconds: float) -> dict:
     """Sum of every shard's stats in a download folder, with images/s over `seconds`."""
     total = {"rows": 0, "status": collections.Counter(), "failure_reasons": collections.Counter(),
              "optout_signals": collections.Counter(), "recorded_optouts": 0, "shards": 0}
-    for f in stats_files.shards(folder):
-        s = json.loads(f.read_text())
+    for s in stats_files.read_shards(folder).values():
         total["rows"] += s["rows"]
         total["recorded_optouts"] += s.get("recorded_optouts", 0)
         total["shards"] += 1

@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from curation.score import degrade
-from mithridate.core import checkpoints, compute, disk, engine, options, progress, schema, stats_files
+from mithridate.core import checkpoints, compute, disk, engine, options, progress, schema, stats_files, storage
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ class AestheticScoreConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"AestheticScoreConfig.{name}={getattr(self, name)!r}: must be >= 0")
         engine.check(self.engine)
+        storage.check_fields(self, "embeddings", "out")
 
 
 TRAIN_PRESETS = {
@@ -148,31 +149,32 @@ def _normalised(x: np.ndarray) -> np.ndarray:
         return x / norm  # a zero vector becomes NaN: no score rather than a made-up one
 
 
-def embeddings_folder(folder: str | Path) -> Path:
+def embeddings_folder(folder: str | Path) -> Path | str:
     """An `embed` output folder: `folder` itself when it holds npz files, else its only sub-folder with an
-    `encoder.json` (so `mithridate-out/embeddings` finds `mithridate-out/embeddings/<encoder name>`)."""
-    folder = Path(folder)
-    if not folder.is_dir():
+    `encoder.json` (so `mithridate-out/embeddings` finds `mithridate-out/embeddings/<encoder name>`); a local path or
+    an fsspec URL."""
+    folder = storage.location(folder)
+    if not storage.isdir(folder):
         raise FileNotFoundError(f"embeddings folder not found: {folder}")
-    if any(folder.glob("*.npz")):
+    if storage.glob(folder, "*.npz"):
         return folder
-    subs = sorted(p.parent for p in folder.glob("*/encoder.json"))
+    subs = sorted(storage.parent(p) for p in storage.glob(folder, "*/encoder.json"))
     if len(subs) > 1:
-        raise ValueError(f"{folder} holds embeddings of several encoders ({', '.join(p.name for p in subs)}); "
+        raise ValueError(f"{folder} holds embeddings of several encoders ({', '.join(storage.name(p) for p in subs)}); "
                          "choose one of its sub-folders")
-    if not subs or not any(subs[0].glob("*.npz")):
+    if not subs or not storage.glob(subs[0], "*.npz"):
         raise FileNotFoundError(f"no <shard>.npz embeddings files in {folder}")
     return subs[0]
 
 
-def embedding_files(folder: str | Path) -> list[Path]:
+def embedding_files(folder: str | Path) -> list[Path | str]:
     """The `*.npz` embeddings files of an embeddings folder, in name order (a clear error when there are none)."""
-    return sorted(embeddings_folder(folder).glob("*.npz"))
+    return storage.glob(embeddings_folder(folder), "*.npz")
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+def _read_npz(path: Path | str) -> tuple[np.ndarray, np.ndarray, str | None]:
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with storage.load_npz(path, allow_pickle=False) as z:
             keys = set(z.files)
             if {"uid", "img_emb"} <= keys:
                 uid, emb = z["uid"].astype(str), z["img_emb"]
@@ -186,15 +188,18 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
     return uid, emb, enc
 
 
-def _npz_meta(path: Path) -> tuple[int, str | None]:
+def _npz_meta(path: Path | str) -> tuple[int, str | None]:
     """(embedding dim, encoder name) of an embeddings npz, reading only the array header and the name."""
     try:
-        with zipfile.ZipFile(path) as zf, zf.open("img_emb.npy") as fh:
-            version = np.lib.format.read_magic(fh)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape = read(fh)[0]
-        with np.load(path, allow_pickle=False) as z:
-            name = str(z["encoder"]) if "encoder" in z.files else None
+        with storage.open_input(path) as raw:
+            with zipfile.ZipFile(raw) as zf, zf.open("img_emb.npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape = read(fh)[0]
+            raw.seek(0)
+            with np.load(raw, allow_pickle=False) as z:
+                name = str(z["encoder"]) if "encoder" in z.files else None
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a readable embeddings npz with img_emb ({err})") from None
     if len(shape) != 2:
@@ -207,11 +212,11 @@ def encoder_info(folder: str | Path) -> dict:
     npz files' `encoder` name; `dim` from the arrays. Mixed encoders or dimensions are an error."""
     folder = embeddings_folder(folder)
     info: dict = {}
-    if (folder / "encoder.json").is_file():
+    if storage.isfile(storage.join(folder, "encoder.json")):
         try:
-            info = json.loads((folder / "encoder.json").read_text())
+            info = json.loads(storage.read_text(storage.join(folder, "encoder.json")))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{folder / 'encoder.json'}: not valid JSON ({err})") from None
+            raise ValueError(f"{storage.join(folder, 'encoder.json')}: not valid JSON ({err})") from None
     names, dims = set(), set()
     for f in embedding_files(folder):
         dim, name = _npz_meta(f)
@@ -581,20 +586,21 @@ def _fmt(v) -> str:
 SCORE_RUNTIME_FIELDS = ("device", "batch_size", "engine", "num_gpus", "actors", "shard_retries")
 
 
-def _npz_stamp(path: Path) -> list[int]:
-    """(size, mtime) of an embeddings file: a scored file is stale when its npz was written again."""
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+def _npz_stamp(path: Path | str) -> list:
+    """(size, mtime) of an embeddings file (on object storage: size, ETag): a scored file is stale when its npz was
+    written again."""
+    return storage.stamp(path)
 
 
-def _scored(out: Path, npz: Path, head_sha256: str) -> bool:
+def _scored(out: Path | str, npz: Path | str, head_sha256: str) -> bool:
     """Whether `<out>/<stem>.parquet` holds this head's scores of this npz (its marker says so)."""
-    marker = stats_files.read_or_empty(out, npz.stem)
-    return ((out / f"{npz.stem}.parquet").is_file() and marker.get("head_sha256") == head_sha256
-            and marker.get("npz") == _npz_stamp(npz))
+    marker = stats_files.read_or_empty(out, storage.stem(npz))
+    return (bool(marker) and storage.isfile(storage.join(out, f"{storage.stem(npz)}.parquet"))
+            and marker.get("head_sha256") == head_sha256 and marker.get("npz") == _npz_stamp(npz))
 
 
-def score_file(head: LoadedHead, npz: Path, out: Path, dev: torch.device, batch_size: int, meta: dict) -> dict:
+def score_file(head: LoadedHead, npz: Path | str, out: Path | str, dev: torch.device, batch_size: int,
+               meta: dict) -> dict:
     """Score one embeddings file: `<out>/<stem>.parquet`, then its marker `__stats__/<stem>.json` (rows, null)."""
     uid, emb, _ = _read_npz(npz)
     x = _normalised(emb)
@@ -603,10 +609,10 @@ def score_file(head: LoadedHead, npz: Path, out: Path, dev: torch.device, batch_
     s[ok] = _predict(head.module, x[ok], dev, batch_size)
     table = pa.table({"uid": pa.array(uid, pa.string()),
                       "aesthetic_score": pa.array(s, pa.float32(), mask=~np.isfinite(s))})
-    schema.write(table, out / f"{npz.stem}.parquet", "aesthetic", meta)
+    schema.write(table, storage.join(out, f"{storage.stem(npz)}.parquet"), "aesthetic", meta)
     stats = {"rows": int(len(uid)), "null": int((~np.isfinite(s)).sum()), "head_sha256": head.sha256,
              "npz": _npz_stamp(npz)}
-    stats_files.write(out, stats, npz.stem)
+    stats_files.write(out, stats, storage.stem(npz))
     return stats
 
 
@@ -621,12 +627,13 @@ class Scorer:
 
     def score(self, npz: str, out: str) -> dict | None:
         """`score_file`, unless the file is already scored (then None)."""
-        if _scored(Path(out), Path(npz), self.head.sha256):
+        out, npz = storage.location(out), storage.location(npz)
+        if _scored(out, npz, self.head.sha256):
             return None
-        return score_file(self.head, Path(npz), Path(out), self.dev, self.cfg.batch_size, self.meta)
+        return score_file(self.head, npz, out, self.dev, self.cfg.batch_size, self.meta)
 
 
-def _score_all(cfg: AestheticScoreConfig, head: LoadedHead, files: list[Path], out: Path, meta: dict) -> None:
+def _score_all(cfg: AestheticScoreConfig, head: LoadedHead, files: list, out: Path | str, meta: dict) -> None:
     """Score every file not already scored, here or on Ray actors."""
     if cfg.engine == "local":
         dev = torch.device(compute.resolve_device(cfg.device))
@@ -638,20 +645,21 @@ def _score_all(cfg: AestheticScoreConfig, head: LoadedHead, files: list[Path], o
     n, gpus, cpus = engine.pool_size(cfg.actors, cfg.num_gpus)
     actors = engine.start_actors(Scorer, (cfg, meta, os.getcwd()), n, cfg.shard_retries, num_cpus=cpus,
                                  num_gpus=gpus)
-    calls = {f.stem: (str(f.resolve()), str(out.resolve())) for f in files}
+    calls = {storage.stem(f): (storage.resolve(f), storage.resolve(out)) for f in files}
     engine.run_on_actors(actors, "score", calls, cfg.shard_retries, "aesthetic score", "file")
 
 
-def _run_stats(out: Path, files: list[Path], meta: dict) -> dict:
+def _run_stats(out: Path | str, files: list, meta: dict) -> dict:
     """The run's stats, from every file's marker and scores (whichever engine and run wrote them)."""
     stats = {**meta, "files": {}, "rows": 0, "null": 0}
     all_scores = []
     for f in files:
-        marker = stats_files.read(out, f.stem)
-        stats["files"][f.stem] = marker["rows"]
+        stem = storage.stem(f)
+        marker = stats_files.read(out, stem)
+        stats["files"][stem] = marker["rows"]
         stats["rows"] += marker["rows"]
         stats["null"] += marker["null"]
-        s = schema.read(out / f"{f.stem}.parquet", "aesthetic", ["aesthetic_score"])["aesthetic_score"]
+        s = schema.read(storage.join(out, f"{stem}.parquet"), "aesthetic", ["aesthetic_score"])["aesthetic_score"]
         all_scores.append(s.drop_null().to_numpy().astype(np.float32))
     s = np.concatenate(all_scores) if all_scores else np.zeros(0, np.float32)
     if len(s):
@@ -660,10 +668,10 @@ def _run_stats(out: Path, files: list[Path], meta: dict) -> dict:
     return stats
 
 
-def score(cfg: AestheticScoreConfig) -> Path:
+def score(cfg: AestheticScoreConfig) -> Path | str:
     """Score every embeddings file with a head: `<out>/<shard>.parquet` (AESTHETIC_SCHEMA) and its marker, skipping
     files already scored, then the run's stats (`__stats__/run.json`)."""
-    out = Path(cfg.out)
+    out = storage.location(cfg.out)
     options.check_resumable(cfg, out, runtime_fields=SCORE_RUNTIME_FIELDS)
     enc = encoder_info(cfg.embeddings)
     head = load_head(cfg.head_path, cfg.head_activation)

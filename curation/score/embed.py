@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from curation.score import encoders
-from mithridate.core import compute, disk, engine, options, schema, stats_files
+from mithridate.core import compute, engine, options, schema, stats_files, storage
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,10 @@ SHARD_GLOB = "[0-9][0-9][0-9][0-9][0-9].parquet"
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    shards: str = options.opt("mithridate-out/shards", "folder of downloaded shards (NNNNN.parquet)")
-    out: str = options.opt("", "output folder ('' = <shards>/../embeddings/<encoder name>)")
+    shards: str = options.opt("mithridate-out/shards", "folder of downloaded shards (NNNNN.parquet); a local path or "
+                              "an fsspec URL (s3://bucket/prefix)")
+    out: str = options.opt("", "output folder ('' = <shards>/../embeddings/<encoder name>); a local path or an "
+                           "fsspec URL")
     model: str = options.opt("compact", "'compact' (our checkpoint, named by pretrained) or an open_clip model name")
     pretrained: str = options.opt("mithridate-out/clip", "compact: clip.pt or the `clip train` folder; open_clip: a "
                                   "pretrained tag already in the local cache, or a weights file")
@@ -67,26 +69,31 @@ class EmbedConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"EmbedConfig.{name}={getattr(self, name)!r}: must be >= 0")
         engine.check(self.engine)
+        storage.check_fields(self, "shards", "out")
         options.check_choice(self, "layout", options.literal_values(EmbedConfig, "layout"))
+        if self.layout == "clip-retrieval" and (storage.is_remote(self.shards) or storage.is_remote(self.out)):
+            raise ValueError(f"EmbedConfig.layout='clip-retrieval' with shards={self.shards!r}, out={self.out!r}: "
+                             "the clip-retrieval layout is written to local folders only; allowed: layout='npz' "
+                             "with an fsspec URL")
         compute.resolve_device(self.device)
 
 
 PRESETS = {"default": EmbedConfig(), "tiny": EmbedConfig(batch_size=32)}
 
 
-def shard_files(folder: str | Path) -> list[Path]:
+def shard_files(folder: str | Path) -> list[Path | str]:
     """The `NNNNN.parquet` shards of a download folder, in order.
 
     Raises:
         FileNotFoundError: the folder holds none.
     """
-    files = sorted(Path(folder).glob(SHARD_GLOB))
+    files = storage.glob(folder, SHARD_GLOB)
     if not files:
         raise FileNotFoundError(f"no NNNNN.parquet shards in {folder} (run `mithridate download` first)")
     return files
 
 
-def success_uids(shard: Path) -> list[str]:
+def success_uids(shard: Path | str) -> list[str]:
     """uids of a shard's success rows, in shard order."""
     t = schema.read(shard, "shard", ["uid", "status"])
     return t.filter(pc.equal(t["status"], schema.STATUS_SUCCESS))["uid"].to_pylist()
@@ -140,53 +147,55 @@ def embed_rows(encoder: encoders.Encoder, rows: list[dict], batch_size: int, bar
             "failed": failed}
 
 
-def _write_npz(path: Path, uid: list[str], img: np.ndarray, txt: np.ndarray, encoder_name: str) -> None:
-    with disk.atomic(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+def _write_npz(path: Path | str, uid: list[str], img: np.ndarray, txt: np.ndarray, encoder_name: str) -> None:
+    with storage.output(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
         np.savez(fh, uid=np.array(uid, dtype=str).reshape(-1), img_emb=img.astype(np.float16),
                  txt_emb=txt.astype(np.float16), encoder=np.array(encoder_name))
 
 
-def embed_shard(encoder: encoders.Encoder, shard: Path, out: Path, batch_size: int, bar=None) -> dict:
+def embed_shard(encoder: encoders.Encoder, shard: Path | str, out: Path | str, batch_size: int, bar=None) -> dict:
     """Embed one shard's success rows into `<out>/<id>.npz`, then write `<out>/__stats__/<id>.json` (done marker)."""
     t0 = time.perf_counter()
+    shard_name, shard_stem = storage.name(shard), storage.stem(shard)
     table = schema.read(shard, "shard", ["uid", "status", "caption", "jpg"])
     rows = table.filter(pc.equal(table["status"], schema.STATUS_SUCCESS)).select(["uid", "caption", "jpg"]).to_pylist()
     res = embed_rows(encoder, rows, batch_size, bar)
-    _write_npz(out / f"{shard.stem}.npz", res["uid"], res["img_emb"], res["txt_emb"], encoder.name)
+    _write_npz(storage.join(out, f"{shard_stem}.npz"), res["uid"], res["img_emb"], res["txt_emb"], encoder.name)
     if res["failed"]:
         logger.warning("embed: shard %s: %d success rows have undecodable images; left out of the npz and listed "
-                       "in %s (first: %s)", shard.name, len(res["failed"]), stats_files.path(out, shard.stem),
+                       "in %s (first: %s)", shard_name, len(res["failed"]), stats_files.path(out, shard_stem),
                        res["failed"][0])
-    stats = {"shard": shard.name, "rows": table.num_rows, "success": len(rows), "embedded": len(res["uid"]),
+    stats = {"shard": shard_name, "rows": table.num_rows, "success": len(rows), "embedded": len(res["uid"]),
              "failed": res["failed"], "encoder": encoder.name, "seconds": round(time.perf_counter() - t0, 3)}
-    stats_files.write(out, stats, shard.stem, indent=1)
+    stats_files.write(out, stats, shard_stem, indent=1)
     return stats
 
 
 # --- folders ----------------------------------------------------------------------------------------------------------
 
 
-def _failed_uids(out: Path, shard_stem: str) -> set[str]:
+def _failed_uids(out: Path | str, shard_stem: str) -> set[str]:
     return {f["uid"] for f in stats_files.read_or_empty(out, shard_stem).get("failed", [])}
 
 
-def _is_done(out: Path, shard: Path, encoder_name: str) -> bool:
-    npz = out / f"{shard.stem}.npz"
-    if not (npz.is_file() and stats_files.done(out, shard.stem)):
+def _is_done(out: Path | str, shard: Path | str, encoder_name: str) -> bool:
+    stem = storage.stem(shard)
+    npz = storage.join(out, f"{stem}.npz")
+    if not (stats_files.done(out, stem) and storage.isfile(npz)):
         return False
-    failed = _failed_uids(out, shard.stem)
-    with np.load(npz) as z:
+    failed = _failed_uids(out, stem)
+    with storage.load_npz(npz) as z:
         same = str(z["encoder"]) == encoder_name and z["uid"].tolist() == [
             u for u in success_uids(shard) if u not in failed]
     if not same:
-        logger.info("embed: %s is stale (shard or encoder changed); embedding it again", npz.name)
+        logger.info("embed: %s is stale (shard or encoder changed); embedding it again", storage.name(npz))
     return same
 
 
-def _check_encoder(out: Path, name: str) -> None:
-    path = out / "encoder.json"
-    if path.is_file() and json.loads(path.read_text()).get("name") != name:
-        old = json.loads(path.read_text()).get("name")
+def _check_encoder(out: Path | str, name: str) -> None:
+    path = storage.join(out, "encoder.json")
+    old = json.loads(storage.read_text(path)).get("name") if storage.isfile(path) else name
+    if old != name:
         raise ValueError(f"{out} holds embeddings of encoder {old!r}, not {name!r}; choose another output "
                          "folder (the default `out` is named after the encoder) or delete it")
 
@@ -208,9 +217,9 @@ class Embedder:
 
     def embed(self, shard: str, out: str) -> dict | None:
         """`embed_shard`, unless the shard is finished (then None)."""
-        if _is_done(Path(out), Path(shard), self.encoder.name):
+        if _is_done(storage.location(out), storage.location(shard), self.encoder.name):
             return None
-        return embed_shard(self.encoder, Path(shard), Path(out), self.cfg.batch_size)
+        return embed_shard(self.encoder, storage.location(shard), storage.location(out), self.cfg.batch_size)
 
 
 def _start(cfg: EmbedConfig) -> tuple[dict, str, object]:
@@ -225,7 +234,7 @@ def _start(cfg: EmbedConfig) -> tuple[dict, str, object]:
     return info, device, actors
 
 
-def _embed_local(encoder: encoders.Encoder, files: list[Path], out: Path, cfg: EmbedConfig) -> list[dict]:
+def _embed_local(encoder: encoders.Encoder, files: list, out: Path | str, cfg: EmbedConfig) -> list[dict]:
     todo = [f for f in files if not _is_done(out, f, encoder.name)]
     logger.info("embed: %d shards (%d already done) with %s on %s → %s", len(files), len(files) - len(todo),
                 encoder.name, encoder.device, out)
@@ -234,21 +243,28 @@ def _embed_local(encoder: encoders.Encoder, files: list[Path], out: Path, cfg: E
         return [embed_shard(encoder, f, out, cfg.batch_size, bar) for f in todo]
 
 
-def _embed_ray(actors: list, files: list[Path], out: Path, cfg: EmbedConfig) -> list[dict]:
-    calls = {f.stem: (str(f.resolve()), str(out.resolve())) for f in files}
+def _embed_ray(actors: list, files: list, out: Path | str, cfg: EmbedConfig) -> list[dict]:
+    calls = {storage.stem(f): (storage.resolve(f), storage.resolve(out)) for f in files}
     done = engine.run_on_actors(actors, "embed", calls, cfg.shard_retries, "embed")
-    return [done[f.stem] for f in files if done[f.stem] is not None]
+    return [done[storage.stem(f)] for f in files if done[storage.stem(f)] is not None]
 
 
-def run(cfg: EmbedConfig) -> Path:
+def _default_out(shards: str, name: str) -> Path | str:
+    """`<shards>/../embeddings/<encoder name>`."""
+    if storage.is_remote(shards):
+        return storage.join(storage.parent(shards), "embeddings", name)
+    return Path(shards).resolve().parent / "embeddings" / name
+
+
+def run(cfg: EmbedConfig) -> Path | str:
     """Embed every shard of `cfg.shards` (skipping finished ones); returns the output folder."""
     files = shard_files(cfg.shards)
     info, device, worker = _start(cfg)
-    out = Path(cfg.out) if cfg.out else Path(cfg.shards).resolve().parent / "embeddings" / info["name"]
+    out = storage.location(cfg.out) if cfg.out else _default_out(cfg.shards, info["name"])
     options.check_resumable(cfg, out, runtime_fields=RUNTIME_FIELDS)
     _check_encoder(out, info["name"])
     options.write_config(cfg, out)
-    disk.write_text(out / "encoder.json", json.dumps(info, indent=2) + "\n")
+    storage.write_text(storage.join(out, "encoder.json"), json.dumps(info, indent=2) + "\n")
     if cfg.engine == "ray":  # the actors skip finished shards themselves
         logger.info("embed: %d shards with %s on %d Ray actors → %s", len(files), info["name"], len(worker), out)
     t0 = time.perf_counter()
@@ -268,13 +284,13 @@ def run(cfg: EmbedConfig) -> Path:
     return out
 
 
-def _shards_folder(folder: Path, shards: str | Path | None) -> Path:
+def _shards_folder(folder: Path | str, shards: str | Path | None) -> Path | str:
     if shards is not None:
-        return Path(shards)
-    cfg = folder / "config.json"
-    if not cfg.is_file():
+        return storage.location(shards)
+    cfg = storage.join(folder, "config.json")
+    if not storage.isfile(cfg):
         raise ValueError(f"{folder}: no config.json naming the shards folder; pass shards=<download folder>")
-    return Path(json.loads(cfg.read_text())["shards"])
+    return storage.location(json.loads(storage.read_text(cfg))["shards"])
 
 
 def load_embeddings(folder: str | Path, shard_id: int | str, shards: str | Path | None = None) -> dict:
@@ -292,14 +308,14 @@ def load_embeddings(folder: str | Path, shard_id: int | str, shards: str | Path 
         FileNotFoundError: no npz for this shard.
         ValueError: the npz rows are not the shard's success rows (minus recorded failures), in order.
     """
-    folder = Path(folder)
+    folder = storage.location(folder)
     stem = f"{int(shard_id):05d}"
-    npz = folder / f"{stem}.npz"
-    if not npz.is_file():
+    npz = storage.join(folder, f"{stem}.npz")
+    if not storage.isfile(npz):
         raise FileNotFoundError(f"no embeddings for shard {stem} in {folder} (run `mithridate embed`)")
-    with np.load(npz) as z:
+    with storage.load_npz(npz) as z:
         data = {"uid": z["uid"], "img_emb": z["img_emb"], "txt_emb": z["txt_emb"], "encoder": str(z["encoder"])}
-    shard = _shards_folder(folder, shards) / f"{stem}.parquet"
+    shard = storage.join(_shards_folder(folder, shards), f"{stem}.parquet")
     failed = _failed_uids(folder, stem)
     expected = [u for u in success_uids(shard) if u not in failed]
     got = data["uid"].tolist()
@@ -313,8 +329,9 @@ def load_embeddings(folder: str | Path, shard_id: int | str, shards: str | Path 
 
 def load_all(folder: str | Path, shards: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every shard's embeddings, checked and concatenated: (uid `(N,)`, img_emb `(N, D)`, txt_emb `(N, D)`)."""
-    folder = Path(folder)
-    parts = [load_embeddings(folder, f.stem, shards) for f in sorted(folder.glob("[0-9][0-9][0-9][0-9][0-9].npz"))]
+    folder = storage.location(folder)
+    parts = [load_embeddings(folder, storage.stem(f), shards)
+             for f in storage.glob(folder, "[0-9][0-9][0-9][0-9][0-9].npz")]
     if not parts:
         raise FileNotFoundError(f"no NNNNN.npz embeddings in {folder}")
     return tuple(np.concatenate([p[k] for p in parts]) for k in ("uid", "img_emb", "txt_emb"))

@@ -8,7 +8,6 @@ the images nor the rows. Both engines write the same shards.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.select import subsets
-from mithridate.core import engine, options, schema, shard_plan, stats_files
+from mithridate.core import engine, options, schema, shard_plan, stats_files, storage
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +27,8 @@ class ExportConfig:
     filter: str = options.opt("mithridate-out/filter", "filter output folder (decisions.parquet)")
     provenance: str = options.opt("", "optional parquet with url, artist, licence (e.g. the demo web manifest)")
     subset: str = options.opt("", "export this uid subset (.npy, e.g. from `subset`) instead of the filter's keep set")
-    out: str = options.opt("mithridate-out/train", "output folder of training shards")
+    out: str = options.opt("mithridate-out/train", "output folder of training shards (every folder and file: a local "
+                           "path or an fsspec URL, s3://bucket/prefix)")
     shard_size: int = options.opt(5000, "rows per training shard")
     engine: engine.Engine = options.opt("local", "where shards are cut: local (this process) or ray (Ray tasks on the "
                                         "cluster RAY_ADDRESS names, else a local one)")
@@ -39,6 +39,7 @@ class ExportConfig:
         if self.shard_retries < 0:
             raise ValueError(f"ExportConfig.shard_retries={self.shard_retries!r}: must be >= 0")
         engine.check(self.engine)
+        storage.check_fields(self, "shards", "filter", "provenance", "subset", "out")
 
 
 PRESETS = {"default": ExportConfig(), "tiny": ExportConfig(shard_size=100)}
@@ -47,9 +48,10 @@ PRESETS = {"default": ExportConfig(), "tiny": ExportConfig(shard_size=100)}
 def _provenance(path: str) -> dict[str, tuple[str | None, str | None]]:
     if not path:
         return {}
-    if not Path(path).is_file():
+    if not storage.isfile(path):
         raise FileNotFoundError(f"ExportConfig.provenance: file not found: {path}")
-    table = pq.read_table(path)
+    with storage.source(path) as src:
+        table = pq.read_table(src)
     missing = {"url", "artist", "licence"} - set(table.column_names)
     if missing:
         raise ValueError(f"ExportConfig.provenance {path}: missing columns {sorted(missing)}")
@@ -80,22 +82,22 @@ def _shard_name(k: int) -> str:
     return f"{k:05d}.parquet"
 
 
-def _replace_old(cfg: ExportConfig, decisions: pa.Table, rows: int, out: Path) -> None:
+def _replace_old(cfg: ExportConfig, decisions: pa.Table, rows: int, out: Path | str) -> None:
     """Check that every kept uid was found, then remove the shards of an earlier export (kept on an error)."""
     n_keep = pc.sum(decisions["keep"]).as_py() or 0
     if rows != n_keep:
         raise ValueError(f"{cfg.filter}: {n_keep} kept uids but {rows} found in {cfg.shards}")
-    for old in out.glob("[0-9]*.parquet"):
-        old.unlink()
+    for old in storage.glob(out, "[0-9]*.parquet"):
+        storage.remove(old)
 
 
-def _export_local(cfg: ExportConfig, files: list[Path], decisions: pa.Table, prov: dict, out: Path) -> tuple:
+def _export_local(cfg: ExportConfig, files: list, decisions: pa.Table, prov: dict, out: Path | str) -> tuple:
     """Every kept row in memory, cut into shards; returns (rows, licences)."""
     parts = [_kept(schema.read(f, "shard"), decisions, prov) for f in files]
     table = pa.concat_tables(parts) if parts else schema.TRAIN_SCHEMA.empty_table()
     _replace_old(cfg, decisions, table.num_rows, out)
     for k in range(0, max(table.num_rows, 1), cfg.shard_size):
-        schema.write(table.slice(k, cfg.shard_size), out / _shard_name(k // cfg.shard_size), "train")
+        schema.write(table.slice(k, cfg.shard_size), storage.join(out, _shard_name(k // cfg.shard_size)), "train")
     return table.num_rows, _licences(table)
 
 
@@ -113,41 +115,42 @@ def cut_shard(shard: shard_plan.Shard, path: str) -> int:
     return table.num_rows
 
 
-def _export_ray(cfg: ExportConfig, files: list[Path], decisions: pa.Table, prov: dict, out: Path) -> tuple:
+def _export_ray(cfg: ExportConfig, files: list, decisions: pa.Table, prov: dict, out: Path | str) -> tuple:
     """Kept rows per download shard to `<out>/_parts/`, then training shards cut from them; returns (rows,
     licences)."""
-    ray, parts = engine.ray_init(), (out / "_parts").resolve()
-    shutil.rmtree(parts, ignore_errors=True)
+    ray, parts = engine.ray_init(), storage.resolve(storage.join(out, "_parts"))
+    storage.rmtree(parts)
     shared = ray.put(decisions), ray.put(prov)
-    calls = {f.stem: (str(f.resolve()), *shared, str(parts / f.name)) for f in files}
+    calls = {storage.stem(f): (storage.resolve(f), *shared, str(storage.join(parts, storage.name(f)))) for f in files}
     counts = engine.run_tasks(kept_part, calls, cfg.shard_retries, "export kept rows")
     licences: dict[str, int] = {}
     for f in files:  # in shard order: the same first-appearance order as one table's
-        for name, n in counts[f.stem][1].items():
+        for name, n in counts[storage.stem(f)][1].items():
             licences[name] = licences.get(name, 0) + n
     rows = sum(n for n, _ in counts.values())
     _replace_old(cfg, decisions, rows, out)
     plan = shard_plan.plan(parts, "train", cfg.shard_size) if rows else []
     if plan:
-        calls = {f"{k:05d}": (shard, str(out.resolve() / _shard_name(k))) for k, shard in enumerate(plan)}
+        calls = {f"{k:05d}": (shard, str(storage.join(storage.resolve(out), _shard_name(k))))
+                 for k, shard in enumerate(plan)}
         engine.run_tasks(cut_shard, calls, cfg.shard_retries, "export")
     else:
-        schema.write(schema.TRAIN_SCHEMA.empty_table(), out / _shard_name(0), "train")
-    shutil.rmtree(parts, ignore_errors=True)
+        schema.write(schema.TRAIN_SCHEMA.empty_table(), storage.join(out, _shard_name(0)), "train")
+    storage.rmtree(parts)
     return rows, licences
 
 
-def run(cfg: ExportConfig) -> Path:
+def run(cfg: ExportConfig) -> Path | str:
     """Write `<out>/NNNNN.parquet` (TRAIN_SCHEMA) and `<out>/__stats__/run.json`; returns the output folder."""
-    out = Path(cfg.out)
+    out = storage.location(cfg.out)
     options.write_config(cfg, out)
-    decisions = schema.read(Path(cfg.filter) / "decisions.parquet", "decisions")
+    decisions = schema.read(storage.join(cfg.filter, "decisions.parquet"), "decisions")
     if cfg.subset:  # keep exactly the subset's uids (they must be downloaded rows)
         wanted = pa.array(subsets.to_uids(subsets.load(cfg.subset)), pa.string())
         decisions = decisions.set_column(decisions.schema.get_field_index("keep"), "keep",
                                          pc.is_in(decisions["uid"], value_set=wanted))
     prov = _provenance(cfg.provenance)
-    files = sorted(Path(cfg.shards).glob("[0-9]*.parquet"))
+    files = storage.glob(cfg.shards, "[0-9]*.parquet")
     rows, licences = (_export_ray if cfg.engine == "ray" else _export_local)(cfg, files, decisions, prov, out)
     stats = {"rows": rows, "licences": licences}
     stats_files.write(out, stats)  # last: done

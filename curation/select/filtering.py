@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from curation.select import dedup, registry, rules, subsets
-from mithridate.core import disk, engine as engines, options, schema, stats_files
+from mithridate.core import engine as engines, options, schema, stats_files, storage
 
 logger = logging.getLogger(__name__)
 DEDUP_LAYERS = ("exact", "phash", "semantic")
@@ -36,8 +36,8 @@ class FilterConfig:
     embeddings: str = options.opt("", "embeddings folder (embed output); '' = no CLIP score or semantic dedup")
     aesthetic: str = options.opt("", "aesthetic scores folder (aesthetic score output); '' = none")
     registry: str = options.opt("", "do-not-train registry file (json/csv/tsv: url, domain, sha256, phash, artist)")
-    out: str = options.opt("mithridate-out/filter",
-                           "output folder: decisions.parquet, subsets/keep.npy, __stats__/run.json")
+    out: str = options.opt("mithridate-out/filter", "output folder: decisions.parquet, subsets/keep.npy, "
+                           "__stats__/run.json (every folder: a local path or an fsspec URL, s3://bucket/prefix)")
     optout: Literal["honor", "url_only", "ignore"] = options.opt(
         "honor", "honor = signals + registry + re-uploads of opted-out works; url_only = signals and registry "
         "URLs/domains only (re-uploads slip through); ignore = keep opted-out rows that were downloaded")
@@ -70,6 +70,7 @@ class FilterConfig:
         if bad:
             raise ValueError(f"FilterConfig.dedup: {bad} not in {list(DEDUP_LAYERS)}")
         options.check_positive(self, "max_chars", "max_aspect", "semantic_eps", "reupload_cos_eps")
+        storage.check_fields(self, "shards", "embeddings", "aesthetic", "registry", "out")
 
 
 PRESETS = {"default": FilterConfig(), "tiny": FilterConfig()}
@@ -86,8 +87,8 @@ def load_embeddings(folder: str, shards: str, uids: list[str]) -> tuple[np.ndarr
     out_i = np.full((len(uids), img.shape[1]), np.nan, np.float32)
     out_t = np.full_like(out_i, np.nan)
     out_i[idx >= 0], out_t[idx >= 0] = img[idx[idx >= 0]], txt[idx[idx >= 0]]
-    info = Path(folder) / "encoder.json"
-    return out_i, out_t, json.loads(info.read_text()).get("name", "") if info.is_file() else ""
+    info = storage.join(folder, "encoder.json")
+    return out_i, out_t, json.loads(storage.read_text(info)).get("name", "") if storage.isfile(info) else ""
 
 
 def load_aesthetic(folder: str, uids: list[str]) -> np.ndarray:
@@ -257,13 +258,21 @@ def decide(cfg: FilterConfig) -> tuple[pa.Table, dict]:
     """The decisions table (DECISIONS_SCHEMA, one row per shard row) and its stats."""
     t, encoder = _columns(cfg)
     n = len(t["uid"])
-    reg = registry.load_registry(cfg.registry) if cfg.registry else None
+    reg = load_registry(cfg)
     layers, cut = row_layers(cfg, t, reg)
     first, _ = rules.combine_reasons(*layers) if n else (_none(0), [])
     dups, dup_of = dedup_reasons(cfg, t, np.array([r is None for r in first], dtype=bool))
     first, every = rules.combine_reasons(*(layers + dups)) if n else (_none(0), [])
     table = decisions_table(t, first, every, dup_of)
     return table, _stats(table, cfg, encoder, cut)
+
+
+def load_registry(cfg: FilterConfig) -> registry.Registry | None:
+    """The do-not-train registry (None without one); a remote file is read from a local copy."""
+    if not cfg.registry:
+        return None
+    with storage.local_copy(cfg.registry) as path:
+        return registry.load_registry(path)
 
 
 def _floats(values, n: int) -> list:
@@ -292,9 +301,9 @@ def _stats(table: pa.Table, cfg: FilterConfig, encoder: str, cut: float | None) 
     return stats_of(reason_counts(table), cfg, encoder, cut)
 
 
-def run(cfg: FilterConfig) -> Path:
+def run(cfg: FilterConfig) -> Path | str:
     """Write `<out>/decisions.parquet`, `<out>/subsets/keep.npy` and `<out>/__stats__/run.json`."""
-    out = Path(cfg.out)
+    out = storage.location(cfg.out)
     engines.check(cfg.engine)
     options.check_resumable(cfg, out, runtime_fields=RUNTIME_FIELDS)
     options.write_config(cfg, out)
@@ -304,10 +313,9 @@ def run(cfg: FilterConfig) -> Path:
         stats = ray_filter.run(cfg)
     else:
         table, stats = decide(cfg)
-        schema.write(table, out / "decisions.parquet", "decisions", {"encoder": stats["encoder"]})
-        (out / "subsets").mkdir(parents=True, exist_ok=True)
+        schema.write(table, storage.join(out, "decisions.parquet"), "decisions", {"encoder": stats["encoder"]})
         keep = [u for u, k in zip(table["uid"].to_pylist(), table["keep"].to_pylist()) if k]
-        with disk.atomic(out / "subsets" / "keep.npy") as tmp, open(tmp, "wb") as fh:
+        with storage.output(storage.join(out, "subsets", "keep.npy")) as tmp, open(tmp, "wb") as fh:
             np.save(fh, subsets.from_uids(keep))
     stats_files.write(out, stats)
     logger.info("filter: kept %d of %d rows; excluded by %s", stats["kept"], stats["rows"], stats["reasons"])

@@ -43,12 +43,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.select import dedup, filtering, registry, rules, subsets
-from mithridate.core import disk, engine as engines, schema
+from mithridate.core import engine as engines, schema, storage
 
 logger = logging.getLogger(__name__)
 WORK = "_ray"
 REASONS = {"exact": dedup.DUPLICATE_EXACT, "phash": dedup.DUPLICATE_PHASH, "semantic": dedup.DUPLICATE_SEMANTIC}
 BAND_BUCKETS = 32  # the (band, value) groups are hashed into this many group-by keys, each a vectorised task
+ROW_GROUP = 1 << 20  # rows per row group of decisions.parquet: pyarrow's default, what `pq.write_table` writes
 COMPONENT_BATCH = 2048  # pHash components are deduplicated together up to this many rows (they never interact)
 
 
@@ -76,16 +77,16 @@ class data_context(contextlib.ContextDecorator):
 
 # --- per-shard inputs -------------------------------------------------------------------------------------------
 
-def shard_inputs(cfg, path: Path, phash_rows=None) -> tuple[dict, np.dtype | None]:
+def shard_inputs(cfg, path: Path | str, phash_rows=None) -> tuple[dict, np.dtype | None]:
     """One shard's filter columns (`filtering.row_table` + scores) and the dtype its embeddings are stored in."""
     table = schema.read(path, "shard")
     t = filtering.row_table(table, phash_rows(table) if phash_rows else None)
     img = txt = aes = None
     dtype = None
     if cfg.embeddings:
-        img, txt, dtype = _shard_embeddings(cfg, path.stem, t["uid"].tolist())
+        img, txt, dtype = _shard_embeddings(cfg, storage.stem(path), t["uid"].tolist())
     if cfg.aesthetic:
-        aes = _shard_aesthetic(cfg.aesthetic, path.stem, t["uid"].tolist())
+        aes = _shard_aesthetic(cfg.aesthetic, storage.stem(path), t["uid"].tolist())
     return filtering.add_scores(t, img, txt, aes), dtype
 
 
@@ -96,7 +97,7 @@ def _shard_embeddings(cfg, stem: str, uids: list[str]):
 
     d = None
     img = np.full((len(uids), 0), np.nan, np.float32)
-    if stem.isdigit() and (Path(cfg.embeddings) / f"{int(stem):05d}.npz").is_file():
+    if stem.isdigit() and storage.isfile(storage.join(cfg.embeddings, f"{int(stem):05d}.npz")):
         d = embed.load_embeddings(cfg.embeddings, stem, cfg.shards)
     if d is None:
         dim = _embedding_dim(cfg.embeddings)
@@ -110,22 +111,22 @@ def _shard_embeddings(cfg, stem: str, uids: list[str]):
     return img, txt, d["img_emb"].dtype
 
 
-def _npz_files(folder: str) -> list[Path]:
-    files = sorted(Path(folder).glob("[0-9][0-9][0-9][0-9][0-9].npz"))
+def _npz_files(folder: str) -> list[Path | str]:
+    files = storage.glob(folder, "[0-9][0-9][0-9][0-9][0-9].npz")
     if not files:
         raise FileNotFoundError(f"no NNNNN.npz embeddings in {folder}")
     return files
 
 
 def _embedding_dim(folder: str) -> int:
-    with np.load(_npz_files(folder)[0]) as z:
+    with storage.load_npz(_npz_files(folder)[0]) as z:
         return int(z["img_emb"].shape[1])
 
 
 def _shard_aesthetic(folder: str, stem: str, uids: list[str]) -> np.ndarray:
     """Aesthetic scores of one shard aligned with `uids` (NaN where missing)."""
-    path = Path(folder) / f"{stem}.parquet"
-    if not path.is_file():
+    path = storage.join(folder, f"{stem}.parquet")
+    if not storage.isfile(path):
         return np.full(len(uids), np.nan, np.float32)
     table = schema.read(path, "aesthetic")
     got = dict(zip(table["uid"].to_pylist(), table["aesthetic_score"].to_pylist()))
@@ -133,15 +134,31 @@ def _shard_aesthetic(folder: str, stem: str, uids: list[str]) -> np.ndarray:
 
 
 def _encoder(folder: str) -> str:
-    info = Path(folder) / "encoder.json"
-    return json.loads(info.read_text()).get("name", "") if info.is_file() else ""
+    info = storage.join(folder, "encoder.json")
+    return json.loads(storage.read_text(info)).get("name", "") if storage.isfile(info) else ""
+
+
+def _write_table(table: pa.Table, path: Path | str) -> None:
+    """A work file, written whole (`storage.output`: on object storage one upload)."""
+    with storage.output(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _read_table(path: Path | str) -> pa.Table:
+    with storage.source(path) as src:
+        return pq.read_table(src)
+
+
+def _save_npy(array: np.ndarray, path: Path | str) -> None:
+    with storage.output(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 # --- phase 1: the pool's originals and CLIP cut ----------------------------------------------------------------
 
 def pool_task(cfg, path: str, work: str) -> dict:
     """One shard's opted-out originals, and its success rows' CLIP scores written for the top-fraction cut."""
-    path = Path(path)
+    path = storage.location(path)
     honor = cfg.optout == "honor"
     t, _ = shard_inputs(cfg, path, phash_rows=lambda table: registry.optout_mask(table) if honor else np.zeros(
         table.num_rows, dtype=bool))
@@ -150,7 +167,8 @@ def pool_task(cfg, path: str, work: str) -> dict:
     if cfg.clip_top_fraction is not None and "clip_score" in t:
         s = t["clip_score"][t["status"] == schema.STATUS_SUCCESS].astype(np.float32)
         s = s[~np.isnan(s)]
-        pq.write_table(pa.table({"clip_score": pa.array(s, pa.float32())}), Path(work) / f"{path.stem}.scores.parquet")
+        _write_table(pa.table({"clip_score": pa.array(s, pa.float32())}),
+                     storage.join(work, f"{storage.stem(path)}.scores.parquet"))
         scored = len(s)
     return {"originals": originals, "scored": scored}
 
@@ -166,14 +184,14 @@ def merge_originals(parts: list[dict | None]) -> dict | None:
 
 
 @data_context()
-def clip_cut(cfg, work: Path, scored: int) -> float | None:
+def clip_cut(cfg, work: Path | str, scored: int) -> float | None:
     """The ⌈fraction·n⌉-th highest CLIP score of the pool (`rules.clip_score_filter`): a Ray Data sort + limit + min;
     None without a top fraction or without scores."""
 
     if cfg.clip_top_fraction is None or not scored:
         return None
     n_keep = max(1, int(np.ceil(cfg.clip_top_fraction * scored - 1e-9)))
-    files = sorted(str(f) for f in work.glob("*.scores.parquet"))
+    files = [str(f) for f in storage.glob(work, "*.scores.parquet")]
     ds = read_parquet(files).sort("clip_score", descending=True).limit(n_keep)
     return float(np.float32(ds.min("clip_score")))
 
@@ -183,7 +201,8 @@ def clip_cut(cfg, work: Path, scored: int) -> float | None:
 def rows_task(cfg, path: str, index: int, work: str, reg, originals: dict | None, cut: float | None,
               emb_dtype: str | None) -> dict:
     """Every layer before dedup for one shard → `<id>.rows.parquet`; its survivors' keys → `<id>.keys.parquet`."""
-    path = Path(path)
+    path = storage.location(path)
+    stem = storage.stem(path)
     t, _ = shard_inputs(cfg, path)
     n = len(t["uid"])
     layers, _ = filtering.row_layers(cfg, t, reg, originals=originals, pool_cut=cut)
@@ -191,11 +210,11 @@ def rows_task(cfg, path: str, index: int, work: str, reg, originals: dict | None
             "clip_score": pa.array(filtering._floats(t.get("clip_score"), n), pa.float32()),
             "aesthetic_score": pa.array(filtering._floats(t.get("aesthetic_score"), n), pa.float32())}
     cols.update({f"layer_{i:03d}": pa.array(list(a), pa.string()) for i, a in enumerate(layers)})
-    pq.write_table(pa.table(cols), Path(work) / f"{path.stem}.rows.parquet")
+    _write_table(pa.table(cols), storage.join(work, f"{stem}.rows.parquet"))
     first, _ = rules.combine_reasons(*layers) if n else (np.zeros(0, dtype=object), [])
     survivors = np.flatnonzero(np.array([r is None for r in first], dtype=bool))
     if len(survivors):
-        pq.write_table(key_table(cfg, t, survivors, index, emb_dtype), Path(work) / f"{path.stem}.keys.parquet")
+        _write_table(key_table(cfg, t, survivors, index, emb_dtype), storage.join(work, f"{stem}.keys.parquet"))
     return {"rows": n, "survivors": len(survivors)}
 
 
@@ -232,16 +251,16 @@ def embeddings_of(col, dtype: str) -> np.ndarray:
 # --- phase 3: dedup as Ray Data group-bys ----------------------------------------------------------------------
 
 def _read_files(batch: pa.Table) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in batch["path"].to_pylist()])
+    return pa.concat_tables([_read_table(p) for p in batch["path"].to_pylist()])
 
 
 def read_parquet(files: list[str]):
-    """A Ray dataset of parquet files (on a filesystem every node sees), read in tasks, one block per file (not
-    `ray.data.read_parquet`, whose path resolution needs an fsspec with `HTTPFileSystem`)."""
+    """A Ray dataset of parquet files (on a filesystem every node sees, or object storage), read in tasks, one block
+    per file (not `ray.data.read_parquet`, whose path resolution needs an fsspec with `HTTPFileSystem`)."""
     import ray
 
     paths = ray.data.from_items([{"path": str(f)} for f in files], override_num_blocks=len(files))
-    return paths.map_batches(_read_files, batch_size=1, batch_format="pyarrow")
+    return paths.map_batches(_read_files, batch_size=1, batch_format="pyarrow", **engines.remote_options())
 
 
 def _partitions() -> int:
@@ -488,7 +507,7 @@ def semantic_pass(live, eps: float, seed: int, dtype: str | None) -> tuple[np.nd
 def join_task(cfg, stem: str, work: str, dups: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
     """One shard's decisions: its layers + its duplicates (row → kept uid, per layer) → `<id>.decisions.parquet`
     and `<id>.keep.npy` (sorted kept uids); returns its reason counts."""
-    part = pq.read_table(Path(work) / f"{stem}.rows.parquet")
+    part = _read_table(storage.join(work, f"{stem}.rows.parquet"))
     n = part.num_rows
     layers = [np.array(part[c].to_pylist(), dtype=object) for c in part.column_names if c.startswith("layer_")]
     dup_of = np.full(n, None, dtype=object)
@@ -505,27 +524,51 @@ def join_task(cfg, stem: str, work: str, dups: dict[str, tuple[np.ndarray, np.nd
         if given:
             t[c] = part[c].to_numpy(zero_copy_only=False).astype(np.float32)
     table = schema.validate(filtering.decisions_table(t, first, every, dup_of), "decisions")
-    pq.write_table(table, Path(work) / f"{stem}.decisions.parquet")
+    _write_table(table, storage.join(work, f"{stem}.decisions.parquet"))
     keep = [u for u, k in zip(t["uid"].tolist(), table["keep"].to_pylist()) if k]
-    np.save(Path(work) / f"{stem}.keep.npy", subsets.from_uids(keep))
+    _save_npy(subsets.from_uids(keep), storage.join(work, f"{stem}.keep.npy"))
     return filtering.reason_counts(table)
 
 
 # --- phase 5: outputs ---------------------------------------------------------------------------------------------
 
-def write_decisions(parts: list[Path], path: Path, encoder: str) -> None:
-    """Stream the per-shard decisions into one file, with the metadata `schema.write` gives it."""
+def write_decisions(parts: list[Path | str], path: Path | str, encoder: str) -> None:
+    """Stream the per-shard decisions into one file, with the metadata `schema.write` gives it, in row groups of
+    `ROW_GROUP` rows: the bytes the local engine's `pq.write_table` writes. Memory: one row group."""
     meta = {"schema_name": "decisions", "schema_version": schema.version("decisions"), "encoder": encoder}
     meta = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()}
     target = schema.DECISIONS_SCHEMA.with_metadata(meta)
-    with disk.atomic(path) as tmp, pq.ParquetWriter(tmp, target) as writer:
-        for p in parts:
-            writer.write_table(pq.read_table(p).cast(schema.DECISIONS_SCHEMA).replace_schema_metadata(meta))
+    tables = (_read_table(p).cast(schema.DECISIONS_SCHEMA).replace_schema_metadata(meta) for p in parts)
+    with storage.output(path) as tmp, pq.ParquetWriter(tmp, target) as writer:
+        for group in row_groups(tables, ROW_GROUP):
+            writer.write_table(group)
 
 
-def write_keep(parts: list[Path], path: Path, chunk: int = 1 << 16) -> int:
+def row_groups(tables, size: int):
+    """The rows of `tables`, in order, as contiguous tables of `size` rows (the last one shorter; none when there
+    are no rows)."""
+    buf, n = [], 0
+    for t in tables:
+        buf.append(t)
+        n += t.num_rows
+        while n >= size:
+            whole = pa.concat_tables(buf).combine_chunks()
+            yield whole.slice(0, size)
+            buf, n = [whole.slice(size)], n - size
+    if n:
+        yield pa.concat_tables(buf).combine_chunks()
+
+
+def write_keep(parts: list[Path | str], path: Path | str, chunk: int = 1 << 16) -> int:
     """Merge the per-shard sorted kept uids into one sorted, unique `keep.npy` (what `np.save` of
-    `subsets.from_uids` writes), streaming: memory is a chunk, not the subset. Returns its length."""
+    `subsets.from_uids` writes), streaming: memory is a chunk, not the subset (remote parts are read from local
+    copies). Returns its length."""
+    with contextlib.ExitStack() as stack, storage.output(path) as final:
+        local = [stack.enter_context(storage.local_copy(p)) for p in parts]
+        return _merge_keep(local, final, chunk)
+
+
+def _merge_keep(parts: list[Path], path: Path, chunk: int) -> int:
     raw = path.with_name(path.name + ".raw")
     n = 0
     with open(raw, "wb") as fh:
@@ -542,7 +585,7 @@ def write_keep(parts: list[Path], path: Path, chunk: int = 1 << 16) -> int:
                 n, buf = n + len(buf), []
         fh.write(np.array(buf, dtype=subsets.DTYPE).tobytes())
         n += len(buf)
-    with disk.atomic(path) as tmp, open(tmp, "wb") as out, open(raw, "rb") as src:
+    with open(path, "wb") as out, open(raw, "rb") as src:
         np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(subsets.DTYPE),
                                                    "fortran_order": False, "shape": (n,)})
         shutil.copyfileobj(src, out)
@@ -561,19 +604,19 @@ def run(cfg) -> dict:
     """The filter stage on Ray: writes `decisions.parquet` and `subsets/keep.npy` into `cfg.out` (whose config the
     caller wrote) and returns the stats, as the local engine does."""
     ray = engines.ray_init()
-    out = Path(cfg.out)
-    work = out / WORK
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    files = sorted(Path(cfg.shards).glob("*.parquet"))
+    out = storage.location(cfg.out)
+    work = storage.join(out, WORK)
+    storage.rmtree(work)
+    storage.makedirs(work)
+    files = storage.glob(cfg.shards, "*.parquet")
     if not files:
         raise FileNotFoundError(f"no shard parquet files in {cfg.shards}")
     emb_dtype = None
     if cfg.embeddings:
-        with np.load(_npz_files(cfg.embeddings)[0]) as z:
+        with storage.load_npz(_npz_files(cfg.embeddings)[0]) as z:
             emb_dtype = str(z["img_emb"].dtype)
-    reg = registry.load_registry(cfg.registry) if cfg.registry else None
-    task = ray.remote(num_cpus=1, max_retries=2)
+    reg = filtering.load_registry(cfg)
+    task = ray.remote(**engines.remote_options(num_cpus=1, max_retries=2))
     needs_pool = cfg.optout == "honor" or (cfg.clip_top_fraction is not None and cfg.embeddings)
     pool = ray.get([task(pool_task).remote(cfg, str(f), str(work)) for f in files]) if needs_pool else []
     originals = merge_originals([p["originals"] for p in pool]) if cfg.optout == "honor" else None
@@ -583,18 +626,19 @@ def run(cfg) -> dict:
                      for i, f in enumerate(files)])
     logger.info("filter (ray): %d rows, %d survive the per-row layers", sum(i["rows"] for i in infos),
                 sum(i["survivors"] for i in infos))
-    keys = [str(work / f"{f.stem}.keys.parquet") for f, i in zip(files, infos) if i["survivors"]]
+    stems = [storage.stem(f) for f in files]
+    keys = [str(storage.join(work, f"{s}.keys.parquet")) for s, i in zip(stems, infos) if i["survivors"]]
     dups = split_by_shard(global_dedup(cfg, keys, emb_dtype))
-    counts = ray.get([task(join_task).remote(cfg, f.stem, str(work), dups.get(i, {})) for i, f in enumerate(files)])
+    counts = ray.get([task(join_task).remote(cfg, s, str(work), dups.get(i, {})) for i, s in enumerate(stems)])
     encoder = _encoder(cfg.embeddings) if cfg.embeddings else ""
-    write_decisions([work / f"{f.stem}.decisions.parquet" for f in files], out / "decisions.parquet", encoder)
-    (out / "subsets").mkdir(parents=True, exist_ok=True)
-    write_keep([work / f"{f.stem}.keep.npy" for f in files], out / "subsets" / "keep.npy")
+    write_decisions([storage.join(work, f"{s}.decisions.parquet") for s in stems],
+                    storage.join(out, "decisions.parquet"), encoder)
+    write_keep([storage.join(work, f"{s}.keep.npy") for s in stems], storage.join(out, "subsets", "keep.npy"))
     total = {"rows": sum(c["rows"] for c in counts), "kept": sum(c["kept"] for c in counts),
              "reasons": sum((Counter(c["reasons"]) for c in counts), Counter()),
              "all_reasons": sum((Counter(c["all_reasons"]) for c in counts), Counter())}
     stats = filtering.stats_of(total, cfg, encoder, _effective_cut(cfg, cut))
-    shutil.rmtree(work)
+    storage.rmtree(work)
     return stats
 
 

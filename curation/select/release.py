@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from curation.acquire import downloader, funnel, netguard
 from curation.acquire.pairs import domain_of
 from curation.select import dedup
-from mithridate.core import disk, engine, options, schema
+from mithridate.core import engine, options, schema, storage
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class ReleaseConfig:
     export: str = options.opt("mithridate-out/train", "train-ready shards to publish (export output)")
     shards: str = options.opt("mithridate-out/shards", "download shards the export came from (original sha256)")
     out: str = options.opt("mithridate-out/release", "output folder: release.parquet and config.json")
+
+    def __post_init__(self):
+        storage.check_fields(self, "export", "shards", "out")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class RebuildConfig:
             raise ValueError(f"RebuildConfig.retries={self.retries!r}, shard_retries={self.shard_retries!r}: must be "
                              ">= 0")
         engine.check(self.engine)
+        storage.check_fields(self, "release", "out")
         netguard.parse_networks(self.allow_networks)
 
 
@@ -98,7 +102,7 @@ def _original_hashes(shards: str) -> pa.Table:
     return t.filter(pc.equal(t["status"], schema.STATUS_SUCCESS)).select(["uid", "sha256"])
 
 
-def _published(path: Path, hashes: pa.Table, cfg: ReleaseConfig) -> pa.Table:
+def _published(path: Path | str, hashes: pa.Table, cfg: ReleaseConfig) -> pa.Table:
     """The release rows of one export shard: its rows with their original sha256 and a pHash of the stored image."""
     t = schema.read(path, "train", columns=["uid", "url", "caption", "domain", "artist", "licence", "jpg"])
     keys = pa.table({"uid": t["uid"], "_i": pa.array(range(t.num_rows), pa.int64())})
@@ -111,16 +115,16 @@ def _published(path: Path, hashes: pa.Table, cfg: ReleaseConfig) -> pa.Table:
                     schema=schema.RELEASE_SCHEMA)
 
 
-def release(cfg: ReleaseConfig) -> Path:
+def release(cfg: ReleaseConfig) -> Path | str:
     """Write `<out>/release.parquet` (schema release: uid, url, caption, sha256, phash, artist, licence …)."""
-    out = Path(cfg.out)
+    out = storage.location(cfg.out)
     options.write_config(cfg, out)
-    files = sorted(Path(cfg.export).glob("[0-9]*.parquet"))
+    files = storage.glob(cfg.export, "[0-9]*.parquet")
     if not files:
         raise FileNotFoundError(f"ReleaseConfig.export={cfg.export!r}: no train shards; run `export` first")
     hashes = _original_hashes(cfg.shards)
     table = pa.concat_tables([_published(f, hashes, cfg) for f in files])
-    path = schema.write(table, out / RELEASE_FILE, "release", {"export": cfg.export, "shards": cfg.shards})
+    path = schema.write(table, storage.join(out, RELEASE_FILE), "release", {"export": cfg.export, "shards": cfg.shards})
     logger.info("release: %d URLs with sha256 + pHash (%d domains) → %s", table.num_rows,
                 pc.count_distinct(table["domain"]).as_py(), path)
     return out
@@ -150,7 +154,7 @@ def phash_gate(released: dict[str, str | None], k: int, table: pa.Table) -> pa.T
     return table
 
 
-def _write_pairs(rel: pa.Table, folder: Path) -> None:
+def _write_pairs(rel: pa.Table, folder: Path | str) -> None:
     """The release as one pairs shard (uids kept), the download stage's input."""
     n, urls = rel.num_rows, rel["url"].to_pylist()
     domains = [d or domain_of(u) for d, u in zip(rel["domain"].to_pylist(), urls)]
@@ -158,19 +162,19 @@ def _write_pairs(rel: pa.Table, folder: Path) -> None:
                       "page_url": pa.nulls(n, pa.string()), "domain": pa.array(domains, pa.string()),
                       "source": pa.array(["urllist"] * n, pa.string()),
                       "signals": pa.array([[]] * n, pa.list_(pa.string()))})
-    schema.write(pairs, folder / "00000.parquet", "pairs")
+    schema.write(pairs, storage.join(folder, "00000.parquet"), "pairs")
 
 
 def _download_config(cfg: RebuildConfig, mode: str) -> downloader.DownloadConfig:
-    out = Path(cfg.out)
+    out = storage.location(cfg.out)
     return downloader.DownloadConfig(
-        pairs=str(out / "pairs"), out=str(out / mode), policy=cfg.policy, image_size=cfg.image_size,
-        resize_mode=cfg.resize_mode, processes=cfg.processes, threads=cfg.threads, timeout_s=cfg.timeout_s,
+        pairs=str(storage.join(out, "pairs")), out=str(storage.join(out, mode)), policy=cfg.policy,
+        image_size=cfg.image_size, resize_mode=cfg.resize_mode, processes=cfg.processes, threads=cfg.threads, timeout_s=cfg.timeout_s,
         deadline_s=cfg.deadline_s, retries=cfg.retries, shard_size=cfg.shard_size, allow_networks=cfg.allow_networks,
         engine=cfg.engine, shard_retries=cfg.shard_retries)
 
 
-def _rebuild_mode(cfg: RebuildConfig, rel: pa.Table, mode: str) -> Path:
+def _rebuild_mode(cfg: RebuildConfig, rel: pa.Table, mode: str) -> Path | str:
     """Download the release into `<out>/<mode>/` (shard schema), verified as `mode` says."""
     dl, uids = _download_config(cfg, mode), rel["uid"].to_pylist()
     if mode == "sha256":
@@ -212,15 +216,15 @@ def integrity(rel: pa.Table, rebuilt: pa.Table) -> dict:
             "admitted_uids": sorted(admitted)}
 
 
-def rebuild(cfg: RebuildConfig) -> Path:
+def rebuild(cfg: RebuildConfig) -> Path | str:
     """Download a release once per mode into `<out>/<mode>/` and write `<out>/integrity.json`; returns `<out>`."""
-    if not Path(cfg.release).is_file():
+    if not storage.isfile(cfg.release):
         raise FileNotFoundError(f"RebuildConfig.release={cfg.release!r}: file not found; write one with `release`")
-    out = Path(cfg.out)
+    out = storage.location(cfg.out)
     options.check_resumable(cfg, out, runtime_fields=("processes", "threads", "modes", "engine", "shard_retries"))
     options.write_config(cfg, out)
     rel = schema.read(cfg.release, "release")
-    _write_pairs(rel, out / "pairs")
+    _write_pairs(rel, storage.join(out, "pairs"))
     report = {"release": cfg.release, "urls": rel.num_rows, "phash_k": cfg.phash_k, "modes": {}}
     for mode in cfg.modes:
         rebuilt = schema.read_folder(_rebuild_mode(cfg, rel, mode), "shard", ["uid", "domain", "status",
@@ -229,5 +233,5 @@ def rebuild(cfg: RebuildConfig) -> Path:
         logger.info("rebuild %s: %d/%d fetched, %d changed: %d caught, %d admitted; %d unchanged kept, %d failed",
                     mode, r["fetched"], r["urls"], r["changed"], r["caught"], r["admitted"], r["unchanged_kept"],
                     r["failed"])
-    disk.write_text(out / INTEGRITY_FILE, json.dumps(report, indent=2) + "\n")
+    storage.write_text(storage.join(out, INTEGRITY_FILE), json.dumps(report, indent=2) + "\n")
     return out

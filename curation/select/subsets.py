@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from mithridate.core import disk, options
+from mithridate.core import disk, options, storage
 
 logger = logging.getLogger(__name__)
 DTYPE = np.dtype("u8,u8")
@@ -35,12 +35,12 @@ def to_uids(subset: np.ndarray) -> list[str]:
 
 
 def load(path: str | Path) -> np.ndarray:
-    """Read a subset file, checking its dtype."""
-    path = Path(path)
-    if not path.is_file():
+    """Read a subset file (a local path or an fsspec URL), checking its dtype."""
+    path = storage.location(path)
+    if not storage.isfile(path):
         raise FileNotFoundError(f"subset file not found: {path}")
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = storage.load_npz(path, allow_pickle=False)
     except ValueError as err:
         raise ValueError(f"{path}: not a subset .npy file ({err})") from None
     if arr.dtype != DTYPE:

@@ -3,6 +3,8 @@
 Ray is an optional extra (`pip install "mithridate[ray]"`). The cluster is the one `RAY_ADDRESS` names (unset: a
 local cluster started for this process). Usage statistics are off unless the user turned them on. The choice is a
 runtime field of each stage's config: switching engine resumes the same folder, and both engines write the same files.
+Tasks and actors get the driver's object-storage settings (`storage.task_env`: AWS_*, FSSPEC_*, …) in their runtime
+environment, so an `s3://` folder means the same store on every node.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import os
 from typing import Literal
 
-from mithridate.core import progress
+from mithridate.core import progress, storage
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,17 @@ def ray_init(num_cpus: int | None = None):
         ray.init(log_to_driver=False, logging_level=logging.WARNING, **kwargs)
         logger.info("ray: %s (%s CPUs)", address or "local cluster", ray.cluster_resources().get("CPU"))
     return ray
+
+
+def remote_options(**options) -> dict:
+    """Ray options (`num_cpus`, `runtime_env`, …) with the driver's object-storage settings added to the runtime
+    environment's variables (`storage.task_env`; the options' own variables win)."""
+    env = storage.task_env()
+    if not env:
+        return options
+    runtime = dict(options.get("runtime_env") or {})
+    runtime["env_vars"] = {**env, **runtime.get("env_vars", {})}
+    return {**options, "runtime_env": runtime}
 
 
 # --- units of work on the cluster ---------------------------------------------------------------------------------
@@ -122,7 +135,7 @@ def run_tasks(fn, calls: dict[str, tuple], retries: int, desc: str, unit: str = 
     runtime_env), each entry tried `retries` more times when it fails. Returns name → result (see `_drive`). Tasks
     run in the driver's folder (`enter`)."""
     ray = ray_init()
-    remote, cwd = ray.remote(_in_dir).options(max_retries=0, **options), os.getcwd()
+    remote, cwd = ray.remote(_in_dir).options(max_retries=0, **remote_options(**options)), os.getcwd()
     return _drive(calls, lambda args, _slot: remote.remote(cwd, fn, *args), retries, desc, unit)
 
 
@@ -131,7 +144,7 @@ def start_actors(cls, args: tuple, count: int, restarts: int, **options) -> list
     `restarts` times. `options`: Ray's (num_cpus, num_gpus, runtime_env). `cls.__init__` should call `enter` with
     the driver's folder (relative paths)."""
     ray = ray_init()
-    actor = ray.remote(cls).options(max_restarts=restarts, max_task_retries=0, **options)
+    actor = ray.remote(cls).options(max_restarts=restarts, max_task_retries=0, **remote_options(**options))
     return [actor.remote(*args) for _ in range(count)]
 
 

@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from mithridate.core import disk
+from mithridate.core import storage
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +126,13 @@ def from_dict(cls: type, saved: dict[str, Any]) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
 
 
-def write_config(cfg: Any, folder: str | Path, name: str = "config.json") -> Path:
-    """Lock `folder` (see `lock_folder`) and write the resolved config to `<folder>/config.json` (the first act of
-    every stage)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    disk.lock_folder(folder)
-    return disk.write_text(folder / name, json.dumps(to_dict(cfg), indent=2, sort_keys=True, default=str) + "\n")
+def write_config(cfg: Any, folder: str | Path, name: str = "config.json") -> Path | str:
+    """Lock `folder` (see `disk.lock_folder`; on object storage `storage.lock`) and write the resolved config to
+    `<folder>/config.json` (the first act of every stage)."""
+    storage.makedirs(folder)
+    storage.lock(folder)
+    return storage.write_text(storage.join(folder, name),
+                              json.dumps(to_dict(cfg), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def check_resumable(cfg: Any, folder: str | Path, runtime_fields: tuple[str, ...] = ()) -> None:
@@ -141,11 +141,11 @@ def check_resumable(cfg: Any, folder: str | Path, runtime_fields: tuple[str, ...
     Fields in `runtime_fields` (threads, processes, …) may differ: they change speed, not results. A field the saved
     config lacks (added to the stage since) counts as its default: a folder of an older version resumes.
     """
-    path = Path(folder) / "config.json"
-    if not path.exists():
+    path = storage.join(folder, "config.json")
+    if not storage.exists(path):
         return
     try:
-        old = json.loads(path.read_text())
+        old = json.loads(storage.read_text(path))
     except json.JSONDecodeError:
         raise ValueError(f"{path}: not valid JSON; delete the folder or choose another output folder") from None
     new = json.loads(json.dumps(to_dict(cfg), default=str))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mithridate.core import disk, stats_files
+from mithridate.core import stats_files, storage
 
 SCHEMA_VERSION = "1"
 # pairs and shards v2 call the caption column `caption` (img2dataset's name); v1 files, whose column is `text`,
@@ -215,15 +215,14 @@ def validate(table: pa.Table, name: str) -> pa.Table:
     return table
 
 
-def write(table: pa.Table, path: str | Path, name: str, extra_meta: dict | None = None) -> Path:
-    """Validate and write a table atomically and durably (tmp file, fsync, rename: `disk.atomic`), tagging it with
-    its schema name and version."""
-    path = Path(path)
+def write(table: pa.Table, path: str | Path, name: str, extra_meta: dict | None = None) -> Path | str:
+    """Validate and write a table atomically and durably (tmp file, fsync, rename: `disk.atomic`; on object storage
+    one upload of the finished file: `storage.output`), tagging it with its schema name and version."""
+    path = storage.location(path)
     table = validate(table, name)
     meta = {"schema_name": name, "schema_version": version(name), **(extra_meta or {})}
     table = table.replace_schema_metadata({k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with disk.atomic(path) as tmp:  # durable before it is visible; a full disk: a one-line DiskFull, no partial file
+    with storage.output(path) as tmp:  # durable before it is visible; a full disk: a one-line DiskFull, no partial
         pq.write_table(table, tmp)
     return path
 
@@ -234,11 +233,12 @@ WRITTEN_BY = {"pairs": "`crawl` or `pairs`", "shard": "`download`", "art": "`art
               "train": "`export`"}
 
 
-def _unreadable(path: Path, name: str, err: Exception) -> ValueError:
+def _unreadable(path: Path | str, name: str, err: Exception) -> ValueError:
     """The one-line error of a truncated or garbage parquet file: which file, and how to get it back."""
     detail = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:200]
     if name == "shard":
-        marker = stats_files.existing(path.parent, path.stem) or stats_files.path(path.parent, path.stem)
+        folder, stem = storage.parent(path), storage.stem(path)
+        marker = stats_files.existing(folder, stem) or stats_files.path(folder, stem)
         todo = f"delete it and {marker}, then rerun `download` to fetch it again"
     else:
         todo = f"delete it, then rerun {WRITTEN_BY.get(name, 'the stage that wrote it')} to write it again"
@@ -253,11 +253,17 @@ def version(name: str) -> str:
 def read(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
     """Read a file written by `write`, checking its schema name and version (an older version whose columns were
     only renamed reads under today's names)."""
-    path = Path(path)
-    if not path.is_file():
+    path = storage.location(path)
+    if not storage.isfile(path):
         raise FileNotFoundError(f"{name} file not found: {path}")
+    with storage.source(path) as src:
+        return _read(src, path, name, columns)
+
+
+def _read(source, path: Path | str, name: str, columns: list[str] | None) -> pa.Table:
+    """`read` of a local path or an open file object (`path`: its name in errors)."""
     try:
-        meta = pq.read_schema(path).metadata or {}
+        meta = pq.read_schema(source).metadata or {}
     except (pa.ArrowException, OSError) as err:
         raise _unreadable(path, name, err) from None
     got_name = meta.get(b"schema_name", b"").decode()
@@ -269,7 +275,7 @@ def read(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Ta
         )
     back = {new: old for old, new in (renamed or {}).items()}
     try:
-        table = pq.read_table(path, columns=[back.get(c, c) for c in columns] if columns is not None else None)
+        table = pq.read_table(source, columns=[back.get(c, c) for c in columns] if columns is not None else None)
     except (pa.ArrowException, OSError) as err:  # a readable footer over corrupt data pages
         raise _unreadable(path, name, err) from None
     return table.rename_columns([renamed.get(c, c) for c in table.column_names]) if renamed else table
@@ -277,7 +283,7 @@ def read(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Ta
 
 def read_folder(folder: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
     """Read and concatenate every `*.parquet` shard of schema `name` in `folder`, in file-name order."""
-    files = sorted(Path(folder).glob("*.parquet"))
+    files = storage.glob(folder, "*.parquet")
     if not files:
         raise FileNotFoundError(f"no {name} parquet files in {folder}")
     return pa.concat_tables([read(f, name, columns) for f in files])

@@ -1,6 +1,7 @@
 """A folder of parquet files cut into shards of `size` rows without reading them: each shard is a list of
 (file, offset, count) segments, from the files' footers. A unit of work (a process, a Ray task) reads only its
-shard's rows (`read`), so the driver never holds the whole input.
+shard's rows (`read`), so the driver never holds the whole input. The folder may be an object-storage URL
+(`storage`): a segment then names its file's URL, and a worker reads only that file's footer and row groups.
 
 The rows are those of `schema.read_folder` (files in name order), sliced every `size` rows: shard k is rows
 [k·size, (k+1)·size) of the concatenation, whichever files they lie in.
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mithridate.core import schema
+from mithridate.core import schema, storage
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,14 @@ class Segment:
 Shard = tuple[Segment, ...]
 
 
-def files(folder: str | Path, name: str) -> list[Path]:
+def files(folder: str | Path, name: str) -> list[Path | str]:
     """The `*.parquet` files of schema `name` in `folder`, in name order (schema name and version checked, no column
     read).
 
     Raises:
         FileNotFoundError: the folder holds none.
     """
-    found = sorted(Path(folder).glob("*.parquet"))
+    found = storage.glob(folder, "*.parquet")
     if not found:
         raise FileNotFoundError(f"no {name} parquet files in {folder}")
     for f in found:
@@ -51,10 +52,10 @@ def plan(folder: str | Path, name: str, size: int) -> list[Shard]:
         raise ValueError(f"shard size={size!r}: must be > 0")
     shards, current, room = [], [], size
     for f in files(folder, name):
-        rows, offset = pq.ParquetFile(f).metadata.num_rows, 0
+        rows, offset = _num_rows(f), 0
         while offset < rows:
             take = min(room, rows - offset)
-            current.append(Segment(str(f.resolve()), offset, take))
+            current.append(Segment(storage.resolve(f), offset, take))
             offset, room = offset + take, room - take
             if room == 0:
                 shards.append(tuple(current))
@@ -64,18 +65,28 @@ def plan(folder: str | Path, name: str, size: int) -> list[Shard]:
     return shards
 
 
-def _renamed(path: str, name: str) -> dict[str, str]:
+def _num_rows(path: Path | str) -> int:
+    """Rows of a parquet file, from its footer."""
+    with storage.source(path) as src:
+        return pq.ParquetFile(src).metadata.num_rows
+
+
+def _renamed(pf: pq.ParquetFile, name: str) -> dict[str, str]:
     """Old → today's column names of a file written by an older schema version (`schema.RENAMED`)."""
-    meta = pq.read_schema(path).metadata or {}
+    meta = pf.schema_arrow.metadata or {}
     return schema.RENAMED.get(name, {}).get(meta.get(b"schema_version", b"").decode()) or {}
 
 
 def read_segment(seg: Segment, name: str, columns: list[str] | None = None) -> pa.Table:
     """The rows of one segment (only the row groups that hold them are read), under today's column names."""
     schema.read(seg.file, name, columns=[])  # schema name and version, as `schema.read` checks them
-    renamed = _renamed(seg.file, name)
+    with storage.source(seg.file) as src:
+        return _read_groups(pq.ParquetFile(src), seg, name, columns)
+
+
+def _read_groups(pf: pq.ParquetFile, seg: Segment, name: str, columns: list[str] | None) -> pa.Table:
+    renamed = _renamed(pf, name)
     back = {new: old for old, new in renamed.items()}
-    pf = pq.ParquetFile(seg.file)
     groups, start, first = [], 0, None
     for i in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(i).num_rows
