@@ -55,23 +55,26 @@ COMPONENT_BATCH = 2048  # pHash components are deduplicated together up to this 
 
 class data_context(contextlib.ContextDecorator):
     """Ray Data settings of the filter's pipelines, restored after: no progress bars (they log every few seconds
-    when stderr is not a terminal), and the pull-based sort shuffle (on a small key table it starts in a fraction of
-    the time of the default hash shuffle's aggregator actors)."""
+    when stderr is not a terminal), no INFO line per dataset executed (the stage logs its own summary), and the
+    pull-based sort shuffle (on a small key table it starts in a fraction of the time of the default hash shuffle's
+    aggregator actors)."""
 
     def __enter__(self):
         import ray.data
         from ray.data.context import ShuffleStrategy
 
-        ctx = ray.data.DataContext.get_current()
-        self._saved = (ctx.enable_progress_bars, ctx.shuffle_strategy)
+        ctx, log = ray.data.DataContext.get_current(), logging.getLogger("ray.data")
+        self._saved = (ctx.enable_progress_bars, ctx.shuffle_strategy, log.level)
         ctx.enable_progress_bars, ctx.shuffle_strategy = False, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
         return self
 
     def __exit__(self, *exc):
         import ray.data
 
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars, ctx.shuffle_strategy = self._saved
+        ctx.enable_progress_bars, ctx.shuffle_strategy, level = self._saved
+        logging.getLogger("ray.data").setLevel(level)
         return False
 
 
