@@ -188,3 +188,31 @@ def ray_cluster():
     ray = engine.ray_init(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(request):
+    """`s3://<bucket named after the test module>` on a moto S3 server at 127.0.0.1, reached through the standard AWS
+    variables (the endpoint in AWS_ENDPOINT_URL, which botocore reads; Ray tasks get them from the driver)."""
+    import logging
+
+    s3fs = pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    from mithridate.core import storage
+
+    name = request.module.__name__.rpartition(".")[2].replace("_", "-")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+            mp.setenv(k, v)
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs, _ = storage.fs_path(f"s3://{name}")
+        fs.mkdir(name)
+        yield f"s3://{name}"
+        storage.release_all()  # the lock objects of this module's runs, while the server is up
+        s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()

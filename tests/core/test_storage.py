@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -24,25 +23,9 @@ pytest.importorskip("s3fs")
 
 
 @pytest.fixture(scope="module")
-def bucket():
-    """`s3://<bucket>` on a moto server at 127.0.0.1 (the endpoint in AWS_ENDPOINT_URL, as botocore reads it)."""
-    import s3fs
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-            mp.setenv(k, v)
-        s3fs.S3FileSystem.clear_instance_cache()
-        fs, _ = storage.fs_path("s3://storage-test")
-        fs.mkdir("storage-test")
-        yield "s3://storage-test"
-        storage.release_all()  # the lock objects of this module's runs, while the server is up
-        s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
+def bucket(s3_bucket):
+    """`s3://<bucket>` on the moto server (`s3_bucket` in conftest)."""
+    return s3_bucket
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed")
