@@ -69,7 +69,8 @@ class VaeTrainConfig:
     groups: int = options.opt(16, "GroupNorm groups (must divide every width)")
     kl_weight: float = options.opt(1e-3, "weight of the KL term relative to the summed per-image squared error")
     steps: int = options.opt(1500, "training steps (0 = as many as fit in `minutes`)")
-    minutes: float = options.opt(2.5, "training time cap; the schedule compresses to fit it (0 = no cap)")
+    minutes: float = options.opt(0.0, "optional time cap; the schedule compresses to fit it (0 = none: results "
+                                 "depend on steps alone, not on how busy the machine is)")
     batch_size: int = options.opt(8, "images per step (capped at the number of training images)")
     lr: float = options.opt(2e-3, "peak AdamW learning rate (cosine decay after warmup)")
     weight_decay: float = options.opt(0.0, "AdamW weight decay")
@@ -138,7 +139,7 @@ PRESETS = {
     "cpu": VaeTrainConfig(),
     # 64 px, 4 levels (factor 8 → 8×8×4 latents), wider and longer; minutes on a GPU
     "gpu": VaeTrainConfig(image_size=64, channels=(64, 128, 256, 256), layers_per_level=2, groups=32, steps=6000,
-                          minutes=20.0, batch_size=64, lr=1e-3, warmup_steps=200, checkpoint_every=500, threads=0),
+                          batch_size=64, lr=1e-3, warmup_steps=200, checkpoint_every=500, threads=0),
     # seconds, for tests
     "tiny": VaeTrainConfig(channels=(8, 16, 16), groups=4, steps=80, minutes=0.0, batch_size=8, lr=5e-3,
                            warmup_steps=5, heldout_fraction=0.15, checkpoint_every=20),

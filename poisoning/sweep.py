@@ -40,7 +40,7 @@ from tqdm import tqdm
 from curation.score import encoders
 from diffusion import data, grid, pipeline
 from diffusion.pipeline import Pipeline
-from mithridate.core import disk, options, schema, stats_files
+from mithridate.core import disk, options, schema, stats_files, workers
 from poisoning import (
     attacks,
     candidates,
@@ -129,8 +129,13 @@ class SweepConfig:
     sampler: str = options.opt("euler", "sampler of the generations")
     sample_steps: int = options.opt(20, "sampler steps")
     guidance: float = options.opt(3.0, "classifier-free guidance scale")
+    workers: int = options.opt(1, "victims trained side by side, each in its own process (0 = one per core; a "
+                               "runtime field: the victims depend on threads, not on workers)")
+    threads: int = options.opt(0, "torch threads of each victim's training (0 = torch's default; needed >= 1 when "
+                               "workers != 1; float rounding depends on it)")
 
     def __post_init__(self):
+        workers.check("SweepConfig", self.workers, self.threads)
         for name in ("ns", "attacks", "seeds", "purify", "fractions", "eps_sweep"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -529,7 +534,7 @@ def _setting(cfg: SweepConfig, out: Path, v: Victim) -> str:
 def run(cfg: SweepConfig) -> Path:
     """Run the sweep; returns the output folder."""
     out = Path(cfg.out)
-    options.check_resumable(cfg, out)
+    options.check_resumable(cfg, out, runtime_fields=("workers",))
     options.write_config(cfg, out)
     t0 = time.time()
     ckpt = pipeline.read_checkpoint(cfg.checkpoint)
@@ -547,6 +552,8 @@ def run(cfg: SweepConfig) -> Path:
     real_feats, real_labels = _real(judge, judge.concepts, clean)
     measurer = measure.Measurer(cfg, judge.concepts, judge, real_feats, real_labels, groups)
     victims = _victims(cfg, out, size, eps_n(cfg, clean_c))
+    victim.train_all(cfg.checkpoint, [(v.data, out / "victims" / v.name, v.seed) for v in victims], cfg.training(),
+                     cfg.workers, cfg.threads)
     results, shown = [], []
     for i, v in enumerate(tqdm(victims, desc="victims", unit="victim", disable=None)):
         logger.info("victim %d/%d: %s", i + 1, len(victims), v.name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffusion import pipeline, training
-from mithridate.core import options
+from mithridate.core import options, workers
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,15 @@ def train(checkpoint: str | Path, data: str | Path, out: str | Path, how: Victim
     out, cfg = Path(out), config(checkpoint, data, out, how, seed)
     options.check_resumable(cfg, out, runtime_fields=("device", "compile"))
     if (out / pipeline.CHECKPOINT_FILE).is_file() and (out / "train.json").is_file():
-        logger.info("victim %s: finished earlier, reused", out.name)
+        logger.debug("victim %s: finished earlier, reused", out.name)
         return out
+    logger.info("victim %s: training", out.name)
     return training.run(cfg)
+
+
+def train_all(checkpoint: str | Path, jobs: list[tuple[Path, Path, int]], how: VictimTraining, n_workers: int = 1,
+              threads: int = 0) -> list[Path]:
+    """Train every victim `(data, out, seed)` (finished ones reused), `n_workers` side by side with `threads` torch
+    threads each (`core.workers.run`: the victims depend on `threads`, not on `n_workers`)."""
+    return workers.run(train, [(str(checkpoint), str(d), str(o), how, s) for d, o, s in jobs], n_workers, threads,
+                       "victim training")

@@ -56,6 +56,8 @@ class DemoConfig:
         "evaluation needs the opted-out rows)")
     seed: int = options.opt(0, "seed of the demo web")
     threads: int = options.opt(64, "download threads")
+    workers: int = options.opt(0, "small models trained side by side (poisoning victims, opt-out models), each in "
+                               "its own process on one torch thread (0 = one per core; results do not depend on it)")
     timeout_s: float = options.opt(2.0, "crawl and download socket timeout (the web's slow images take longer)")
     clip_preset: Literal["demo", "default", "tiny"] = options.opt(
         "demo", "compact CLIP preset (demo: 600 steps, ~3 CPU minutes; default: 800 steps)")
@@ -94,6 +96,8 @@ class DemoConfig:
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         options.check_positive(self, "threads", "timeout_s", "max_concepts", "reupload_cos_eps")
+        if self.workers < 0:
+            raise ValueError(f"DemoConfig.workers={self.workers}: must be >= 0 (0 = one per core)")
         for name in ("expire", "reencode"):
             bad = [s for s in getattr(self, name) if s not in ("aggregator", "linkfarm") and not s.startswith("artist-")]
             if bad:
@@ -296,7 +300,7 @@ def pair_sweep(cfg: DemoConfig, out: Path, corpus: Path, name: str) -> Path:
     return sweep.run(dataclasses.replace(
         sweep.PRESETS[cfg.poison_preset], data=str(p / "train"), checkpoint=str(clean), pool=str(p / "train"),
         judge=str(p / "judge"), prompt=info["prompt"], filter=str(out / "filter"), out=str(folder / "sweep"),
-        source=info["source"], target=info["target"]))
+        source=info["source"], target=info["target"], workers=cfg.workers, threads=1))
 
 
 def _part4(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
@@ -341,7 +345,8 @@ def _part5_optout(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
     return optout.run(dataclasses.replace(
         optout.PRESETS[cfg.optout_preset], filter=str(out / "filter"), provenance=str(out / "web" /
         "web_manifest.parquet"), art=str(corpus), vae=str(out / "vae"), clip=str(_clip_dir(cfg, out)),
-        out=str(out / "optout"), artist=artist, control_artist=control, candidates=concepts))
+        out=str(out / "optout"), artist=artist, control_artist=control, candidates=concepts, workers=cfg.workers,
+        threads=1))
 
 
 def _part5_integrity(cfg: DemoConfig, out: Path, corpus: Path) -> Path:
@@ -379,7 +384,7 @@ def _start(cfg: DemoConfig, out: Path) -> set[str]:
     disk.lock_folder(out)
     done_dir = out / "_parts"
     try:
-        options.check_resumable(cfg, out, runtime_fields=("stop_after", "threads"))  # a later stop_after extends a run
+        options.check_resumable(cfg, out, runtime_fields=("stop_after", "threads", "workers"))  # a later stop_after extends a run
     except ValueError:
         logger.info("demo: %s holds a run of another config; starting afresh", out)
         shutil.rmtree(done_dir, ignore_errors=True)

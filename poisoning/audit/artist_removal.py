@@ -44,7 +44,7 @@ from curation.score import encoders
 from curation.select import export, filtering, subsets
 from diffusion import data, samplers, training, unet, vae_train as vae_mod
 from diffusion.pipeline import Pipeline
-from mithridate.core import disk, options, schema, stats_files
+from mithridate.core import disk, options, schema, stats_files, workers
 from poisoning import intervals
 from poisoning.audit import memorisation, style_probe
 
@@ -92,8 +92,13 @@ class OptoutConfig:
                                            "prompts naming no artist must reach this (and its interval must be "
                                            "above chance 1/K), else the run cannot measure opt-out leakage")
     seed: int = options.opt(0, "seed of the probe split and the bootstrap")
+    workers: int = options.opt(1, "models trained side by side, each in its own process (0 = one per core; a "
+                               "runtime field: the models depend on threads, not on workers)")
+    threads: int = options.opt(0, "torch threads of each model's training (0 = torch's default; needed >= 1 when "
+                               "workers != 1; float rounding depends on it)")
 
     def __post_init__(self):
+        workers.check("OptoutConfig", self.workers, self.threads)
         for name in ("policies", "concepts", "candidates", "seeds"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -498,8 +503,9 @@ def _datasets(cfg: OptoutConfig) -> dict[str, Path]:
 
 
 def _models(cfg: OptoutConfig, folders: dict[str, Path], comp: dict) -> dict[tuple[str, int], Path]:
-    """Train one model per distinct training set and seed; identical sets share a model (same data, seed, budget)."""
-    models, seen = {}, {}
+    """Train one model per distinct training set and seed; identical sets share a model (same data, seed, budget).
+    The distinct ones train `cfg.workers` side by side."""
+    same, seen, jobs = {}, {}, []  # same: (name, seed) → the (name, seed) whose model it uses
     for seed in cfg.seeds:
         for name, folder in folders.items():
             if name.endswith(MINUS) and comp[name]["trained_rows"] == 0:
@@ -509,11 +515,14 @@ def _models(cfg: OptoutConfig, folders: dict[str, Path], comp: dict) -> dict[tup
             key = (tuple(comp[name]["uids"]), seed)
             if key in seen:
                 logger.info("optout: %s trains on exactly the rows of %s: same model", name, seen[key])
-                models[name, seed] = models[seen[key], seed]
+                same[name, seed] = (seen[key], seed)
                 continue
-            logger.info("optout: training the %s model, seed %d (%d rows)", name, seed, comp[name]["trained_rows"])
-            seen[key], models[name, seed] = name, train_model(cfg, name, folder, seed)
-    return models
+            logger.info("optout: the %s model, seed %d (%d rows)", name, seed, comp[name]["trained_rows"])
+            seen[key], same[name, seed] = name, (name, seed)
+            jobs.append((cfg, name, folder, seed))
+    trained = workers.run(train_model, jobs, cfg.workers, cfg.threads, "model training")
+    paths = {(job[1], job[3]): path for job, path in zip(jobs, trained)}
+    return {key: paths[owner] for key, owner in same.items()}
 
 
 def _generations(cfg: OptoutConfig, models: dict, probe, encoder, ref: Reference,
@@ -539,7 +548,7 @@ def run(cfg: OptoutConfig) -> Path:
         if cfg.art_preset not in art.PRESETS:
             raise ValueError(f"OptoutConfig.art_preset={cfg.art_preset!r}: allowed values are {', '.join(art.PRESETS)}")
         cfg = dataclasses.replace(cfg, art=str(art.run(art.PRESETS[cfg.art_preset])))
-    options.check_resumable(cfg, out)
+    options.check_resumable(cfg, out, runtime_fields=("workers",))
     if not Path(cfg.art).is_dir():
         raise ValueError(f"OptoutConfig.art={cfg.art!r}: not an art corpus folder (`mithridate art build`)")
     check_inputs(cfg, sorted(art.load(cfg.art)["artist"].unique()))

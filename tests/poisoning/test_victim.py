@@ -57,3 +57,17 @@ def test_train_reuses_a_finished_victim_and_refuses_another_config(clean_model, 
     with pytest.raises(ValueError, match="another config"):
         victim.train(clean_model, tiny_train, out, HOW, seed=1)
     assert model.stat().st_mtime_ns == before
+
+
+def test_train_all_side_by_side_gives_the_victims_of_one_after_another(clean_model, tiny_train, tmp_path):
+    """Two victims on two spawned processes, one torch thread each, are bit-identical to the same two trained one
+    after another in this process on one thread: `workers` is a runtime field, `threads` is not."""
+    states = {}
+    for label, n_workers in (("seq", 1), ("pool", 2)):
+        jobs = [(tiny_train, tmp_path / label / f"v{seed}", seed) for seed in (0, 1)]
+        got = victim.train_all(clean_model, jobs, HOW, n_workers=n_workers, threads=1)
+        assert got == [tmp_path / label / "v0", tmp_path / label / "v1"]
+        states[label] = [pipeline.read_checkpoint(p)["unet_state"] for p in got]
+    for seq, pool in zip(states["seq"], states["pool"]):
+        assert all(torch.equal(seq[k], pool[k]) for k in seq)
+    assert any(not torch.equal(v, states["seq"][1][k]) for k, v in states["seq"][0].items())  # seeds differ
