@@ -129,7 +129,7 @@ PRESETS = {"default": DemoConfig(),
            "tiny": DemoConfig(art_preset="tiny", threads=16, timeout_s=1.0, clip_preset="tiny", diffusion_preset="tiny",
                               max_concepts=8, eval_runs=("ddim:5", "euler:4"), poison_preset="tiny",
                               poison_pairs=("style",), pair_steps=20,
-                              optout_preset="tiny", reupload_cos_eps=0.002)}
+                              optout_preset="tiny", reupload_cos_eps=0.002, workers=1)}
 
 # familiar concepts, in order of preference, for the diffusion subset (those present in the export are used)
 DEMO_CONCEPTS = (
@@ -376,6 +376,8 @@ FOLDERS = {"download": ("web", "crawl", "shards"),
            "generation": ("vae", "diffusion", "evaluate", "classifier"),
            "poisoning": ("poison-sweep", "pair-vehicle-animal", "pair-style"),
            "optout": ("optout",), "integrity": ("release", "web-after", "rebuild")}
+# seconds each part of the default demo took on 2 idle CPU cores (bench/README.md "The demo"): the ETA's yardstick
+REFERENCE_S = {"download": 25, "report": 200, "generation": 250, "poisoning": 150, "optout": 120, "integrity": 8}
 
 
 def _start(cfg: DemoConfig, out: Path) -> set[str]:
@@ -403,7 +405,26 @@ def _start(cfg: DemoConfig, out: Path) -> set[str]:
     return set(kept)
 
 
-def _part(out: Path, done: set[str], name: str, fn, *args):
+class Clock:
+    """Per-part seconds of this run, and an ETA for the parts left: their reference seconds (`REFERENCE_S`) scaled by
+    how this machine compared with the reference on the parts run so far."""
+
+    def __init__(self, parts: tuple[str, ...]):
+        self.parts, self.took = parts, {}
+
+    def eta(self) -> float:
+        ran = [p for p in self.took if REFERENCE_S.get(p)]
+        pace = sum(self.took[p] for p in ran) / sum(REFERENCE_S[p] for p in ran) if ran else 1.0
+        return pace * sum(REFERENCE_S.get(p, 0) for p in self.parts if p not in self.took)
+
+    def finished(self, name: str, seconds: float) -> None:
+        self.took[name] = seconds
+        left = [p for p in self.parts if p not in self.took]
+        tail = f"; about {self.eta() / 60:.1f} min left ({', '.join(left)})" if left else ""
+        logger.info("demo: part %r finished in %.1f s%s", name, seconds, tail)
+
+
+def _part(out: Path, done: set[str], clock: Clock, name: str, fn, *args):
     """Run one part unless finished; mark it finished."""
     if name in done:
         logger.info("demo: part %r finished earlier, skipped", name)
@@ -411,7 +432,7 @@ def _part(out: Path, done: set[str], name: str, fn, *args):
     t0 = time.time()
     result = fn(*args)
     disk.write_text(out / "_parts" / f"{name}.done", f"{time.time() - t0:.1f} s\n")
-    logger.info("demo: part %r finished in %.1f s", name, time.time() - t0)
+    clock.finished(name, time.time() - t0)
     return result
 
 
@@ -427,12 +448,14 @@ def run(cfg: DemoConfig) -> Path:
     corpus = art.run(art_cfg)
     manifest, registry = out / "web" / "web_manifest.parquet", out / "registry.json"
     last = PARTS.index(cfg.stop_after)
-    _part(out, done, "download", _part1, cfg, out, corpus)
+    clock = Clock(tuple(p for p in PARTS[: last + 1] if p not in done))
+    logger.info("demo: parts %s, about %.1f min on 2 idle CPU cores", ", ".join(clock.parts), clock.eta() / 60)
+    _part(out, done, clock, "download", _part1, cfg, out, corpus)
     steps = {"report": (_part2, cfg, out, corpus, manifest, registry),
              "generation": (_part3, cfg, out, corpus, _clip_dir(cfg, out)), "poisoning": (_part4, cfg, out, corpus),
              "optout": (_part5_optout, cfg, out, corpus), "integrity": (_part5_integrity, cfg, out, corpus)}
     for name in PARTS[1 : last + 1]:
-        _part(out, done, name, *steps[name])
+        _part(out, done, clock, name, *steps[name])
     page = story.build(story.StoryConfig(run=str(out))) if last >= 1 else None
     logger.info("art corpus:   %s", corpus)
     logger.info("web manifest: %s", manifest)
@@ -441,5 +464,6 @@ def run(cfg: DemoConfig) -> Path:
         logger.info("training set: %s", out / "train")
         logger.info("report:       %s  (every part, one table of contents)", page.resolve())
         logger.info("metrics:      %s", (out / "metrics.json").resolve())
-    logger.info("demo finished in %.1f s; outputs under %s", time.time() - t0, out.resolve())
+    logger.info("demo finished in %.1f s (%s); outputs under %s", time.time() - t0,
+                ", ".join(f"{p} {s:.0f} s" for p, s in clock.took.items()), out.resolve())
     return out

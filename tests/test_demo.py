@@ -24,6 +24,8 @@ def test_tiny_demo_prints_a_funnel_with_every_planted_category(tmp_path, cache_d
     assert down["status"]["success"] > 0 and down["recorded_optouts"] > 0  # policy record: the filter honours
     assert down["rows"] == crawl["pairs"]
     assert "downloaded" in caplog.text and str(tmp_path) in caplog.text
+    assert "min left (report, generation, poisoning, optout, integrity)" in caplog.text  # the ETA after part 1
+    assert "demo finished in" in caplog.text and "integrity" in caplog.text.split("demo finished in")[1]
     assert len(web.FAILURES) == len(PLANTED_REASONS)
     # part 3: autoencoder → diffusion on a concept subset → evaluation → generation report
     ev = json.loads((tmp_path / "evaluate" / "evaluation.json").read_text())
@@ -114,3 +116,14 @@ def test_demo_refuses_a_study_folder_without_study_json(tmp_path, capsys):
 def test_demo_checks_the_integrity_sites_before_running(capsys):
     assert main(["demo", "--expire=aggregater"]) == 2
     assert "expire=['aggregater']" in capsys.readouterr().err
+
+
+def test_the_demo_eta_scales_the_reference_times_by_this_machines_pace(caplog):
+    from reports import demo
+
+    clock = demo.Clock(("download", "report", "generation"))
+    assert clock.eta() == sum(demo.REFERENCE_S[p] for p in clock.parts)
+    caplog.set_level("INFO")
+    clock.finished("download", 2 * demo.REFERENCE_S["download"])  # this machine: half the reference's pace
+    assert clock.eta() == pytest.approx(2 * (demo.REFERENCE_S["report"] + demo.REFERENCE_S["generation"]))
+    assert f"about {clock.eta() / 60:.1f} min left (report, generation)" in caplog.text
