@@ -91,10 +91,11 @@ class TrainConfig:
 
 
 PRESETS = {
-    # the demo: a 5.4M-parameter UNet on 8×8×4 latents of a 30–100 concept subset; 500 steps ≈ 3–4 minutes on 2
-    # CPU cores, bounded by steps only
+    # the demo's: a 5.4M-parameter UNet on 8×8×4 latents of a 30–100 concept subset, 500 steps of 64 (~2 minutes on
+    # 2 CPU cores), bounded by steps only. On the demo's 63 images, batch 128 (twice the time) gave judge top-1 72.5%,
+    # KID 6.4e-5 ± 1.2e-4; batch 64 gave 70.3%, KID 1.8e-4 ± 1.6e-4 (dpmpp_2m:20, 320 generations each)
     "default": TrainConfig(),
-    "cpu": TrainConfig(),
+    "cpu": TrainConfig(batch_size=64),
     # seconds, for tests
     "tiny": TrainConfig(model="tiny", steps=30, minutes=0.0, batch_size=32, lr=2e-3, warmup_steps=5, sample_every=0,
                         sample_steps=5, checkpoint_every=10),
