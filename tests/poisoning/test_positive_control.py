@@ -35,7 +35,8 @@ def test_a_sweep_detects_poisons_that_certainly_work(lopsided, tiny_clean_model,
     cfg = dataclasses.replace(sweep.PRESETS["tiny"], data=str(clean), pool=str(pool),
                               checkpoint=str(tiny_clean_model), out=str(tmp_path), source="cat", target="house",
                               attacks=("dirty_label",), ns=(12,), steps=300, lr=3e-3, batch_size=16,
-                              generations=32, bleed=0, collateral_per_concept=0, purify=(), judge_steps=200)
+                              generations=32, bleed=0, collateral_per_concept=0, purify=(), judge_steps=200,
+                              workers=2, threads=1)  # the victims side by side: the same as one after another
     with torch_threads(1):
         out = sweep.run(cfg)
     s = json.loads((out / "sweep.json").read_text())
