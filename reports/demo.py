@@ -376,8 +376,8 @@ FOLDERS = {"download": ("web", "crawl", "shards"),
            "generation": ("vae", "diffusion", "evaluate", "classifier"),
            "poisoning": ("poison-sweep", "pair-vehicle-animal", "pair-style"),
            "optout": ("optout",), "integrity": ("release", "web-after", "rebuild")}
-# seconds each part of the default demo took on 2 idle CPU cores (bench/README.md "The demo"): the ETA's yardstick
-REFERENCE_S = {"download": 25, "report": 200, "generation": 250, "poisoning": 150, "optout": 120, "integrity": 8}
+# seconds each part of the default demo took on 2 idle CPU cores (2026-12-03, README "Run the demo"): the ETA's yardstick
+REFERENCE_S = {"download": 16, "report": 260, "generation": 365, "poisoning": 306, "optout": 275, "integrity": 8}
 
 
 def _start(cfg: DemoConfig, out: Path) -> set[str]:
